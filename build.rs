@@ -1,0 +1,5 @@
+include!("worker/build_libtorch.rs");
+
+fn main() {
+    link_libtorch();
+}

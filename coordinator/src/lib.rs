@@ -1,0 +1,20 @@
+//! The trainfleet coordinator: the control plane. It never links libtorch, so it builds in
+//! seconds and runs anywhere.
+//!
+//! - [`server`]: binds the listener and serves every service, health and reflection.
+//! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
+//! - [`registry`]: workers, their sessions and liveness (heartbeat deadlines, the reaper).
+//! - [`convert`]: the one place wire types become domain types (and back), with validation.
+//! - [`state`]: what the services of one replica share.
+//! - [`error`]: the error enum and its mapping to gRPC status codes.
+#![warn(missing_docs)]
+
+pub mod convert;
+pub mod error;
+pub mod registry;
+pub mod server;
+pub mod services;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use server::Coordinator;

@@ -1,0 +1,119 @@
+//! `trainfleet-coordinator`: reads settings (YAML file, then `TRAINFLEET_*` environment, then
+//! flags), binds, serves until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use trainfleet_coordinator::Coordinator;
+use trainfleet_core::config::CoordinatorConfig;
+use trainfleet_core::process::{init_tracing, shutdown_signal};
+
+/// The trainfleet control plane: tracks workers, datasets and models; schedules training.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// YAML settings file (see configs/coordinator.yaml).
+    #[arg(long, short, env = "TRAINFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on; port 0 picks a free one.
+    #[arg(long, env = "TRAINFLEET_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address clients and workers should use to reach this replica.
+    #[arg(long, env = "TRAINFLEET_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+    /// How often workers heartbeat, e.g. "2s".
+    #[arg(long, env = "TRAINFLEET_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Silence after which a worker is lost, e.g. "10s".
+    #[arg(long, env = "TRAINFLEET_LEASE_TIMEOUT", value_parser = humantime::parse_duration)]
+    lease_timeout: Option<Duration>,
+    /// Where the coordinator keeps its state.
+    #[arg(long, env = "TRAINFLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where run artifacts go.
+    #[arg(long, env = "TRAINFLEET_ARTIFACT_DIR")]
+    artifact_dir: Option<PathBuf>,
+    /// Once listening, write the bound address to this file (for scripts and tests using port 0).
+    #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<(CoordinatorConfig, Option<PathBuf>)> {
+        let (mut config, origin) = match &self.config {
+            Some(path) => (
+                CoordinatorConfig::from_file(path)?,
+                path.display().to_string(),
+            ),
+            None => (CoordinatorConfig::default(), "defaults".to_owned()),
+        };
+        let overridden = self.listen.is_some()
+            || self.heartbeat_interval.is_some()
+            || self.lease_timeout.is_some();
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.advertise_address {
+            config.advertise_address = Some(v);
+        }
+        if let Some(v) = self.heartbeat_interval {
+            config.heartbeat_interval = v;
+        }
+        if let Some(v) = self.lease_timeout {
+            config.lease_timeout = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.artifact_dir {
+            config.artifact_dir = v;
+        }
+        let origin = if overridden {
+            format!("{origin} with flag/environment overrides")
+        } else {
+            origin
+        };
+        config.validate(&origin)?;
+        Ok((config, self.addr_file))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("trainfleet-coordinator: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (config, addr_file) = args.into_config()?;
+    let coordinator = Coordinator::bind(config).await?;
+    if let Some(path) = addr_file {
+        write_atomically(&path, &coordinator.local_addr().to_string())?;
+    }
+    let shutdown = CancellationToken::new();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    coordinator.serve(shutdown).await?;
+    Ok(())
+}
+
+/// Writes via a temporary file and rename, so a reader never sees a half-written address.
+fn write_atomically(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Binds the listener and serves every service: trainfleet.v1, `grpc.health.v1` (per service) and
+//! server reflection v1 and v1alpha (grpcurl speaks v1, older clients v1alpha).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use trainfleet_core::config::CoordinatorConfig;
+use trainfleet_proto::v1::cluster_service_server::ClusterServiceServer;
+use trainfleet_proto::v1::dataset_service_server::DatasetServiceServer;
+use trainfleet_proto::v1::job_service_server::JobServiceServer;
+use trainfleet_proto::v1::model_service_server::ModelServiceServer;
+use trainfleet_proto::v1::sweep_service_server::SweepServiceServer;
+use trainfleet_proto::v1::worker_service_server::WorkerServiceServer;
+use trainfleet_proto::{FILE_DESCRIPTOR_SET, PUBLIC_SERVICES, WORKER_SERVICE};
+
+use crate::error::{Error, Result};
+use crate::registry::run_reaper;
+use crate::services::cluster::ClusterApi;
+use crate::services::pending::{DatasetApi, JobApi, ModelApi, SweepApi};
+use crate::services::worker::WorkerApi;
+use crate::state::State;
+
+/// A coordinator bound to its address, not yet serving. Binding first lets callers learn the port
+/// (config `listen` with port 0) before any client needs it.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Coordinator {
+    /// Binds `config.listen`. The config must already be validated.
+    pub async fn bind(config: CoordinatorConfig) -> Result<Self> {
+        let serve_error = |source: std::io::Error| Error::Serve {
+            addr: config.listen.to_string(),
+            source: source.into(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(serve_error)?;
+        let local_addr = listener.local_addr().map_err(serve_error)?;
+        Ok(Self {
+            config,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` fires, then reports NOT_SERVING, ends open long-polls, waits for
+    /// in-flight calls and returns.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
+        let reaper = tokio::spawn(run_reaper(state.registry.clone(), shutdown.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let names = || PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]);
+        for name in names() {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error = |e: tonic_reflection::server::Error| Error::Serve {
+            addr: self.local_addr.to_string(),
+            source: e.into(),
+        };
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+        tracing::info!(addr = %self.local_addr, advertise = %state.advertise_address, "coordinator serving");
+        let stop = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+                for name in names() {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+            }
+        };
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(WorkerServiceServer::new(WorkerApi::new(state.clone())))
+            .add_service(ClusterServiceServer::new(ClusterApi::new(state.clone())))
+            .add_service(JobServiceServer::new(JobApi))
+            .add_service(DatasetServiceServer::new(DatasetApi))
+            .add_service(ModelServiceServer::new(ModelApi))
+            .add_service(SweepServiceServer::new(SweepApi))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop)
+            .await;
+        shutdown.cancel();
+        let _ = reaper.await;
+        served.map_err(|e| Error::Serve {
+            addr: self.local_addr.to_string(),
+            source: e.into(),
+        })?;
+        tracing::info!("coordinator stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! gRPC service implementations. Each is a thin adapter: convert the request (`crate::convert`),
+//! call the domain layer, convert the answer back. Errors are `crate::Error` and become a
+//! `tonic::Status` through its single `From` impl.
+
+pub mod cluster;
+pub mod pending;
+pub mod worker;

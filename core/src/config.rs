@@ -1,0 +1,295 @@
+//! Coordinator and worker settings.
+//!
+//! Precedence, lowest first: built-in defaults, the YAML file, `TRAINFLEET_*` environment
+//! variables, command-line flags (the binaries apply the last two with clap). Unknown keys are
+//! refused with `file:line:column`, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Settings of a coordinator replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Address the gRPC server binds. Port 0 picks a free port (tests, embedded mode).
+    pub listen: SocketAddr,
+    /// Address clients and workers should use to reach this replica (reported by
+    /// `ClusterService.GetLeader`); defaults to the bound address.
+    pub advertise_address: Option<String>,
+    /// How often workers are told to heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is lost and its tasks are requeued. Must exceed
+    /// `heartbeat_interval` with room for a missed beat or two.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// Longest a `PollTask` long-poll is held open.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_wait: Duration,
+    /// How long a lost worker stays listed before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub lost_worker_retention: Duration,
+    /// Where the coordinator keeps its state (the embedded store).
+    pub data_dir: PathBuf,
+    /// Where run artifacts go (a directory; object-store URLs come with the artifact store).
+    pub artifact_dir: PathBuf,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            advertise_address: None,
+            heartbeat_interval: Duration::from_secs(2),
+            lease_timeout: Duration::from_secs(10),
+            max_poll_wait: Duration::from_secs(30),
+            lost_worker_retention: Duration::from_secs(3600),
+            data_dir: PathBuf::from(".trainfleet/state"),
+            artifact_dir: PathBuf::from(".trainfleet/artifacts"),
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = load_yaml_file(path)?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense together. `origin` names where they came from.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let invalid = |field: &str, message: String| Error::InvalidConfig {
+            origin: origin.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid(
+                "heartbeat_interval",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.lease_timeout <= self.heartbeat_interval {
+            return Err(invalid(
+                "lease_timeout",
+                format!(
+                    "({}) must be longer than heartbeat_interval ({}), or every worker is lost \
+                     between two beats; 3-5x the interval is usual",
+                    humantime::format_duration(self.lease_timeout),
+                    humantime::format_duration(self.heartbeat_interval)
+                ),
+            ));
+        }
+        if self.max_poll_wait.is_zero() {
+            return Err(invalid("max_poll_wait", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a worker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Coordinator to dial: `host:port` or `http://host:port`.
+    pub coordinator: String,
+    /// Stable worker id; default `<hostname>-<random>`, new on every start.
+    pub worker_id: Option<String>,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// Where datasets are cached and read.
+    pub data_dir: PathBuf,
+    /// Where run artifacts are written before upload.
+    pub artifact_dir: PathBuf,
+    /// First delay before reconnecting to an unreachable coordinator; doubles up to
+    /// `reconnect_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// How long each `PollTask` long-poll may wait (the coordinator caps it).
+    #[serde(with = "humantime_serde")]
+    pub poll_wait: Duration,
+    /// Labels reported at registration (placement hints).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: "127.0.0.1:50051".to_owned(),
+            worker_id: None,
+            slots: 1,
+            data_dir: PathBuf::from(".trainfleet/data"),
+            artifact_dir: PathBuf::from(".trainfleet/artifacts"),
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(20),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = load_yaml_file(path)?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work. `origin` names where they came from.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let invalid = |field: &str, message: String| Error::InvalidConfig {
+            origin: origin.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        if self.coordinator.trim().is_empty() {
+            return Err(invalid(
+                "coordinator",
+                "must name host:port of a coordinator".into(),
+            ));
+        }
+        if self.slots == 0 {
+            return Err(invalid("slots", "must be at least 1".into()));
+        }
+        if let Some(id) = &self.worker_id {
+            crate::ids::validate_worker_id("worker_id", id).map_err(|e| match e {
+                Error::InvalidField { message, .. } => invalid("worker_id", message),
+                other => other,
+            })?;
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_initial > self.reconnect_max {
+            return Err(invalid(
+                "reconnect_initial",
+                "must be greater than 0 and at most reconnect_max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a YAML file into `T`; an empty file gives `T::default()`.
+pub fn load_yaml_file<T: DeserializeOwned + Default>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_yaml(&text, &path.display().to_string())
+}
+
+/// Parses YAML text into `T`, reporting errors as `origin:line:column: message`.
+pub fn parse_yaml<T: DeserializeOwned + Default>(text: &str, origin: &str) -> Result<T> {
+    match serde_yaml::from_str::<Option<T>>(text) {
+        Ok(value) => Ok(value.unwrap_or_default()),
+        Err(err) => Err(yaml_error(origin, &err)),
+    }
+}
+
+/// Turns a serde_yaml error into `origin:line:column: message` (serde_yaml appends
+/// " at line L column C" to its message; we move that to the front where editors look for it).
+pub fn yaml_error(origin: &str, err: &serde_yaml::Error) -> Error {
+    let mut message = err.to_string();
+    let location = match err.location() {
+        Some(loc) => {
+            if let Some(cut) = message.rfind(" at line ") {
+                message.truncate(cut);
+            }
+            format!("{origin}:{}:{}", loc.line(), loc.column())
+        }
+        None => origin.to_owned(),
+    };
+    Error::ParseConfig { location, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_names_file_line_and_column() {
+        let text = "listen: 127.0.0.1:7000\nheartbeat_intervall: 3s\n";
+        let err = parse_yaml::<CoordinatorConfig>(text, "coord.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("coord.yaml:2:1: unknown field `heartbeat_intervall`"),
+            "{err}"
+        );
+        assert!(err.contains("expected one of `listen`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_place() {
+        let err = parse_yaml::<WorkerConfig>("slots: many\n", "w.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("w.yaml:1:"), "{err}");
+        assert!(err.contains("slots"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_values_override_them() {
+        assert_eq!(
+            parse_yaml::<WorkerConfig>("# nothing\n", "w").unwrap(),
+            WorkerConfig::default()
+        );
+        let c: CoordinatorConfig =
+            parse_yaml("lease_timeout: 1m 30s\nheartbeat_interval: 500ms\n", "c").unwrap();
+        assert_eq!(c.lease_timeout, Duration::from_secs(90));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.listen, CoordinatorConfig::default().listen);
+    }
+
+    #[test]
+    fn lease_shorter_than_interval_is_refused() {
+        let c = CoordinatorConfig {
+            lease_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let err = c.validate("c.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("c.yaml: `lease_timeout` (1s) must be longer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn worker_validation_names_the_field() {
+        let w = WorkerConfig {
+            slots: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            w.validate("w.yaml").unwrap_err().to_string(),
+            "w.yaml: `slots` must be at least 1"
+        );
+        let w = WorkerConfig {
+            worker_id: Some("a/b".into()),
+            ..Default::default()
+        };
+        assert!(
+            w.validate("w.yaml")
+                .unwrap_err()
+                .to_string()
+                .contains("`worker_id` has '/'")
+        );
+    }
+
+    #[test]
+    fn missing_file_says_which() {
+        let err = CoordinatorConfig::from_file(Path::new("/nonexistent/c.yaml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/c.yaml"), "{err}");
+    }
+}

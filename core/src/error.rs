@@ -1,0 +1,56 @@
+//! The error type of `trainfleet-core`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in core: reading and validating configuration and identifiers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A config document is not valid YAML or does not fit the schema (typo'd key, wrong type).
+    /// `location` is `file:line:column` when the parser knows it.
+    #[error("{location}: {message}")]
+    ParseConfig {
+        /// `file:line:column` (or just the file name).
+        location: String,
+        /// What is wrong, from the parser, with the valid choices where there are some.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: `{field}` {message}")]
+    InvalidConfig {
+        /// The file (or "flags"/"environment") the value came from.
+        origin: String,
+        /// Dotted field path.
+        field: String,
+        /// What is wrong and what would fix it.
+        message: String,
+    },
+    /// A field of a request or document has an unacceptable value.
+    #[error("`{field}` {message}")]
+    InvalidField {
+        /// Field path.
+        field: String,
+        /// What is wrong and what would fix it.
+        message: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::InvalidField`] for `field`.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

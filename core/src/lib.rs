@@ -1,0 +1,21 @@
+//! Domain types shared by the trainfleet coordinator and workers. No libtorch, no tonic: this
+//! crate builds in seconds and both sides agree on it.
+//!
+//! - [`config`]: coordinator and worker settings from YAML (unknown keys rejected with
+//!   file:line:column), validated before anything starts.
+//! - [`device`]: the compute devices a worker reports.
+//! - [`ids`]: rules for identifiers that cross the wire (worker ids).
+//! - [`process`]: logging setup and signal handling shared by the binaries.
+//! - [`error`]: the crate's error type.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod ids;
+pub mod process;
+
+pub use error::{Error, Result};
+
+/// Version of this trainfleet build, reported by workers and coordinators.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

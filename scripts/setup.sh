@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs everything trainfleet needs to build, run and test on Debian/Ubuntu. Idempotent: a
+# second run checks and returns in a few seconds.
+#
+#   - Debian packages: protoc (tonic/etcd-client code generation), etcd-server (tests, local
+#     clusters), a C++ toolchain (torch-sys compiles its C++ shim), python3-venv.
+#   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against) and the
+#     Python gRPC reflection client used by the end-to-end tests.
+#   - .tools: `buf` from npm, a second reflection client (`buf curl`, grpcurl-style).
+#
+# Rust itself is expected (https://rustup.rs); everything else comes from here.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TORCH_VERSION=2.13.0
+PY_PACKAGES=("torch==${TORCH_VERSION}" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1")
+BUF_VERSION=1.75.0
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+# --- Debian packages ---------------------------------------------------------------------------
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server g++ make pkg-config python3-venv npm)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+# npm and python3-venv only matter when the machine lacks node or a working venv module.
+if command -v npm >/dev/null; then missing=("${missing[@]/npm}"); fi
+if python3 -c 'import venv, ensurepip' 2>/dev/null; then missing=("${missing[@]/python3-venv}"); fi
+read -r -a missing <<<"${missing[*]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
+  log "installing Debian packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v protoc >/dev/null || die "protoc not found after installing protobuf-compiler"
+command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then rerun"
+
+# --- Python: libtorch and the reflection client -----------------------------------------------
+stamp=".venv/.trainfleet-requirements"
+wanted="${PY_PACKAGES[*]}"
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  log "creating .venv with ${PY_PACKAGES[*]} (PyTorch is a large download the first time)"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+  printf '%s' "$wanted" >"$stamp"
+fi
+PYTHONWARNINGS=ignore .venv/bin/python - <<PY || die "the PyTorch in .venv is not ${TORCH_VERSION}; delete .venv and rerun"
+import torch, sys
+sys.exit(0 if torch.__version__.split("+")[0] == "${TORCH_VERSION}" else 1)
+PY
+
+# --- buf (grpcurl-style client from npm) ------------------------------------------------------
+if [ ! -x .tools/node_modules/.bin/buf ] || ! .tools/node_modules/.bin/buf --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
+  log "installing buf ${BUF_VERSION} into .tools"
+  mkdir -p .tools
+  npm install --silent --no-audit --no-fund --prefix .tools "@bufbuild/buf@${BUF_VERSION}" >/dev/null
+fi
+
+log "ready: libtorch $(PYTHONWARNINGS=ignore .venv/bin/python -c 'import torch; print(torch.__version__)'), $(protoc --version), etcd $(etcd --version | head -n1 | awk '{print $3}'), buf $(.tools/node_modules/.bin/buf --version)"
