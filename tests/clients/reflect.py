@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""A grpcurl-style client built only on server reflection (grpcio-reflection, which speaks
+grpc.reflection.v1alpha). It knows nothing about trainfleet: it learns every type from the server,
+which is what the end-to-end tests need to prove about the coordinator.
+
+    reflect.py ADDR list                      services, one per line
+    reflect.py ADDR describe SYMBOL           a service or message, with its comments
+    reflect.py ADDR call SERVICE/METHOD JSON  call a unary method with a JSON body
+
+Output is JSON for `call`; an RPC error prints {"code": ..., "message": ...} and exits 3.
+"""
+import json
+import sys
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+SERVICE_FIELD = 6  # FileDescriptorProto.service
+MESSAGE_FIELD = 4  # FileDescriptorProto.message_type
+METHOD_FIELD = 2  # ServiceDescriptorProto.method
+FIELD_FIELD = 2  # DescriptorProto.field
+
+
+def comment_lines(note, indent):
+    return [f"{indent}// {line}".rstrip() for line in note.splitlines()] if note else []
+
+
+def field_type(f):
+    if f.type_name:
+        name = f.type_name
+    else:
+        name = descriptor_pb2.FieldDescriptorProto.Type.Name(f.type)[len("TYPE_"):].lower()
+    repeated = f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    return ("repeated " if repeated else "") + name
+
+
+def describe(reflection, symbol):
+    """Like `grpcurl describe`: the element as proto source, with the comments the server sent."""
+    file_proto = reflection.FindFileContainingSymbol(symbol)
+    notes = {tuple(l.path): l.leading_comments.strip() for l in file_proto.source_code_info.location}
+    short = symbol[len(file_proto.package) + 1 :]
+    for si, service in enumerate(file_proto.service):
+        if service.name == short:
+            out = [f"{symbol} is a service:"] + comment_lines(notes.get((SERVICE_FIELD, si)), "")
+            out.append(f"service {service.name} {{")
+            for mi, m in enumerate(service.method):
+                out += comment_lines(notes.get((SERVICE_FIELD, si, METHOD_FIELD, mi)), "  ")
+                stream = "stream " if m.server_streaming else ""
+                out.append(f"  rpc {m.name} ( {m.input_type} ) returns ( {stream}{m.output_type} );")
+            return "\n".join(out + ["}"])
+    for mi, message in enumerate(file_proto.message_type):
+        if message.name == short:
+            out = [f"{symbol} is a message:"] + comment_lines(notes.get((MESSAGE_FIELD, mi)), "")
+            out.append(f"message {message.name} {{")
+            for fi, f in enumerate(message.field):
+                out += comment_lines(notes.get((MESSAGE_FIELD, mi, FIELD_FIELD, fi)), "  ")
+                out.append(f"  {field_type(f)} {f.name} = {f.number};")
+            return "\n".join(out + ["}"])
+    raise KeyError(f"symbol not found: {symbol}")
+
+
+def main(argv):
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    addr, verb = argv[1], argv[2]
+    channel = grpc.insecure_channel(addr)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    except grpc.FutureTimeoutError:
+        print(json.dumps({"code": "UNAVAILABLE", "message": f"cannot connect to {addr}"}))
+        return 3
+    reflection = ProtoReflectionDescriptorDatabase(channel)
+    pool = descriptor_pool.DescriptorPool(reflection)
+    try:
+        if verb == "list":
+            for name in reflection.get_services():
+                print(name)
+        elif verb == "describe":
+            print(describe(reflection, argv[3]))
+        elif verb == "call":
+            service_name, method_name = argv[3].split("/")
+            method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+            request_class = message_factory.GetMessageClass(method.input_type)
+            response_class = message_factory.GetMessageClass(method.output_type)
+            request = json_format.Parse(argv[4] if len(argv) > 4 else "{}", request_class())
+            call = channel.unary_unary(
+                f"/{service_name}/{method_name}",
+                request_serializer=request_class.SerializeToString,
+                response_deserializer=response_class.FromString,
+            )
+            response = call(request, timeout=30)
+            print(json_format.MessageToJson(response))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except grpc.RpcError as err:
+        print(json.dumps({"code": err.code().name, "message": err.details()}))
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
