@@ -110,3 +110,124 @@ impl WorkerService for WorkerApi {
         .into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use trainfleet_core::config::CoordinatorConfig;
+
+    use super::*;
+
+    fn api() -> (WorkerApi, Arc<State>) {
+        let config = CoordinatorConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(3),
+            max_poll_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let state = Arc::new(State::new(config, addr, CancellationToken::new()));
+        (WorkerApi::new(state.clone()), state)
+    }
+
+    async fn register(api: &WorkerApi, id: &str) -> v1::RegisterResponse {
+        let request = v1::RegisterRequest {
+            worker_id: id.into(),
+            devices: vec![v1::Device {
+                kind: v1::DeviceKind::Cpu as i32,
+                ..Default::default()
+            }],
+            slots: 1,
+            ..Default::default()
+        };
+        api.register(Request::new(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    fn poll(id: &str, session: &str, wait: Option<u64>) -> Request<v1::PollTaskRequest> {
+        Request::new(v1::PollTaskRequest {
+            worker_id: id.into(),
+            session_id: session.into(),
+            free_slots: 1,
+            max_wait: wait.map(|s| prost_types::Duration {
+                seconds: s as i64,
+                nanos: 0,
+            }),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_returns_the_configured_timings() {
+        let (api, _) = api();
+        let r = register(&api, "w1").await;
+        assert_eq!(r.heartbeat_interval.unwrap().seconds, 1);
+        assert_eq!(r.lease_timeout.unwrap().seconds, 3);
+        assert_eq!(r.session_id.len(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_waits_the_requested_time_capped_by_the_coordinator() {
+        let (api, _) = api();
+        let session = register(&api, "w1").await.session_id;
+        let started = tokio::time::Instant::now();
+        let answer = api.poll_task(poll("w1", &session, Some(5))).await.unwrap();
+        assert!(answer.into_inner().task.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+
+        let started = tokio::time::Instant::now();
+        api.poll_task(poll("w1", &session, Some(3600)))
+            .await
+            .unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(30),
+            "capped at max_poll_wait"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_open_polls_at_once() {
+        let (api, state) = api();
+        let session = register(&api, "w1").await.session_id;
+        let poller = tokio::spawn({
+            let api = api.clone();
+            async move { api.poll_task(poll("w1", &session, None)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        state.shutdown.cancel();
+        let status = poller.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(started.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_worker_is_told_to_register_again() {
+        let (api, state) = api();
+        let session = register(&api, "w1").await.session_id;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        state.registry.expire();
+        let beat = v1::HeartbeatRequest {
+            worker_id: "w1".into(),
+            session_id: session.clone(),
+            ..Default::default()
+        };
+        let status = api.heartbeat(Request::new(beat)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(
+            status.message().contains("declared lost"),
+            "{}",
+            status.message()
+        );
+        let status = api
+            .poll_task(poll("w1", &session, Some(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+}
