@@ -62,6 +62,10 @@ import torch, sys
 sys.exit(0 if torch.__version__.split("+")[0] == "${TORCH_VERSION}" else 1)
 PY
 
+# A stable path to libtorch for .cargo/config.toml, whatever the Python minor version.
+torch_dir=$(PYTHONWARNINGS=ignore .venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+[ "$(readlink .venv/libtorch 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" .venv/libtorch
+
 # --- buf (grpcurl-style client from npm) ------------------------------------------------------
 if [ ! -x .tools/node_modules/.bin/buf ] || ! .tools/node_modules/.bin/buf --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
   log "installing buf ${BUF_VERSION} into .tools"
