@@ -355,6 +355,52 @@ fn a_typo_in_the_config_fails_at_start_with_file_line_column() -> anyhow::Result
 }
 
 #[test]
+fn environment_overrides_the_file_and_flags_override_the_environment() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("coordinator.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:0\nheartbeat_interval: 1s\nlease_timeout: 10s\n",
+    )?;
+    let config_arg = config.display().to_string();
+    let coordinator = binary("trainfleet-coordinator");
+
+    // The environment's lease (500ms) is shorter than the file's interval (1s): refused, which
+    // proves TRAINFLEET_LEASE_TIMEOUT was read over the file's 10s.
+    let env = [("TRAINFLEET_LEASE_TIMEOUT", "500ms")];
+    let mut refused = Proc::start_with_env(
+        "env",
+        &coordinator,
+        &["--config", &config_arg],
+        &env,
+        dir.path(),
+    )?;
+    assert_eq!(refused.wait_exit(Duration::from_secs(10))?, Some(1));
+    let log = refused.log_text();
+    assert!(
+        log.contains("`lease_timeout` (500ms) must be longer than heartbeat_interval (1s)"),
+        "{log}"
+    );
+    assert!(log.contains("with flag/environment overrides"), "{log}");
+
+    // A flag beats the environment: the same start succeeds with --lease-timeout 5s.
+    let addr_file = dir.path().join("addr").display().to_string();
+    let args = [
+        "--config",
+        &config_arg,
+        "--lease-timeout",
+        "5s",
+        "--addr-file",
+        &addr_file,
+    ];
+    let _ok = Proc::start_with_env("flag", &coordinator, &args, &env, dir.path())?;
+    wait_for(Duration::from_secs(20), "the coordinator to listen", || {
+        std::fs::read_to_string(&addr_file).ok()
+    })?;
+    Ok(())
+}
+
+#[test]
 fn a_worker_facing_a_dead_address_backs_off_without_spinning() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // A port that was free a moment ago and has no listener now.

@@ -41,6 +41,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary` with `args`, stdout and stderr appended to `dir/<name>.log`.
     pub fn start(name: &str, binary: &Path, args: &[&str], dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(name, binary, args, &[], dir)
+    }
+
+    /// Like [`Proc::start`], with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -50,6 +61,7 @@ impl Proc {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

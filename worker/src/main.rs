@@ -86,10 +86,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Some(Command::Devices) => {
-            print_devices();
-            Ok(())
-        }
+        Some(Command::Devices) => print_devices(),
         None => {
             let config = args.worker_config()?;
             // Probing CUDA loads the driver; do it off the async runtime.
@@ -106,23 +103,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_devices() {
-    let devices: Vec<String> = devices::detect()
+fn print_devices() -> anyhow::Result<()> {
+    let devices: Vec<serde_json::Value> = devices::detect()
         .iter()
         .map(|d| {
-            format!(
-                "    {{\"device\": \"{}\", \"name\": {:?}, \"memory_bytes\": {}, \"cores\": {}}}",
-                d.torch_name(),
-                d.name,
-                d.memory_bytes,
-                d.cores
-            )
+            serde_json::json!({
+                "device": d.torch_name(),
+                "name": d.name,
+                "memory_bytes": d.memory_bytes,
+                "cores": d.cores,
+            })
         })
         .collect();
-    println!(
-        "{{\n  \"libtorch_version\": {:?},\n  \"cuda_available\": {},\n  \"devices\": [\n{}\n  ]\n}}",
-        trainfleet_worker::LIBTORCH_VERSION,
-        devices::cuda_available(),
-        devices.join(",\n")
-    );
+    let report = serde_json::json!({
+        "libtorch_version": trainfleet_worker::LIBTORCH_VERSION,
+        "cuda_available": devices::cuda_available(),
+        "devices": devices,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
