@@ -4,6 +4,7 @@
 //! - [`config`]: coordinator and worker settings from YAML (unknown keys rejected with
 //!   file:line:column), validated before anything starts.
 //! - [`device`]: the compute devices a worker reports.
+//! - [`job`]: the training job spec (dataset, model, training) and its validation.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
 //! - [`process`]: logging setup and signal handling shared by the binaries.
 //! - [`error`]: the crate's error type.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod ids;
+pub mod job;
 pub mod process;
 
 pub use error::{Error, Result};
