@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 TORCH_VERSION=2.13.0
-PY_PACKAGES=("torch==${TORCH_VERSION}" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1")
+PY_PACKAGES=("torch==${TORCH_VERSION}" "safetensors==0.8.0" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1")
 BUF_VERSION=1.75.0
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }

@@ -122,12 +122,16 @@ impl Default for SynthSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSpec {
     /// A builtin dataset; or leave unset and give `format` and `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
     /// Layout of a local dataset at `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<LocalFormat>,
     /// Directory of a local dataset.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Images are resized to this (height, width) (imagefolder only; builtins have a fixed size).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image_size: Option<[u32; 2]>,
     /// Load images as one grey channel instead of RGB (imagefolder only).
     pub grayscale: bool,
@@ -142,6 +146,7 @@ pub struct DatasetSpec {
     /// Generator settings (synth-digits only).
     pub synth: SynthSpec,
     /// Cache directory for downloads and generated files (default: the worker's data_dir).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -221,18 +226,25 @@ pub struct ModelSpec {
     /// Architecture.
     pub arch: Arch,
     /// `cnn`: output channels of each conv block (each block halves the resolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<u32>>,
     /// `cnn`: square kernel size (odd).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_size: Option<u32>,
     /// `cnn`: batch norm after each convolution.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_norm: Option<bool>,
     /// `simple_cnn`, `cnn`, `vgg*`: dropout probability before the classifier layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
     /// `cnn`: widths of hidden linear layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<u32>>,
     /// `mobilenet_v2`: channel width multiplier.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub width_mult: Option<f64>,
     /// Start from these weights (a safetensors file with matching names and shapes).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<PathBuf>,
 }
 
@@ -330,12 +342,15 @@ pub struct TrainingSpec {
     /// Linear warm-up from 0 over this many epochs (counted in batches).
     pub warmup_epochs: u32,
     /// Clip the global gradient norm to this (unset: no clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
     /// Stop early on a validation metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
     /// `auto` (CUDA when available), `cpu`, or `cuda:N`.
     pub device: String,
     /// Intra-op threads for libtorch on CPU (unset: libtorch's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
     /// Seed for initialisation, shuffling, dropout and augmentation.
     pub seed: u64,

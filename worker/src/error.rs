@@ -1,6 +1,8 @@
-//! The worker's error type.
+//! The worker's error type: one enum for the crate, each variant saying what and where.
 
-/// What can go wrong talking to the coordinator.
+use std::path::{Path, PathBuf};
+
+/// What can go wrong in a worker: talking to the coordinator, reading data, training.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The coordinator address cannot be parsed.
@@ -12,7 +14,80 @@ pub enum Error {
     /// A call failed.
     #[error("{0} failed: {code:?}: {message}", code = .1.code(), message = .1.message())]
     Rpc(&'static str, tonic::Status),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A data file is malformed; `offset` is the byte where the problem was found.
+    #[error("corrupt data in {}{}: {message}", path.display(), offset.map(|o| format!(" at byte {o}")).unwrap_or_default())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset (in the decompressed stream for compressed files).
+        offset: Option<u64>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A download failed on every mirror.
+    #[error("cannot download {file}: {message}")]
+    Download {
+        /// The file being fetched.
+        file: String,
+        /// What went wrong on each URL tried.
+        message: String,
+    },
+    /// A downloaded or cached file does not have its pinned checksum.
+    #[error(
+        "checksum mismatch for {file} (from {url}): expected sha256 {expected}, got {got}; {action}"
+    )]
+    Checksum {
+        /// The file.
+        file: String,
+        /// Where it came from.
+        url: String,
+        /// Pinned sha256.
+        expected: String,
+        /// sha256 of what arrived.
+        got: String,
+        /// What was done about it ("the download was deleted", ...).
+        action: &'static str,
+    },
+    /// The job spec is invalid (checked before any work starts).
+    #[error(transparent)]
+    Spec(#[from] trainfleet_core::Error),
+    /// The job asks for something this worker cannot do (a missing GPU, say).
+    #[error("{0}")]
+    Unsupported(String),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Shorthand for worker results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// An [`Error::Corrupt`] for `path`.
+    pub fn corrupt(path: &Path, offset: Option<u64>, message: String) -> Self {
+        Error::Corrupt {
+            path: path.to_owned(),
+            offset,
+            message,
+        }
+    }
+}

@@ -2,15 +2,27 @@
 //!
 //! - [`agent`]: the conversation with the coordinator (register, heartbeat, long-poll,
 //!   reconnect with backoff).
+//! - [`data`]: datasets decoded once into tensors (IDX, synth-digits), stable splits.
+//! - [`model`]: models built from the spec (simple CNN, configurable CNN).
+//! - [`train`]: the training loop, optimisers, schedules, checkpoints and resume.
+//! - [`metrics`]: evaluation (accuracy, top-5, per-class P/R/F1, confusion, correctness).
+//! - [`job`]: a job from spec to artifacts; verification of a saved model.
+//! - [`artifacts`]: what a run leaves behind (weights, model card, metrics, config).
 //! - [`devices`]: the CPU and CUDA devices this worker reports.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: the crate's error type.
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod artifacts;
 pub mod backoff;
+pub mod data;
 pub mod devices;
 pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod model;
+pub mod train;
 
 pub use agent::Agent;
 pub use error::{Error, Result};

@@ -1,13 +1,16 @@
 //! `trainfleet-worker`: registers with a coordinator and runs the tasks it is given. Settings come
 //! from a YAML file, then `TRAINFLEET_*` environment variables, then flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::config::WorkerConfig;
+use trainfleet_core::job::JobSpec;
 use trainfleet_core::process::{init_tracing, shutdown_signal};
+use trainfleet_worker::train::{Event, RunOptions};
 use trainfleet_worker::{Agent, devices};
 
 /// A trainfleet worker: pulls training tasks from a coordinator and runs them with libtorch.
@@ -29,7 +32,7 @@ struct Args {
     #[arg(long, env = "TRAINFLEET_SLOTS")]
     slots: Option<u32>,
     /// Where datasets are cached.
-    #[arg(long, env = "TRAINFLEET_DATA_DIR")]
+    #[arg(long, env = "TRAINFLEET_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Where run artifacts are written.
     #[arg(long, env = "TRAINFLEET_ARTIFACT_DIR")]
@@ -40,6 +43,27 @@ struct Args {
 enum Command {
     /// Print the devices this worker would report (JSON), and whether libtorch can use CUDA.
     Devices,
+    /// Train a model from a job YAML on this machine, no coordinator involved.
+    Train {
+        /// Job spec (see configs/synth-digits.yaml).
+        #[arg(long = "job", short = 'j')]
+        job: PathBuf,
+        /// Output directory for the model, metrics and checkpoints.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from the checkpoint in --out if there is one.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Check a trained model: weights match their sha256, the model rebuilds from its card, and
+    /// re-evaluating test samples reproduces the recorded results.
+    Verify {
+        /// A run's output directory.
+        dir: PathBuf,
+        /// Test samples to re-evaluate.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+    },
 }
 
 impl Args {
@@ -87,6 +111,36 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Devices) => print_devices(),
+        Some(Command::Train {
+            ref job,
+            ref out,
+            resume,
+        }) => {
+            let data_dir = args.worker_config()?.data_dir;
+            let spec = JobSpec::from_file(job)?;
+            let (job, out) = (job.clone(), out.clone());
+            tokio::task::spawn_blocking(move || train(&spec, &job, &data_dir, &out, resume)).await?
+        }
+        Some(Command::Verify { ref dir, samples }) => {
+            let data_dir = args.worker_config()?.data_dir;
+            let dir = dir.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                trainfleet_worker::job::verify(&dir, &data_dir, samples)
+            })
+            .await??;
+            println!(
+                "weights sha256 {} verified; {} rebuilt; {}/{} test predictions match the recorded ones; accuracy {:.2}%",
+                &verified.card.weights_sha256[..16],
+                verified.card.model.arch.name(),
+                verified.matching,
+                verified.samples,
+                verified.accuracy * 100.0
+            );
+            if verified.matching != verified.samples {
+                anyhow::bail!("the reloaded model does not reproduce its recorded predictions");
+            }
+            Ok(())
+        }
         None => {
             let config = args.worker_config()?;
             // Probing CUDA loads the driver; do it off the async runtime.
@@ -101,6 +155,93 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn train(
+    spec: &JobSpec,
+    job: &Path,
+    data_dir: &Path,
+    out: &Path,
+    resume: bool,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} batches  {msg}  eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    // Epoch lines go to stdout whether or not the bar is drawn (it hides itself off a terminal).
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}")
+        } else {
+            bar.println(line)
+        }
+    };
+    let mut on_event = |event: &Event<'_>| match event {
+        Event::Resumed { epoch } => say(format!(
+            "resuming after epoch {epoch} from {}",
+            out.display()
+        )),
+        Event::EpochStarted {
+            epoch,
+            epochs,
+            batches,
+        } => {
+            bar.reset();
+            bar.set_length(*batches);
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+        }
+        Event::Batch {
+            batch,
+            loss,
+            images_per_sec,
+            ..
+        } => {
+            bar.set_position(*batch);
+            bar.set_message(format!("loss {loss:.4}  {images_per_sec:.0} img/s"));
+        }
+        Event::Epoch(r) => say(format!(
+            "epoch {:>3}  train loss {:.4} acc {:.2}%  val {}  {:.0} img/s  lr {:.2e}",
+            r.epoch,
+            r.train_loss,
+            r.train_accuracy * 100.0,
+            match (r.val_loss, r.val_accuracy) {
+                (Some(l), Some(a)) => format!("loss {l:.4} acc {:.2}%", a * 100.0),
+                _ => "-".to_owned(),
+            },
+            r.images_per_sec,
+            r.learning_rate
+        )),
+    };
+    let options = RunOptions {
+        resume,
+        ..Default::default()
+    };
+    let trained = trainfleet_worker::job::run(spec, data_dir, out, &options, &mut on_event)
+        .map_err(|e| anyhow::anyhow!("{} ({})", e, job.display()))?;
+    bar.finish_and_clear();
+    let test = &trained.outcome.test;
+    println!(
+        "test accuracy {:.2}%  macro-F1 {:.4}  loss {:.4}  ({} samples){}",
+        test.accuracy * 100.0,
+        test.macro_f1,
+        test.loss,
+        test.samples,
+        test.top5_accuracy
+            .map(|t| format!("  top-5 {:.2}%", t * 100.0))
+            .unwrap_or_default()
+    );
+    if let Some(reason) = &trained.outcome.stopped_early {
+        println!("stopped early: {reason}");
+    }
+    println!(
+        "model: {} (sha256 {})",
+        out.join("model.safetensors").display(),
+        trained.card.weights_sha256
+    );
+    Ok(())
 }
 
 fn print_devices() -> anyhow::Result<()> {

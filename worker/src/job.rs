@@ -1,0 +1,120 @@
+//! A training job from spec to artifacts, and the verification of a saved model: what
+//! `trainfleet-worker train` and `verify` run, and what a train task will run on a worker.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{Device, nn};
+use trainfleet_core::job::JobSpec;
+
+use crate::artifacts::{self, ModelCard};
+use crate::data::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::model;
+use crate::train::{self, Event, RunOptions};
+
+/// The outcome of [`run`].
+#[derive(Debug)]
+pub struct Trained {
+    /// The model card written.
+    pub card: ModelCard,
+    /// Epoch reports, test evaluation and the rest.
+    pub outcome: train::Outcome,
+    /// Seconds spent loading (and generating or downloading) the dataset.
+    pub load_seconds: f64,
+}
+
+/// Loads the dataset, trains, evaluates and writes the artifacts to `out_dir`.
+pub fn run(
+    spec: &JobSpec,
+    data_dir: &Path,
+    out_dir: &Path,
+    options: &RunOptions<'_>,
+    on_event: &mut dyn FnMut(&Event<'_>),
+) -> Result<Trained> {
+    spec.validate()?;
+    let device = train::resolve_device(spec)?;
+    let started = Instant::now();
+    let dataset = data::load(&spec.dataset, data_dir)?.to_device(device);
+    let load_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        source = %dataset.identity.source,
+        train = dataset.train.len(),
+        val = dataset.val.len(),
+        test = dataset.test.len(),
+        device = %train::device_name(device),
+        load_seconds,
+        "dataset ready"
+    );
+    let outcome = train::train(spec, &dataset, device, out_dir, options, on_event)?;
+    let card = artifacts::write(out_dir, spec, &dataset, &outcome, device)?;
+    Ok(Trained {
+        card,
+        outcome,
+        load_seconds,
+    })
+}
+
+/// The result of [`verify`].
+#[derive(Debug)]
+pub struct Verified {
+    /// The model card.
+    pub card: ModelCard,
+    /// Test samples re-evaluated.
+    pub samples: usize,
+    /// Of those, predictions whose correctness matches what training recorded.
+    pub matching: usize,
+    /// Accuracy on those samples now.
+    pub accuracy: f64,
+}
+
+/// Reloads the model in `dir`, checks its weights' sha256, rebuilds it from its card and
+/// re-evaluates it on the first `samples` test samples, comparing with the recorded results.
+pub fn verify(dir: &Path, data_dir: &Path, samples: usize) -> Result<Verified> {
+    let card = artifacts::read_card(dir)?;
+    let weights = dir.join(&card.weights_file);
+    let (_, sha) = data::file_sha256(&weights)?;
+    if sha != card.weights_sha256 {
+        return Err(Error::Checksum {
+            file: weights.display().to_string(),
+            url: dir.join(artifacts::MODEL_CARD).display().to_string(),
+            expected: card.weights_sha256.clone(),
+            got: sha,
+            action: "the weights were modified after training; refusing to load them",
+        });
+    }
+    let spec_path = dir.join(artifacts::CONFIG);
+    let spec = JobSpec::from_file(&spec_path)?;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = model::build(&vs.root(), &card.model, card.geometry)?;
+    vs.load(&weights)?;
+    let dataset: Dataset = data::load(&spec.dataset, data_dir)?;
+    if dataset.identity.root_sha256 != card.dataset.root_sha256 {
+        return Err(Error::Unsupported(format!(
+            "the dataset now at {} differs from the one the model was tested on (root {} vs {}); \
+             verification needs the same data",
+            dataset.identity.source,
+            &dataset.identity.root_sha256[..12],
+            &card.dataset.root_sha256[..12]
+        )));
+    }
+    let n = samples.min(dataset.test.len());
+    let subset = data::Split {
+        images: dataset.test.images.narrow(0, 0, n as i64),
+        labels: dataset.test.labels.narrow(0, 0, n as i64),
+    };
+    let evaluation = train::evaluate_split(model.as_ref(), &subset, &dataset, Device::Cpu);
+    let recorded = artifacts::read_metrics(dir)?.test.correct;
+    let matching = evaluation
+        .correct
+        .iter()
+        .zip(&recorded)
+        .filter(|(a, b)| a == b)
+        .count();
+    Ok(Verified {
+        card,
+        samples: n,
+        matching,
+        accuracy: evaluation.accuracy,
+    })
+}
