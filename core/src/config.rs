@@ -122,6 +122,9 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// Labels reported at registration (placement hints).
     pub labels: BTreeMap<String, String>,
+    /// Base URL of a dataset mirror, tried before the canonical URLs (`{mirror}/{dataset}/{file}`);
+    /// `TRAINFLEET_DATASET_MIRROR` overrides it.
+    pub dataset_mirror: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -136,6 +139,7 @@ impl Default for WorkerConfig {
             reconnect_max: Duration::from_secs(30),
             poll_wait: Duration::from_secs(20),
             labels: BTreeMap::new(),
+            dataset_mirror: None,
         }
     }
 }

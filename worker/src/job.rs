@@ -27,7 +27,7 @@ pub struct Trained {
 /// Loads the dataset, trains, evaluates and writes the artifacts to `out_dir`.
 pub fn run(
     spec: &JobSpec,
-    data_dir: &Path,
+    data: &data::DataSettings,
     out_dir: &Path,
     options: &RunOptions<'_>,
     on_event: &mut dyn FnMut(&Event<'_>),
@@ -35,7 +35,7 @@ pub fn run(
     spec.validate()?;
     let device = train::resolve_device(spec)?;
     let started = Instant::now();
-    let dataset = data::load(&spec.dataset, data_dir)?.to_device(device);
+    let dataset = data::load_with(&spec.dataset, &data.dir, &data.downloader)?.to_device(device);
     let load_seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         source = %dataset.identity.source,
@@ -70,7 +70,7 @@ pub struct Verified {
 
 /// Reloads the model in `dir`, checks its weights' sha256, rebuilds it from its card and
 /// re-evaluates it on the first `samples` test samples, comparing with the recorded results.
-pub fn verify(dir: &Path, data_dir: &Path, samples: usize) -> Result<Verified> {
+pub fn verify(dir: &Path, data: &data::DataSettings, samples: usize) -> Result<Verified> {
     let card = artifacts::read_card(dir)?;
     let weights = dir.join(&card.weights_file);
     let (_, sha) = data::file_sha256(&weights)?;
@@ -88,7 +88,7 @@ pub fn verify(dir: &Path, data_dir: &Path, samples: usize) -> Result<Verified> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = model::build(&vs.root(), &card.model, card.geometry)?;
     vs.load(&weights)?;
-    let dataset: Dataset = data::load(&spec.dataset, data_dir)?;
+    let dataset: Dataset = data::load_with(&spec.dataset, &data.dir, &data.downloader)?;
     if dataset.identity.root_sha256 != card.dataset.root_sha256 {
         return Err(Error::Unsupported(format!(
             "the dataset now at {} differs from the one the model was tested on (root {} vs {}); \

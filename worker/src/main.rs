@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use trainfleet_core::config::WorkerConfig;
 use trainfleet_core::job::JobSpec;
 use trainfleet_core::process::{init_tracing, shutdown_signal};
+use trainfleet_worker::data::DataSettings;
 use trainfleet_worker::train::{Event, RunOptions};
 use trainfleet_worker::{Agent, devices};
 
@@ -116,13 +117,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ref out,
             resume,
         }) => {
-            let data_dir = args.worker_config()?.data_dir;
+            let config = args.worker_config()?;
+            let data_dir = DataSettings::new(config.data_dir, config.dataset_mirror);
             let spec = JobSpec::from_file(job)?;
             let (job, out) = (job.clone(), out.clone());
             tokio::task::spawn_blocking(move || train(&spec, &job, &data_dir, &out, resume)).await?
         }
         Some(Command::Verify { ref dir, samples }) => {
-            let data_dir = args.worker_config()?.data_dir;
+            let config = args.worker_config()?;
+            let data_dir = DataSettings::new(config.data_dir, config.dataset_mirror);
             let dir = dir.clone();
             let verified = tokio::task::spawn_blocking(move || {
                 trainfleet_worker::job::verify(&dir, &data_dir, samples)
@@ -160,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn train(
     spec: &JobSpec,
     job: &Path,
-    data_dir: &Path,
+    data_dir: &DataSettings,
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<()> {

@@ -39,7 +39,11 @@ fn run(
     out: &Path,
     options: &RunOptions<'_>,
 ) -> trainfleet_worker::Result<job::Trained> {
-    job::run(spec, data, out, options, &mut |_| {})
+    job::run(spec, &settings(data), out, options, &mut |_| {})
+}
+
+fn settings(dir: &Path) -> trainfleet_worker::data::DataSettings {
+    trainfleet_worker::data::DataSettings::new(dir.to_owned(), None)
 }
 
 /// libtorch's RNG and thread count are process-wide: two trainings in one process at once would
@@ -80,11 +84,17 @@ fn a_run_killed_after_an_epoch_and_resumed_ends_exactly_like_an_uninterrupted_on
         resume: true,
         ..Default::default()
     };
-    let second = job::run(&spec, data.path(), resumed.path(), &options, &mut |e| {
-        if let Event::Resumed { epoch } | Event::EpochStarted { epoch, .. } = e {
-            events.push(*epoch);
-        }
-    })
+    let second = job::run(
+        &spec,
+        &settings(data.path()),
+        resumed.path(),
+        &options,
+        &mut |e| {
+            if let Event::Resumed { epoch } | Event::EpochStarted { epoch, .. } = e {
+                events.push(*epoch);
+            }
+        },
+    )
     .unwrap();
     assert_eq!(
         events,
@@ -154,11 +164,17 @@ fn cancel_stops_within_one_batch() {
         cancel: Some(&cancel),
         ..Default::default()
     };
-    let result = job::run(&tiny_job(2), data.path(), out.path(), &options, &mut |e| {
-        if let Event::Batch { .. } = e {
-            batches += 1;
-        }
-    });
+    let result = job::run(
+        &tiny_job(2),
+        &settings(data.path()),
+        out.path(),
+        &options,
+        &mut |e| {
+            if let Event::Batch { .. } = e {
+                batches += 1;
+            }
+        },
+    );
     assert!(matches!(result, Err(Error::Cancelled)));
     assert_eq!(batches, 0);
     assert!(!out.path().join("model.safetensors").exists());
@@ -176,7 +192,7 @@ fn saved_model_reloads_with_identical_predictions_and_tampering_is_caught() {
         &RunOptions::default(),
     )
     .unwrap();
-    let verified = job::verify(out.path(), data.path(), 10_000).unwrap();
+    let verified = job::verify(out.path(), &settings(data.path()), 10_000).unwrap();
     assert_eq!(verified.samples, 200);
     assert_eq!(verified.matching, 200);
     assert_eq!(verified.accuracy, trained.outcome.test.accuracy);
@@ -186,7 +202,7 @@ fn saved_model_reloads_with_identical_predictions_and_tampering_is_caught() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&weights, bytes).unwrap();
-    let err = job::verify(out.path(), data.path(), 10)
+    let err = job::verify(out.path(), &settings(data.path()), 10)
         .unwrap_err()
         .to_string();
     assert!(

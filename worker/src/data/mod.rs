@@ -1,13 +1,20 @@
 //! Datasets in memory: decoded once into contiguous tensors, batches gathered by index.
 //!
 //! - [`idx`]: IDX files (MNIST family), plain or gzip, validated against their headers.
+//! - [`cifar`]: CIFAR-10/100 binary batches read straight from their `.tar.gz`.
+//! - [`imagefolder`]: one directory per class of PNG/JPEG files.
+//! - [`builtin`] and [`download`]: the builtin catalogue, mirrors, pinned checksums.
 //! - [`synth`]: the offline synth-digits generator (writes IDX).
 //! - [`split`]: stable content-hash splits and the `fraction` subset.
 //!
 //! Images stay as u8 (N, C, H, W) on the training device and are normalised per batch; that
 //! keeps a dataset at a quarter of its float size, and the conversion is one fused op on a batch.
 
+pub mod builtin;
+pub mod cifar;
+pub mod download;
 pub mod idx;
+pub mod imagefolder;
 pub mod split;
 pub mod synth;
 
@@ -97,8 +104,39 @@ impl Dataset {
     }
 }
 
-/// Loads the dataset a job asks for, on the CPU. `cache_dir` holds downloads and generated files.
+/// Where datasets are cached and how missing ones are fetched.
+#[derive(Debug, Clone)]
+pub struct DataSettings {
+    /// Cache of downloads and generated files.
+    pub dir: PathBuf,
+    /// How builtins are downloaded.
+    pub downloader: download::Downloader,
+}
+
+impl DataSettings {
+    /// Settings for `dir` with the default downloader, and `mirror` (the worker config's) unless
+    /// the environment names one.
+    pub fn new(dir: PathBuf, mirror: Option<String>) -> Self {
+        let mut downloader = download::Downloader::default();
+        if downloader.mirror.is_none() {
+            downloader.mirror = mirror;
+        }
+        Self { dir, downloader }
+    }
+}
+
+/// Loads the dataset a job asks for, on the CPU. `cache_dir` holds downloads and generated
+/// files; downloads use the default [`download::Downloader`] (mirror from the environment).
 pub fn load(spec: &DatasetSpec, cache_dir: &Path) -> Result<Dataset> {
+    load_with(spec, cache_dir, &download::Downloader::default())
+}
+
+/// Like [`load`], with an explicit downloader.
+pub fn load_with(
+    spec: &DatasetSpec,
+    cache_dir: &Path,
+    downloader: &download::Downloader,
+) -> Result<Dataset> {
     let cache_dir = spec
         .cache_dir
         .clone()
@@ -115,17 +153,11 @@ pub fn load(spec: &DatasetSpec, cache_dir: &Path) -> Result<Dataset> {
             );
             load_idx_dir(spec, &dir, source, digit_classes())
         }
+        (Some(other), _, _) => builtin::load(other, spec, &cache_dir, downloader),
         (None, Some(LocalFormat::Idx), Some(path)) => {
             load_idx_dir(spec, path, path.display().to_string(), Vec::new())
         }
-        (Some(other), _, _) => Err(Error::Unsupported(format!(
-            "builtin dataset {} needs the downloader, which is not in this build yet; \
-             use synth-digits or a local IDX directory",
-            other.name()
-        ))),
-        (None, Some(LocalFormat::Imagefolder), Some(_)) => Err(Error::Unsupported(
-            "format imagefolder is not in this build yet; use IDX files".into(),
-        )),
+        (None, Some(LocalFormat::Imagefolder), Some(path)) => imagefolder::load(spec, path),
         _ => Err(Error::Spec(trainfleet_core::Error::invalid_field(
             "dataset",
             "needs builtin, or format and path",

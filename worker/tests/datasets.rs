@@ -1,0 +1,534 @@
+//! Datasets from the outside world: downloads against a real HTTP server on loopback (serving
+//! files the test generates), CIFAR archives and image folders built by the test.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use trainfleet_core::job::{Builtin, DatasetSpec};
+use trainfleet_worker::data::download::{Downloader, RemoteFile};
+use trainfleet_worker::data::{builtin, idx, imagefolder, load_with};
+
+/// How the test server answers one path.
+#[derive(Clone)]
+enum Route {
+    /// 200 with the body.
+    Ok(Vec<u8>),
+    /// 200 announcing the full length, but the connection closes halfway.
+    Truncated(Vec<u8>),
+    /// 404.
+    Missing,
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 for download tests; counts requests per path.
+struct TestServer {
+    base: String,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TestServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (r, h) = (routes.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (r, h) = (r.clone(), h.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    let route = r
+                        .lock()
+                        .unwrap()
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or(Route::Missing);
+                    let mut out = stream;
+                    let _ = match route {
+                        Route::Ok(body) => out
+                            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes())
+                            .and_then(|_| out.write_all(&body)),
+                        Route::Truncated(body) => out
+                            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes())
+                            .and_then(|_| out.write_all(&body[..body.len() / 2])),
+                        Route::Missing => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                    };
+                });
+            }
+        });
+        Self { base, routes, hits }
+    }
+
+    fn serve(&self, path: &str, route: Route) {
+        self.routes.lock().unwrap().insert(path.to_owned(), route);
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn sha(bytes: &[u8]) -> &'static str {
+    Box::leak(
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_boxed_str(),
+    )
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn quick() -> Downloader {
+    Downloader {
+        mirror: None,
+        attempts: 2,
+        retry_delay: Duration::from_millis(10),
+        progress: false,
+        ..Downloader::default()
+    }
+}
+
+/// MNIST-shaped files: 30 training and 10 test images of 28×28.
+fn mnist_like() -> Vec<(&'static str, Vec<u8>)> {
+    let img = |n: usize| {
+        gzip(&idx::encode(
+            &[n, 28, 28],
+            &(0..n * 784).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        ))
+    };
+    let lab = |n: usize| {
+        gzip(&idx::encode(
+            &[n],
+            &(0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>(),
+        ))
+    };
+    vec![
+        ("train-images-idx3-ubyte.gz", img(30)),
+        ("train-labels-idx1-ubyte.gz", lab(30)),
+        ("t10k-images-idx3-ubyte.gz", img(10)),
+        ("t10k-labels-idx1-ubyte.gz", lab(10)),
+    ]
+}
+
+fn catalogue(files: &[(&'static str, Vec<u8>)]) -> Vec<RemoteFile> {
+    files
+        .iter()
+        .map(|(name, body)| RemoteFile {
+            name,
+            sha256: sha(body),
+        })
+        .collect()
+}
+
+fn spec(builtin: Builtin) -> DatasetSpec {
+    DatasetSpec {
+        builtin: Some(builtin),
+        validation_pct: 0,
+        ..DatasetSpec::default()
+    }
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn downloads_verify_and_load_and_the_cache_is_reused() {
+    let server = TestServer::start();
+    let files = mnist_like();
+    for (name, body) in &files {
+        server.serve(&format!("/mnist/{name}"), Route::Ok(body.clone()));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let base = format!("{}/mnist", server.base);
+    let entry = (vec![base.as_str()].leak() as &[&str], catalogue(&files));
+    let ds = builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap();
+    assert_eq!(
+        (ds.train.len(), ds.test.len(), ds.shape),
+        (30, 10, [1, 28, 28])
+    );
+    assert_eq!(server.hits("/mnist/train-images-idx3-ubyte.gz"), 1);
+
+    builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap();
+    assert_eq!(
+        server.hits("/mnist/train-images-idx3-ubyte.gz"),
+        1,
+        "second load reads the verified cache"
+    );
+
+    // A cached file that went bad is noticed and fetched again.
+    std::fs::write(
+        cache.path().join("mnist/t10k-labels-idx1-ubyte.gz"),
+        b"bit rot",
+    )
+    .unwrap();
+    builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap();
+    assert_eq!(server.hits("/mnist/t10k-labels-idx1-ubyte.gz"), 2);
+}
+
+#[test]
+fn the_configured_mirror_is_tried_first_then_the_canonical_urls() {
+    let server = TestServer::start();
+    let files = mnist_like();
+    for (name, body) in &files {
+        server.serve(&format!("/canonical/{name}"), Route::Ok(body.clone()));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let downloader = Downloader {
+        mirror: Some(format!("{}/mirror/", server.base)),
+        ..quick()
+    };
+    let base = format!("{}/canonical", server.base);
+    let entry = (vec![base.as_str()].leak() as &[&str], catalogue(&files));
+    builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &downloader,
+        &entry,
+    )
+    .unwrap();
+    assert_eq!(
+        server.hits("/mirror/mnist/train-images-idx3-ubyte.gz"),
+        1,
+        "mirror first; a 404 is not retried"
+    );
+    assert_eq!(server.hits("/canonical/train-images-idx3-ubyte.gz"), 1);
+}
+
+#[test]
+fn a_checksum_mismatch_deletes_the_download_and_names_file_expected_and_got() {
+    let server = TestServer::start();
+    let mut files = mnist_like();
+    let pinned = catalogue(&files);
+    files[0].1 = gzip(b"not the real file");
+    let got = sha(&files[0].1);
+    for (name, body) in &files {
+        server.serve(&format!("/m/{name}"), Route::Ok(body.clone()));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let base = format!("{}/m", server.base);
+    let entry = (vec![base.as_str()].leak() as &[&str], pinned.clone());
+    let err = builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checksum mismatch for train-images-idx3-ubyte.gz"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("expected sha256 {}, got {got}", pinned[0].sha256)),
+        "{err}"
+    );
+    assert!(err.contains("the download was deleted"), "{err}");
+    assert_eq!(
+        server.hits("/m/train-images-idx3-ubyte.gz"),
+        1,
+        "a wrong checksum is not retried on the same URL"
+    );
+    let dir = cache.path().join("mnist");
+    assert!(!dir.join("train-images-idx3-ubyte.gz").exists());
+    assert!(
+        leftovers(&dir).is_empty(),
+        "no partial files: {:?}",
+        leftovers(&dir)
+    );
+}
+
+#[test]
+fn a_truncated_transfer_is_retried_then_the_next_url_is_used() {
+    let server = TestServer::start();
+    let files = mnist_like();
+    for (name, body) in &files {
+        server.serve(&format!("/flaky/{name}"), Route::Truncated(body.clone()));
+        server.serve(&format!("/good/{name}"), Route::Ok(body.clone()));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let (flaky, good) = (
+        format!("{}/flaky", server.base),
+        format!("{}/good", server.base),
+    );
+    let entry = (
+        vec![flaky.as_str(), good.as_str()].leak() as &[&str],
+        catalogue(&files),
+    );
+    builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap();
+    assert_eq!(
+        server.hits("/flaky/train-images-idx3-ubyte.gz"),
+        2,
+        "retried once"
+    );
+    assert_eq!(server.hits("/good/train-images-idx3-ubyte.gz"), 1);
+    assert!(leftovers(&cache.path().join("mnist")).is_empty());
+
+    // Only the flaky source: the error reports every attempt.
+    let cache = tempfile::tempdir().unwrap();
+    let entry = (vec![flaky.as_str()].leak() as &[&str], catalogue(&files));
+    let err = builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache.path(),
+        &quick(),
+        &entry,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot download train-images-idx3-ubyte.gz"),
+        "{err}"
+    );
+    assert!(err.contains("(attempt 2)"), "{err}");
+    assert!(
+        err.contains("truncated transfer") || err.contains("transfer broke"),
+        "{err}"
+    );
+}
+
+fn cifar_archive(records: &[(u8, u8)], extra: usize) -> Vec<u8> {
+    let record = |label: u8, fill: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(fill, 3072));
+        r
+    };
+    let batch: Vec<u8> = records
+        .iter()
+        .flat_map(|&(l, f)| record(l, f))
+        .chain(std::iter::repeat_n(7u8, extra))
+        .collect();
+    let test: Vec<u8> = records
+        .iter()
+        .take(2)
+        .flat_map(|&(l, f)| record(l, f))
+        .collect();
+    let meta = b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("cifar-10-batches-bin/batches.meta.txt", meta.to_vec()),
+        ("cifar-10-batches-bin/data_batch_1.bin", batch),
+        ("cifar-10-batches-bin/test_batch.bin", test),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, body.as_slice()).unwrap();
+    }
+    gzip(&tar.into_inner().unwrap())
+}
+
+#[test]
+fn cifar_archives_load_and_corruption_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<(u8, u8)> = (0..20).map(|i| ((i % 10) as u8, (i * 10) as u8)).collect();
+    let archive = dir.path().join("cifar-10-binary.tar.gz");
+    std::fs::write(&archive, cifar_archive(&records, 0)).unwrap();
+    let ds = trainfleet_worker::data::cifar::load(
+        &spec(Builtin::Cifar10),
+        &archive,
+        trainfleet_worker::data::cifar::Variant::Cifar10,
+    )
+    .unwrap();
+    assert_eq!(
+        (ds.train.len(), ds.test.len(), ds.shape),
+        (20, 2, [3, 32, 32])
+    );
+    assert_eq!(ds.classes[9], "truck");
+
+    std::fs::write(&archive, cifar_archive(&records, 100)).unwrap();
+    let err = trainfleet_worker::data::cifar::load(
+        &spec(Builtin::Cifar10),
+        &archive,
+        trainfleet_worker::data::cifar::Variant::Cifar10,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("at byte 61460: member cifar-10-batches-bin/data_batch_1.bin has 61560 bytes"),
+        "{err}"
+    );
+
+    let whole = cifar_archive(&records, 0);
+    std::fs::write(&archive, &whole[..whole.len() / 2]).unwrap();
+    let err = trainfleet_worker::data::cifar::load(
+        &spec(Builtin::Cifar10),
+        &archive,
+        trainfleet_worker::data::cifar::Variant::Cifar10,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cifar-10-binary.tar.gz") && err.contains("truncated or corrupt archive"),
+        "{err}"
+    );
+
+    let bad_label = vec![(10u8, 0u8); 3];
+    std::fs::write(&archive, cifar_archive(&bad_label, 0)).unwrap();
+    let err = trainfleet_worker::data::cifar::load(
+        &spec(Builtin::Cifar10),
+        &archive,
+        trainfleet_worker::data::cifar::Variant::Cifar10,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("record 0: label 10 is out of range for 10 classes"),
+        "{err}"
+    );
+}
+
+fn write_image(path: &Path, w: u32, h: u32, shade: u8) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([shade, (x * 7) as u8, (y * 5) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn image_folders_load_resized_and_bad_files_are_named() {
+    let root = tempfile::tempdir().unwrap();
+    for (class, shade) in [("cat", 30u8), ("dog", 200)] {
+        std::fs::create_dir(root.path().join(class)).unwrap();
+        for i in 0..12 {
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            write_image(
+                &root.path().join(class).join(format!("{i}.{ext}")),
+                20 + i,
+                16,
+                shade,
+            );
+        }
+    }
+    std::fs::write(root.path().join("dog/notes.txt"), "ignored").unwrap();
+    let spec = DatasetSpec {
+        format: Some(trainfleet_core::job::LocalFormat::Imagefolder),
+        path: Some(root.path().to_owned()),
+        image_size: Some([16, 16]),
+        test_pct: 25,
+        validation_pct: 0,
+        ..DatasetSpec::default()
+    };
+    let ds = load_with(&spec, root.path(), &quick()).unwrap();
+    assert_eq!(ds.classes, vec!["cat", "dog"]);
+    assert_eq!(ds.shape, [3, 16, 16]);
+    assert_eq!(ds.train.len() + ds.test.len(), 24);
+    assert!(
+        !ds.test.is_empty(),
+        "a test split is carved by content hash"
+    );
+
+    let grey = DatasetSpec {
+        grayscale: true,
+        ..spec.clone()
+    };
+    assert_eq!(
+        imagefolder::load(&grey, root.path()).unwrap().shape,
+        [1, 16, 16]
+    );
+
+    let no_size = DatasetSpec {
+        image_size: None,
+        ..spec.clone()
+    };
+    let err = imagefolder::load(&no_size, root.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set dataset.image_size"), "{err}");
+
+    std::fs::write(
+        root.path().join("cat/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let err = imagefolder::load(&spec, root.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cat/broken.png") && err.contains("cannot decode image"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_test_server_counts_every_request() {
+    // Guards the test server itself: every request is counted once.
+    let server = TestServer::start();
+    server.serve("/x", Route::Ok(b"hello".to_vec()));
+    let n = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let body = ureq::get(format!("{}/x", server.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap();
+        assert_eq!(body, b"hello");
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+    assert_eq!(server.hits("/x"), n.load(Ordering::Relaxed));
+}
