@@ -4,8 +4,10 @@
 //! (`features.0.weight`, `classifier.2.bias`) that Python's `safetensors` reads as they are.
 //!
 //! - [`cnn`]: the seed project's simple CNN and the configurable CNN.
+//! - [`zoo`]: ResNet-18/34/50, VGG-11/16 (batch norm), MobileNet-V2.
 
 pub mod cnn;
+pub mod zoo;
 
 use tch::nn::{self, ModuleT};
 use trainfleet_core::job::{Arch, ModelSpec};
@@ -39,9 +41,25 @@ pub fn build(root: &nn::Path, spec: &ModelSpec, geometry: Geometry) -> Result<Mo
     match spec.arch {
         Arch::SimpleCnn => cnn::simple(root, spec, geometry),
         Arch::Cnn => cnn::configurable(root, spec, geometry),
-        other => Err(Error::Unsupported(format!(
-            "model arch {} is not in this build yet; available: simple_cnn, cnn",
-            other.name()
+        Arch::Resnet18 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R18, geometry))),
+        Arch::Resnet34 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R34, geometry))),
+        Arch::Resnet50 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R50, geometry))),
+        Arch::Vgg11 => Ok(Box::new(zoo::vgg(
+            root,
+            zoo::Vgg::V11,
+            geometry,
+            spec.dropout.unwrap_or(0.5),
+        ))),
+        Arch::Vgg16 => Ok(Box::new(zoo::vgg(
+            root,
+            zoo::Vgg::V16,
+            geometry,
+            spec.dropout.unwrap_or(0.5),
+        ))),
+        Arch::MobilenetV2 => Ok(Box::new(zoo::mobilenet_v2(
+            root,
+            geometry,
+            spec.width_mult.unwrap_or(1.0),
         ))),
     }
 }
