@@ -293,23 +293,42 @@ fn malformed_requests_get_invalid_argument_naming_the_field() -> anyhow::Result<
     Ok(())
 }
 
+/// Starts `binary --config config` (plus `env`), expects exit status 1 before anything is
+/// served, and returns what it printed.
+fn refused_at_start(
+    dir: &std::path::Path,
+    name: &str,
+    binary_name: &str,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let config = config.display().to_string();
+    let mut proc =
+        Proc::start_with_env(name, &binary(binary_name), &["--config", &config], env, dir)?;
+    assert_eq!(
+        proc.wait_exit(Duration::from_secs(20))?,
+        Some(1),
+        "{name} must refuse to start"
+    );
+    Ok(proc.log_text())
+}
+
 #[test]
 fn a_typo_in_the_config_fails_at_start_with_file_line_column() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("coordinator.yaml");
     std::fs::write(&config, "listen: 127.0.0.1:0\nheartbeat_intervall: 1s\n")?;
-    let config_arg = config.display().to_string();
-    let mut coordinator = Proc::start(
-        "coordinator",
-        &binary("trainfleet-coordinator"),
-        &["--config", &config_arg],
+    let log = refused_at_start(
         dir.path(),
+        "coordinator",
+        "trainfleet-coordinator",
+        &config,
+        &[],
     )?;
-    assert_eq!(coordinator.wait_exit(Duration::from_secs(10))?, Some(1));
-    let log = coordinator.log_text();
     assert!(
         log.contains(&format!(
-            "{config_arg}:2:1: unknown field `heartbeat_intervall`"
+            "{}:2:1: unknown field `heartbeat_intervall`",
+            config.display()
         )),
         "{log}"
     );
@@ -319,38 +338,31 @@ fn a_typo_in_the_config_fails_at_start_with_file_line_column() -> anyhow::Result
         &worker_config,
         "coordinator: 127.0.0.1:1\nslots: 1\nslotz: 2\n",
     )?;
-    let worker_arg = worker_config.display().to_string();
-    let mut worker = Proc::start(
-        "worker",
-        &binary("trainfleet-worker"),
-        &["--config", &worker_arg],
+    let log = refused_at_start(
         dir.path(),
+        "worker",
+        "trainfleet-worker",
+        &worker_config,
+        &[],
     )?;
-    assert_eq!(worker.wait_exit(Duration::from_secs(20))?, Some(1));
     assert!(
-        worker
-            .log_text()
-            .contains(&format!("{worker_arg}:3:1: unknown field `slotz`")),
-        "{}",
-        worker.log_text()
+        log.contains(&format!(
+            "{}:3:1: unknown field `slotz`",
+            worker_config.display()
+        )),
+        "{log}"
     );
 
     // Values that parse but cannot work are refused too, naming the field.
     std::fs::write(&config, "heartbeat_interval: 5s\nlease_timeout: 2s\n")?;
-    let mut coordinator = Proc::start(
-        "coordinator-2",
-        &binary("trainfleet-coordinator"),
-        &["--config", &config_arg],
+    let log = refused_at_start(
         dir.path(),
+        "coordinator-2",
+        "trainfleet-coordinator",
+        &config,
+        &[],
     )?;
-    assert_eq!(coordinator.wait_exit(Duration::from_secs(10))?, Some(1));
-    assert!(
-        coordinator
-            .log_text()
-            .contains("`lease_timeout` (2s) must be longer"),
-        "{}",
-        coordinator.log_text()
-    );
+    assert!(log.contains("`lease_timeout` (2s) must be longer"), "{log}");
     Ok(())
 }
 
@@ -368,15 +380,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() -> anyhow
     // The environment's lease (500ms) is shorter than the file's interval (1s): refused, which
     // proves TRAINFLEET_LEASE_TIMEOUT was read over the file's 10s.
     let env = [("TRAINFLEET_LEASE_TIMEOUT", "500ms")];
-    let mut refused = Proc::start_with_env(
-        "env",
-        &coordinator,
-        &["--config", &config_arg],
-        &env,
-        dir.path(),
-    )?;
-    assert_eq!(refused.wait_exit(Duration::from_secs(10))?, Some(1));
-    let log = refused.log_text();
+    let log = refused_at_start(dir.path(), "env", "trainfleet-coordinator", &config, &env)?;
     assert!(
         log.contains("`lease_timeout` (500ms) must be longer than heartbeat_interval (1s)"),
         "{log}"

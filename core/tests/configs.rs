@@ -23,5 +23,8 @@ fn every_example_job_is_valid() {
         JobSpec::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 5, "mnist, fashion-mnist, kmnist, cifar10, synth-digits: found {checked}");
+    assert!(
+        checked >= 5,
+        "mnist, fashion-mnist, kmnist, cifar10, synth-digits: found {checked}"
+    );
 }

@@ -125,9 +125,16 @@ pub fn write(
 ) -> Result<ModelCard> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let weights = dir.join(MODEL_WEIGHTS);
-    // VarStore::save picks the format from the extension: the temporary name must keep it.
+    // Dense row-major copies, whatever layout training used, sorted by name.
+    let mut named: Vec<(String, tch::Tensor)> = outcome
+        .var_store
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
     let tmp = dir.join(format!(".tmp.{MODEL_WEIGHTS}"));
-    outcome.var_store.save(&tmp)?;
+    tch::Tensor::write_safetensors(&named, &tmp)?;
     std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
     let (_, weights_sha256) = file_sha256(&weights)?;
 

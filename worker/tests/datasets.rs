@@ -382,18 +382,18 @@ fn cifar_archive(records: &[(u8, u8)], extra: usize) -> Vec<u8> {
     gzip(&tar.into_inner().unwrap())
 }
 
+fn load_cifar10(archive: &Path) -> trainfleet_worker::Result<trainfleet_worker::data::Dataset> {
+    use trainfleet_worker::data::cifar;
+    cifar::load(&spec(Builtin::Cifar10), archive, cifar::Variant::Cifar10)
+}
+
 #[test]
 fn cifar_archives_load_and_corruption_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let records: Vec<(u8, u8)> = (0..20).map(|i| ((i % 10) as u8, (i * 10) as u8)).collect();
     let archive = dir.path().join("cifar-10-binary.tar.gz");
     std::fs::write(&archive, cifar_archive(&records, 0)).unwrap();
-    let ds = trainfleet_worker::data::cifar::load(
-        &spec(Builtin::Cifar10),
-        &archive,
-        trainfleet_worker::data::cifar::Variant::Cifar10,
-    )
-    .unwrap();
+    let ds = load_cifar10(&archive).unwrap();
     assert_eq!(
         (ds.train.len(), ds.test.len(), ds.shape),
         (20, 2, [3, 32, 32])
@@ -401,13 +401,7 @@ fn cifar_archives_load_and_corruption_is_named() {
     assert_eq!(ds.classes[9], "truck");
 
     std::fs::write(&archive, cifar_archive(&records, 100)).unwrap();
-    let err = trainfleet_worker::data::cifar::load(
-        &spec(Builtin::Cifar10),
-        &archive,
-        trainfleet_worker::data::cifar::Variant::Cifar10,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_cifar10(&archive).unwrap_err().to_string();
     assert!(
         err.contains("at byte 61460: member cifar-10-batches-bin/data_batch_1.bin has 61560 bytes"),
         "{err}"
@@ -415,13 +409,7 @@ fn cifar_archives_load_and_corruption_is_named() {
 
     let whole = cifar_archive(&records, 0);
     std::fs::write(&archive, &whole[..whole.len() / 2]).unwrap();
-    let err = trainfleet_worker::data::cifar::load(
-        &spec(Builtin::Cifar10),
-        &archive,
-        trainfleet_worker::data::cifar::Variant::Cifar10,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_cifar10(&archive).unwrap_err().to_string();
     assert!(
         err.contains("cifar-10-binary.tar.gz") && err.contains("truncated or corrupt archive"),
         "{err}"
@@ -429,13 +417,7 @@ fn cifar_archives_load_and_corruption_is_named() {
 
     let bad_label = vec![(10u8, 0u8); 3];
     std::fs::write(&archive, cifar_archive(&bad_label, 0)).unwrap();
-    let err = trainfleet_worker::data::cifar::load(
-        &spec(Builtin::Cifar10),
-        &archive,
-        trainfleet_worker::data::cifar::Variant::Cifar10,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_cifar10(&archive).unwrap_err().to_string();
     assert!(
         err.contains("record 0: label 10 is out of range for 10 classes"),
         "{err}"

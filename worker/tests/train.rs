@@ -296,3 +296,38 @@ fn a_bad_spec_fails_before_any_work() {
         "no dataset was generated"
     );
 }
+
+#[test]
+fn initial_weights_are_loaded_before_training() {
+    let _serial = exclusive();
+    let data = tempfile::tempdir().unwrap();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let trained = run(
+        &tiny_job(2),
+        data.path(),
+        first.path(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    // Start from those weights with a learning rate too small to move them: the new model scores
+    // what the old one did.
+    let mut spec = tiny_job(1);
+    spec.model.init_weights = Some(first.path().join("model.safetensors"));
+    spec.training.learning_rate = 1e-12;
+    let again = run(&spec, data.path(), second.path(), &RunOptions::default()).unwrap();
+    assert_eq!(again.outcome.test.accuracy, trained.outcome.test.accuracy);
+
+    let mut wrong = tiny_job(1);
+    wrong.model = ModelSpec {
+        arch: Arch::Cnn,
+        ..Default::default()
+    };
+    wrong.model.init_weights = Some(first.path().join("model.safetensors"));
+    let err = run(&wrong, data.path(), second.path(), &RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.init_weights") && err.contains("names and shapes must match"),
+        "{err}"
+    );
+}

@@ -42,16 +42,21 @@ pub enum ResNet {
     R50,
 }
 
+/// The projection shortcut of a residual block, when its shape changes (else identity).
+fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<nn::SequentialT> {
+    (stride != 1 || c_in != c_out).then(|| {
+        nn::seq_t()
+            .add(conv(p / "downsample" / 0, c_in, c_out, 1, stride, 1))
+            .add(bn(p / "downsample" / 1, c_out))
+    })
+}
+
 fn basic_block(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> impl ModuleT + use<> {
     let conv1 = conv(&p / "conv1", c_in, c_out, 3, stride, 1);
     let bn1 = bn(&p / "bn1", c_out);
     let conv2 = conv(&p / "conv2", c_out, c_out, 3, 1, 1);
     let bn2 = bn(&p / "bn2", c_out);
-    let down = (stride != 1 || c_in != c_out).then(|| {
-        nn::seq_t()
-            .add(conv(&p / "downsample" / 0, c_in, c_out, 1, stride, 1))
-            .add(bn(&p / "downsample" / 1, c_out))
-    });
+    let down = shortcut(&p, c_in, c_out, stride);
     nn::func_t(move |xs, train| {
         let ys = xs
             .apply(&conv1)
@@ -74,11 +79,7 @@ fn bottleneck(p: nn::Path, c_in: i64, width: i64, stride: i64) -> impl ModuleT +
     let bn2 = bn(&p / "bn2", width);
     let conv3 = conv(&p / "conv3", width, c_out, 1, 1, 1);
     let bn3 = bn(&p / "bn3", c_out);
-    let down = (stride != 1 || c_in != c_out).then(|| {
-        nn::seq_t()
-            .add(conv(&p / "downsample" / 0, c_in, c_out, 1, stride, 1))
-            .add(bn(&p / "downsample" / 1, c_out))
-    });
+    let down = shortcut(&p, c_in, c_out, stride);
     nn::func_t(move |xs, train| {
         let ys = xs
             .apply(&conv1)

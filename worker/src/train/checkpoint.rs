@@ -88,14 +88,17 @@ impl Checkpoint {
         let json = serde_json::to_vec(meta).expect("metadata serialises");
         let mut named: Vec<(String, Tensor)> =
             vec![("meta/json".to_owned(), Tensor::from_slice(&json))];
+        // safetensors stores dense row-major data: channels-last variables are written as
+        // contiguous copies (and copied back into whatever layout the model uses on restore).
+        let portable = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
         for (name, t) in vs.variables() {
-            named.push((format!("model/{name}"), t.to_device(Device::Cpu)));
+            named.push((format!("model/{name}"), portable(&t)));
         }
         for (name, t) in optimizer.state_tensors() {
-            named.push((format!("optim/{name}"), t.to_device(Device::Cpu)));
+            named.push((format!("optim/{name}"), portable(&t)));
         }
         for (name, t) in best.unwrap_or_default() {
-            named.push((format!("best/{name}"), t.to_device(Device::Cpu)));
+            named.push((format!("best/{name}"), portable(t)));
         }
         named.sort_by(|a, b| a.0.cmp(&b.0));
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

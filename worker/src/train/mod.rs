@@ -457,3 +457,62 @@ pub fn evaluate_split(
     let normalizer = Normalizer::new(&dataset.mean, &dataset.std, device);
     metrics::evaluate(model, split, &normalizer, &dataset.classes, EVAL_BATCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augmentation_shifts_with_zero_fill_and_mirrors() {
+        tch::manual_seed(3);
+        // One bright pixel in the middle of a 9×9 image, 64 copies.
+        let img = Tensor::zeros([64, 1, 9, 9], (Kind::Float, Device::Cpu));
+        let _ = img.narrow(2, 4, 1).narrow(3, 4, 1).fill_(255.0);
+        let crop = augment(
+            &img,
+            &AugmentSpec {
+                crop_padding: 2,
+                horizontal_flip: false,
+            },
+        );
+        assert_eq!(crop.size(), img.size());
+        // Every copy still has exactly one bright pixel (integer shift, no interpolation),
+        // within 2 pixels of the centre, and the shifts vary across the batch.
+        let positions: Vec<i64> = Vec::try_from(crop.view([64, 81]).argmax(1, false)).unwrap();
+        for &p in &positions {
+            let (y, x) = (p / 9, p % 9);
+            assert!(
+                (2..=6).contains(&y) && (2..=6).contains(&x),
+                "pixel moved to ({y}, {x})"
+            );
+        }
+        let sums: Vec<f32> =
+            Vec::try_from(crop.view([64, 81]).sum_dim_intlist(1, false, Kind::Float)).unwrap();
+        assert!(sums.iter().all(|&s| s == 255.0), "{sums:?}");
+        assert!(
+            positions.iter().any(|&p| p != positions[0]),
+            "shifts differ per sample"
+        );
+
+        let left = Tensor::zeros([64, 1, 3, 3], (Kind::Float, Device::Cpu));
+        let _ = left.narrow(3, 0, 1).fill_(1.0);
+        let flipped = augment(
+            &left,
+            &AugmentSpec {
+                crop_padding: 0,
+                horizontal_flip: true,
+            },
+        );
+        let right_column: Vec<f32> = Vec::try_from(flipped.narrow(3, 2, 1).sum_dim_intlist(
+            [1, 2, 3].as_slice(),
+            false,
+            Kind::Float,
+        ))
+        .unwrap();
+        let mirrored = right_column.iter().filter(|&&s| s == 3.0).count();
+        assert!(
+            (16..48).contains(&mirrored),
+            "about half mirrored: {mirrored}"
+        );
+    }
+}

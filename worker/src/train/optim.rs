@@ -134,14 +134,19 @@ impl Optimizer {
                         }
                         let (m, v) = state.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut v[0]);
-                        let _ = m.g_mul_scalar_(BETA1);
-                        let _ = m.g_add_(&(&g * (1.0 - BETA1)));
-                        let _ = v.g_mul_scalar_(BETA2);
-                        let _ = v.addcmul_(&(&g * (1.0 - BETA2)), &g);
+                        // Few passes over memory and few temporaries: the step is memory-bound
+                        // on large layers. m = β1·m + (1-β1)·g is a lerp toward g.
+                        let _ = m.lerp_(&g, 1.0 - BETA1);
+                        let _ = v.lerp_(&g.square(), 1.0 - BETA2);
                         let bias1 = 1.0 - BETA1.powi(t);
                         let bias2 = 1.0 - BETA2.powi(t);
-                        let denom = v.sqrt() / bias2.sqrt() + EPS;
-                        let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+                        // p -= lr/b1 · m / (sqrt(v)/sqrt(b2) + eps), with the step size folded
+                        // into the denominator so that addcdiv_ (value 1) does it all.
+                        let mut denom = v.sqrt();
+                        let _ = denom.g_div_scalar_(bias2.sqrt());
+                        let _ = denom.g_add_scalar_(EPS);
+                        let _ = denom.g_div_scalar_(-lr / bias1);
+                        let _ = p.addcdiv_(&*m, &denom);
                     }
                 }
             }
