@@ -87,7 +87,7 @@ def main():
                 if who == "trainfleet":
                     out = Path(tmp) / f"run{round_}"
                     _, rss = run_measured(
-                        [str(worker), "train", "--job", str(job_path), "--out", str(out), "--data-dir", str(data_dir)], env
+                        [str(worker), "train", "--config", str(job_path), "--out", str(out), "--data-dir", str(data_dir)], env
                     )
                     metrics = json.loads((out / "metrics.json").read_text())
                     card = json.loads((out / "model.json").read_text())

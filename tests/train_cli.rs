@@ -20,7 +20,7 @@ fn train_then_verify_then_read_the_weights_from_python() -> anyhow::Result<()> {
     let (out, data) = (dir.path().join("run"), dir.path().join("data"));
     let worker = binary("trainfleet-worker");
     let train = Command::new(&worker)
-        .args(["train", "--job"])
+        .args(["train", "--config"])
         .arg(&job)
         .arg("--out")
         .arg(&out)
@@ -104,7 +104,7 @@ fn an_unknown_model_fails_at_start_with_the_choices_and_the_place() -> anyhow::R
     let job = dir.path().join("job.yaml");
     std::fs::write(&job, JOB.replace("arch: cnn", "arch: resnet19"))?;
     let out = Command::new(binary("trainfleet-worker"))
-        .args(["train", "--job"])
+        .args(["train", "--config"])
         .arg(&job)
         .arg("--out")
         .arg(dir.path().join("run"))

@@ -20,8 +20,9 @@ use trainfleet_worker::{Agent, devices};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// YAML settings file (see configs/worker.yaml).
-    #[arg(long, short, env = "TRAINFLEET_CONFIG", global = true)]
+    /// YAML settings file (see configs/worker.yaml). Give it before a subcommand:
+    /// `trainfleet-worker --config worker.yaml train --config job.yaml ...`.
+    #[arg(long, short, env = "TRAINFLEET_CONFIG")]
     config: Option<PathBuf>,
     /// Coordinator to connect to: host:port or http://host:port.
     #[arg(long, env = "TRAINFLEET_COORDINATOR")]
@@ -47,7 +48,7 @@ enum Command {
     /// Train a model from a job YAML on this machine, no coordinator involved.
     Train {
         /// Job spec (see configs/synth-digits.yaml).
-        #[arg(long = "job", short = 'j')]
+        #[arg(long = "config", short = 'c', visible_alias = "job")]
         job: PathBuf,
         /// Output directory for the model, metrics and checkpoints.
         #[arg(long)]
