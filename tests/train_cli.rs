@@ -130,3 +130,81 @@ fn an_unknown_model_fails_at_start_with_the_choices_and_the_place() -> anyhow::R
     );
     Ok(())
 }
+
+#[test]
+fn ctrl_c_stops_training_cleanly_and_resume_finishes_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let job = dir.path().join("job.yaml");
+    // Big enough that epochs take a moment; small enough for CI.
+    std::fs::write(
+        &job,
+        JOB.replace("train_samples: 400", "train_samples: 3000")
+            .replace("epochs: 2", "epochs: 4"),
+    )?;
+    let (out, data) = (dir.path().join("run"), dir.path().join("data"));
+    let (job_arg, out_arg, data_arg) = (
+        job.display().to_string(),
+        out.display().to_string(),
+        data.display().to_string(),
+    );
+    let args = [
+        "train",
+        "--config",
+        &job_arg,
+        "--out",
+        &out_arg,
+        "--data-dir",
+        &data_arg,
+    ];
+    let mut first = Proc::start("train", &binary("trainfleet-worker"), &args, dir.path())?;
+    wait_for(
+        std::time::Duration::from_secs(120),
+        "the first epoch",
+        || {
+            first
+                .log_text()
+                .lines()
+                .any(|l| l.starts_with("epoch   1"))
+                .then_some(())
+        },
+    )?;
+    first.signal(libc::SIGINT);
+    assert_eq!(
+        first.wait_exit(std::time::Duration::from_secs(30))?,
+        Some(130),
+        "{}",
+        first.log_text()
+    );
+    let log = first.log_text();
+    assert!(
+        log.contains("interrupted; the last completed epoch is checkpointed"),
+        "{log}"
+    );
+    assert!(log.contains("--resume"), "{log}");
+    assert!(out.join("checkpoint.safetensors").exists() && !out.join("model.json").exists());
+
+    let resumed = Command::new(binary("trainfleet-worker"))
+        .args(args)
+        .arg("--resume")
+        .output()?;
+    let stdout = String::from_utf8(resumed.stdout)?;
+    assert!(
+        resumed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(stdout.contains("resuming after epoch"), "{stdout}");
+    assert!(stdout.contains("epoch   4"), "{stdout}");
+    assert!(
+        !stdout.contains("epoch   1 "),
+        "epoch 1 is not run again: {stdout}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json"))?)?;
+    assert_eq!(
+        metrics["epochs"].as_array().map(Vec::len),
+        Some(4),
+        "history covers all epochs"
+    );
+    Ok(())
+}

@@ -35,7 +35,9 @@ pub fn run(
     spec.validate()?;
     let device = train::resolve_device(spec)?;
     let started = Instant::now();
-    let dataset = data::load_with(&spec.dataset, &data.dir, &data.downloader)?.to_device(device);
+    let loaded = data::load_with(&spec.dataset, &data.dir, &data.downloader)?;
+    let placement = data_placement(&loaded, device);
+    let dataset = loaded.to_device(placement);
     let load_seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         source = %dataset.identity.source,
@@ -43,6 +45,7 @@ pub fn run(
         val = dataset.val.len(),
         test = dataset.test.len(),
         device = %train::device_name(device),
+        data_on = %train::device_name(placement),
         load_seconds,
         "dataset ready"
     );
@@ -53,6 +56,32 @@ pub fn run(
         outcome,
         load_seconds,
     })
+}
+
+/// Where the dataset's tensors live: on the training device when they take at most half of its
+/// memory (or when its memory is unknown), else in host memory, with each batch copied over.
+fn data_placement(dataset: &Dataset, device: Device) -> Device {
+    let Device::Cuda(index) = device else {
+        return device;
+    };
+    let bytes: i64 = [&dataset.train, &dataset.val, &dataset.test]
+        .iter()
+        .map(|s| s.images.numel() as i64 + 8 * s.labels.numel() as i64)
+        .sum();
+    let memory = crate::devices::detect()
+        .into_iter()
+        .find(|d| d.kind == trainfleet_core::device::DeviceKind::Cuda && d.index as usize == index)
+        .map_or(0, |d| d.memory_bytes);
+    if memory > 0 && bytes as u64 > memory / 2 {
+        tracing::warn!(
+            dataset_bytes = bytes,
+            device_memory = memory,
+            "dataset does not fit comfortably on the GPU; keeping it in host memory"
+        );
+        Device::Cpu
+    } else {
+        device
+    }
 }
 
 /// The result of [`verify`].

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -122,7 +124,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let data_dir = DataSettings::new(config.data_dir, config.dataset_mirror);
             let spec = JobSpec::from_file(job)?;
             let (job, out) = (job.clone(), out.clone());
-            tokio::task::spawn_blocking(move || train(&spec, &job, &data_dir, &out, resume)).await?
+            // Ctrl-C / SIGTERM stop training within one batch; the last epoch's checkpoint stays.
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            tokio::task::spawn_blocking(move || {
+                train(&spec, &job, &data_dir, &out, resume, &cancel)
+            })
+            .await?
         }
         Some(Command::Verify { ref dir, samples }) => {
             let config = args.worker_config()?;
@@ -167,6 +179,7 @@ fn train(
     data_dir: &DataSettings,
     out: &Path,
     resume: bool,
+    cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
@@ -221,10 +234,23 @@ fn train(
     };
     let options = RunOptions {
         resume,
+        cancel: Some(cancel),
         ..Default::default()
     };
-    let trained = trainfleet_worker::job::run(spec, data_dir, out, &options, &mut on_event)
-        .map_err(|e| anyhow::anyhow!("{} ({})", e, job.display()))?;
+    let trained = match trainfleet_worker::job::run(spec, data_dir, out, &options, &mut on_event) {
+        Ok(trained) => trained,
+        Err(trainfleet_worker::Error::Cancelled) => {
+            bar.abandon();
+            eprintln!(
+                "interrupted; the last completed epoch is checkpointed. Continue with:\n  \
+                 trainfleet-worker train --config {} --out {} --resume",
+                job.display(),
+                out.display()
+            );
+            std::process::exit(130);
+        }
+        Err(e) => anyhow::bail!("{} ({})", e, job.display()),
+    };
     bar.finish_and_clear();
     let test = &trained.outcome.test;
     println!(

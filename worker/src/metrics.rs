@@ -57,15 +57,17 @@ pub fn evaluate(
     if n == 0 {
         return from_predictions(&[], &[], 0.0, None, classes);
     }
+    // Batches go to the normaliser's (the model's) device, wherever the split is kept.
+    let device = normalizer.device();
     let (loss_sum, predictions, top5_hits) = tch::no_grad(|| {
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, split.labels.device()));
-        let mut top5_hits = Tensor::zeros([], (Kind::Int64, split.labels.device()));
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+        let mut top5_hits = Tensor::zeros([], (Kind::Int64, device));
         let mut predictions = Vec::new();
         let mut start = 0;
         while start < n {
             let len = batch_size.min(n - start);
-            let x = normalizer.apply(&split.images.narrow(0, start, len));
-            let y = split.labels.narrow(0, start, len);
+            let x = normalizer.apply(&split.images.narrow(0, start, len).to_device(device));
+            let y = split.labels.narrow(0, start, len).to_device(device);
             let logits = model.forward_t(&x, false);
             loss_sum += logits
                 .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)

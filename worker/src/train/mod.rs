@@ -59,6 +59,11 @@ impl Normalizer {
         }
     }
 
+    /// The device batches are normalised (and the model runs) on.
+    pub fn device(&self) -> Device {
+        self.scale.device()
+    }
+
     /// Normalises a u8 batch.
     pub fn apply(&self, images: &Tensor) -> Tensor {
         self.apply_float(&images.to_kind(Kind::Float))
@@ -278,7 +283,10 @@ pub fn train(
         let mut rng = ChaCha8Rng::seed_from_u64(t.seed);
         rng.set_stream(epoch as u64);
         order.shuffle(&mut rng);
-        let order = Tensor::from_slice(&order).to_device(device);
+        // Indices live with the data; a batch moves to the training device after the gather (a
+        // no-op when the dataset is on that device already).
+        let data_device = dataset.train.images.device();
+        let order = Tensor::from_slice(&order).to_device(data_device);
 
         let started = Instant::now();
         let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
@@ -292,11 +300,12 @@ pub fn train(
             let start = b as i64 * batch as i64;
             let len = (batch as i64).min(n as i64 - start);
             let idx = order.narrow(0, start, len);
-            let y = dataset.train.labels.index_select(0, &idx);
+            let y = dataset.train.labels.index_select(0, &idx).to_device(device);
             let mut pixels = dataset
                 .train
                 .images
                 .index_select(0, &idx)
+                .to_device(device)
                 .to_kind(Kind::Float);
             if spec.dataset.augment != AugmentSpec::default() {
                 pixels = augment(&pixels, &spec.dataset.augment);
