@@ -32,6 +32,9 @@ pub enum Error {
         /// What is wrong and what would fix it.
         message: String,
     },
+    /// The state store failed (I/O, corruption, a second process holding it).
+    #[error("state store: {0}")]
+    Store(String),
     /// A field of a request or document has an unacceptable value.
     #[error("`{field}` {message}")]
     InvalidField {

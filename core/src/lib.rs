@@ -5,6 +5,8 @@
 //!   file:line:column), validated before anything starts.
 //! - [`device`]: the compute devices a worker reports.
 //! - [`job`]: the training job spec (dataset, model, training) and its validation.
+//! - [`kv`]: the key-value store trait behind coordinator state, its embedded (redb)
+//!   implementation and the conformance suite every implementation passes.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
 //! - [`process`]: logging setup and signal handling shared by the binaries.
 //! - [`error`]: the crate's error type.
@@ -15,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod kv;
 pub mod process;
 
 pub use error::{Error, Result};
