@@ -9,7 +9,7 @@ ENV := source scripts/env.sh &&
 .PHONY: help setup build run test lint fmt clean
 
 help:
-	@echo "make run    set up, build, start a coordinator + worker in one process"
+	@echo "make run    set up, build, show a coordinator + worker connected, train and verify the demo model"
 	@echo "make test   set up, then fmt check, clippy, and the whole test suite"
 
 setup:
@@ -18,8 +18,15 @@ setup:
 build: setup
 	@$(ENV) cargo build --workspace --bins
 
+RUN_DIR := .trainfleet/runs/synth-digits
+
+# The embedded coordinator and a worker find each other; then the offline demo job trains on
+# this machine and the saved model is verified. (Scheduling that job through the coordinator
+# comes with the scheduler.)
 run: build
 	@$(ENV) ./target/debug/trainfleet run
+	@$(ENV) ./target/debug/trainfleet-worker --config configs/worker.yaml train --config configs/synth-digits.yaml --out $(RUN_DIR)
+	@$(ENV) ./target/debug/trainfleet-worker --config configs/worker.yaml verify $(RUN_DIR)
 
 test: setup
 	@$(ENV) ./scripts/test.sh
