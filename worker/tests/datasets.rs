@@ -145,6 +145,23 @@ fn catalogue(files: &[(&'static str, Vec<u8>)]) -> Vec<RemoteFile> {
         .collect()
 }
 
+/// Base URLs and pinned files standing in for a builtin's catalogue entry.
+type Entry<'a> = (&'a [&'a str], Vec<RemoteFile>);
+
+fn load_mnist(
+    cache: &Path,
+    downloader: &Downloader,
+    entry: &Entry<'_>,
+) -> trainfleet_worker::Result<trainfleet_worker::data::Dataset> {
+    builtin::load_from(
+        Builtin::Mnist,
+        &spec(Builtin::Mnist),
+        cache,
+        downloader,
+        entry,
+    )
+}
+
 fn spec(builtin: Builtin) -> DatasetSpec {
     DatasetSpec {
         builtin: Some(builtin),
@@ -174,28 +191,14 @@ fn downloads_verify_and_load_and_the_cache_is_reused() {
     let cache = tempfile::tempdir().unwrap();
     let base = format!("{}/mnist", server.base);
     let entry = (vec![base.as_str()].leak() as &[&str], catalogue(&files));
-    let ds = builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap();
+    let ds = load_mnist(cache.path(), &quick(), &entry).unwrap();
     assert_eq!(
         (ds.train.len(), ds.test.len(), ds.shape),
         (30, 10, [1, 28, 28])
     );
     assert_eq!(server.hits("/mnist/train-images-idx3-ubyte.gz"), 1);
 
-    builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap();
+    load_mnist(cache.path(), &quick(), &entry).unwrap();
     assert_eq!(
         server.hits("/mnist/train-images-idx3-ubyte.gz"),
         1,
@@ -208,14 +211,7 @@ fn downloads_verify_and_load_and_the_cache_is_reused() {
         b"bit rot",
     )
     .unwrap();
-    builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap();
+    load_mnist(cache.path(), &quick(), &entry).unwrap();
     assert_eq!(server.hits("/mnist/t10k-labels-idx1-ubyte.gz"), 2);
 }
 
@@ -233,14 +229,7 @@ fn the_configured_mirror_is_tried_first_then_the_canonical_urls() {
     };
     let base = format!("{}/canonical", server.base);
     let entry = (vec![base.as_str()].leak() as &[&str], catalogue(&files));
-    builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &downloader,
-        &entry,
-    )
-    .unwrap();
+    load_mnist(cache.path(), &downloader, &entry).unwrap();
     assert_eq!(
         server.hits("/mirror/mnist/train-images-idx3-ubyte.gz"),
         1,
@@ -262,15 +251,9 @@ fn a_checksum_mismatch_deletes_the_download_and_names_file_expected_and_got() {
     let cache = tempfile::tempdir().unwrap();
     let base = format!("{}/m", server.base);
     let entry = (vec![base.as_str()].leak() as &[&str], pinned.clone());
-    let err = builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_mnist(cache.path(), &quick(), &entry)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("checksum mismatch for train-images-idx3-ubyte.gz"),
         "{err}"
@@ -311,14 +294,7 @@ fn a_truncated_transfer_is_retried_then_the_next_url_is_used() {
         vec![flaky.as_str(), good.as_str()].leak() as &[&str],
         catalogue(&files),
     );
-    builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap();
+    load_mnist(cache.path(), &quick(), &entry).unwrap();
     assert_eq!(
         server.hits("/flaky/train-images-idx3-ubyte.gz"),
         2,
@@ -330,15 +306,9 @@ fn a_truncated_transfer_is_retried_then_the_next_url_is_used() {
     // Only the flaky source: the error reports every attempt.
     let cache = tempfile::tempdir().unwrap();
     let entry = (vec![flaky.as_str()].leak() as &[&str], catalogue(&files));
-    let err = builtin::load_from(
-        Builtin::Mnist,
-        &spec(Builtin::Mnist),
-        cache.path(),
-        &quick(),
-        &entry,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_mnist(cache.path(), &quick(), &entry)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("cannot download train-images-idx3-ubyte.gz"),
         "{err}"

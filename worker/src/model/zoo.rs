@@ -51,6 +51,12 @@ fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<nn::Sequ
     })
 }
 
+/// `relu(ys + shortcut(xs))`: the end of every residual block.
+fn residual(ys: &Tensor, xs: &Tensor, down: Option<&nn::SequentialT>, train: bool) -> Tensor {
+    let shortcut = down.map_or_else(|| xs.shallow_clone(), |d| xs.apply_t(d, train));
+    (ys + shortcut).relu()
+}
+
 fn basic_block(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> impl ModuleT + use<> {
     let conv1 = conv(&p / "conv1", c_in, c_out, 3, stride, 1);
     let bn1 = bn(&p / "bn1", c_out);
@@ -64,10 +70,7 @@ fn basic_block(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> impl ModuleT 
             .relu()
             .apply(&conv2)
             .apply_t(&bn2, train);
-        let shortcut = down
-            .as_ref()
-            .map_or_else(|| xs.shallow_clone(), |d| xs.apply_t(d, train));
-        (ys + shortcut).relu()
+        residual(&ys, xs, down.as_ref(), train)
     })
 }
 
@@ -90,10 +93,7 @@ fn bottleneck(p: nn::Path, c_in: i64, width: i64, stride: i64) -> impl ModuleT +
             .relu()
             .apply(&conv3)
             .apply_t(&bn3, train);
-        let shortcut = down
-            .as_ref()
-            .map_or_else(|| xs.shallow_clone(), |d| xs.apply_t(d, train));
-        (ys + shortcut).relu()
+        residual(&ys, xs, down.as_ref(), train)
     })
 }
 
