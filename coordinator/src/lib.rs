@@ -4,6 +4,8 @@
 //! - [`server`]: binds the listener and serves every service, health and reflection.
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
 //! - [`registry`]: workers, their sessions and liveness (heartbeat deadlines, the reaper).
+//! - [`scheduler`]: the task queue, leases, attempts (the fencing token), requeue on worker
+//!   loss, cancellation. Pure; the services will drive it (job scheduling is in progress).
 //! - [`convert`]: the one place wire types become domain types (and back), with validation.
 //! - [`state`]: what the services of one replica share.
 //! - [`error`]: the error enum and its mapping to gRPC status codes.
@@ -12,6 +14,7 @@
 pub mod convert;
 pub mod error;
 pub mod registry;
+pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod state;

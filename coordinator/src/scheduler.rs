@@ -1,0 +1,555 @@
+//! The task queue: which task runs where, under which attempt.
+//!
+//! A task is queued, then leased to one worker under an attempt number, then finished. The
+//! attempt is the task-level fencing token: every report names it, and a report for any attempt
+//! but the current one is refused without changing anything. When a worker is lost, each task
+//! it held is requeued with attempt + 1 (and resumes from its checkpoint), until `max_attempts`
+//! is used up and the task fails with the reason.
+//!
+//! Matching is first-fit in queue order: the oldest queued task whose needs (a GPU, device
+//! memory, slots) the polling worker meets. Pure and synchronous, so it is tested without a
+//! network or a clock; the services call it under one lock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::SystemTime;
+
+use trainfleet_core::device::{Device, DeviceKind};
+
+/// What a task needs from a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// At least one CUDA device.
+    pub gpu: bool,
+    /// Minimum memory of the device it would use (a GPU's when `gpu`, else the host's).
+    pub min_memory_bytes: u64,
+    /// Slots it occupies (at least 1).
+    pub slots: u32,
+}
+
+impl Needs {
+    /// Whether a worker with `devices` and `free_slots` can take it.
+    pub fn met_by(&self, devices: &[Device], free_slots: u32) -> bool {
+        if free_slots < self.slots.max(1) {
+            return false;
+        }
+        let kind = if self.gpu {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Cpu
+        };
+        devices.iter().any(|d| {
+            d.kind == kind
+                && (self.min_memory_bytes == 0 || d.memory_bytes >= self.min_memory_bytes)
+        })
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Held by `worker_id` under the task's current attempt.
+    Leased {
+        /// The holder.
+        worker_id: String,
+    },
+    /// Finished successfully.
+    Succeeded,
+    /// Failed for good.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled by a person.
+    Cancelled,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Its id.
+    pub id: String,
+    /// The job it belongs to.
+    pub job_id: String,
+    /// What it needs.
+    pub needs: Needs,
+    /// Current attempt: 0 before the first lease, then 1, 2, ...
+    pub attempt: u32,
+    /// Attempts allowed before it fails.
+    pub max_attempts: u32,
+    /// Where it is.
+    pub state: TaskState,
+    /// When it entered the queue (last time).
+    pub enqueued_at: SystemTime,
+    /// A cancel was requested while it was leased: the holder is told in its next heartbeat.
+    pub cancel_requested: bool,
+    /// Why earlier attempts ended (lost workers, failures), oldest first.
+    pub history: Vec<String>,
+}
+
+/// Why a report about a task was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No such task.
+    #[error("task `{0}` does not exist")]
+    Unknown(String),
+    /// The reporter does not hold the task now (it was requeued after the worker was presumed
+    /// lost, or another worker holds it, or it already finished).
+    #[error(
+        "task `{task_id}` attempt {attempt} is not held by worker `{worker_id}` (current attempt {current}, {state})"
+    )]
+    NotHeld {
+        /// The task.
+        task_id: String,
+        /// The attempt reported.
+        attempt: u32,
+        /// The reporter.
+        worker_id: String,
+        /// The task's current attempt.
+        current: u32,
+        /// Its state, in words.
+        state: String,
+    },
+}
+
+/// How a leased task ended, as its holder reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It finished.
+    Succeeded,
+    /// It failed; `retry` says whether another attempt could help.
+    Failed {
+        /// The worker's message.
+        reason: String,
+        /// A transient failure (out of memory on a busy GPU, a lost dataset mount) may succeed
+        /// elsewhere; a bad spec never will.
+        retry: bool,
+    },
+    /// It stopped because of a cancel directive.
+    Cancelled,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The task.
+    pub task_id: String,
+    /// The attempt the worker must report under.
+    pub attempt: u32,
+}
+
+/// The queue and every task's state.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    tasks: BTreeMap<String, Task>,
+    queue: VecDeque<String>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues a new task.
+    pub fn enqueue(&mut self, id: String, job_id: String, needs: Needs, max_attempts: u32) {
+        self.queue.push_back(id.clone());
+        self.tasks.insert(
+            id.clone(),
+            Task {
+                id,
+                job_id,
+                needs,
+                attempt: 0,
+                max_attempts: max_attempts.max(1),
+                state: TaskState::Queued,
+                enqueued_at: SystemTime::now(),
+                cancel_requested: false,
+                history: Vec::new(),
+            },
+        );
+    }
+
+    /// Leases the oldest queued task that `worker_id` (with `devices` and `free_slots`) can run.
+    pub fn assign(
+        &mut self,
+        worker_id: &str,
+        devices: &[Device],
+        free_slots: u32,
+    ) -> Option<Lease> {
+        let position = self.queue.iter().position(|id| {
+            self.tasks
+                .get(id)
+                .is_some_and(|t| t.needs.met_by(devices, free_slots))
+        })?;
+        let id = self.queue.remove(position).expect("position is in range");
+        let task = self.tasks.get_mut(&id).expect("queued tasks exist");
+        task.attempt += 1;
+        task.state = TaskState::Leased {
+            worker_id: worker_id.to_owned(),
+        };
+        Some(Lease {
+            task_id: id,
+            attempt: task.attempt,
+        })
+    }
+
+    /// Checks that `worker_id` holds `task_id` under `attempt`.
+    pub fn check_holder(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        attempt: u32,
+    ) -> Result<&Task, Refused> {
+        let task = self
+            .tasks
+            .get(task_id)
+            .ok_or_else(|| Refused::Unknown(task_id.to_owned()))?;
+        match &task.state {
+            TaskState::Leased { worker_id: holder }
+                if holder == worker_id && task.attempt == attempt =>
+            {
+                Ok(task)
+            }
+            state => Err(Refused::NotHeld {
+                task_id: task_id.to_owned(),
+                attempt,
+                worker_id: worker_id.to_owned(),
+                current: task.attempt,
+                state: describe(state),
+            }),
+        }
+    }
+
+    /// Records the outcome its holder reports. A stale or foreign report is refused and changes
+    /// nothing.
+    pub fn complete(
+        &mut self,
+        worker_id: &str,
+        task_id: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<&Task, Refused> {
+        self.check_holder(worker_id, task_id, attempt)?;
+        let task = self.tasks.get_mut(task_id).expect("checked");
+        match outcome {
+            Outcome::Succeeded => task.state = TaskState::Succeeded,
+            Outcome::Cancelled => task.state = TaskState::Cancelled,
+            Outcome::Failed { reason, retry } => {
+                task.history
+                    .push(format!("attempt {attempt} on {worker_id} failed: {reason}"));
+                if retry && task.attempt < task.max_attempts {
+                    task.state = TaskState::Queued;
+                    task.enqueued_at = SystemTime::now();
+                    self.queue.push_back(task_id.to_owned());
+                } else {
+                    task.state = TaskState::Failed {
+                        reason: Self::final_reason(task),
+                    };
+                }
+            }
+        }
+        Ok(self.tasks.get(task_id).expect("exists"))
+    }
+
+    /// A worker was declared lost: requeues (at the front, they waited longest) each task it
+    /// held, or fails it when its attempts are used up. Returns the affected task ids.
+    pub fn worker_lost(&mut self, worker_id: &str) -> Vec<String> {
+        let held: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| matches!(&t.state, TaskState::Leased { worker_id: w } if w == worker_id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in held.iter().rev() {
+            let task = self.tasks.get_mut(id).expect("listed");
+            task.history.push(format!(
+                "attempt {} lost with worker {worker_id}",
+                task.attempt
+            ));
+            if task.cancel_requested {
+                task.state = TaskState::Cancelled;
+            } else if task.attempt < task.max_attempts {
+                task.state = TaskState::Queued;
+                self.queue.push_front(id.clone());
+            } else {
+                task.state = TaskState::Failed {
+                    reason: Self::final_reason(task),
+                };
+            }
+        }
+        held
+    }
+
+    /// Cancels a task: a queued one at once; a leased one is flagged, and its holder is told by
+    /// [`Scheduler::cancel_directives`]. Returns the state after, or `None` for an unknown task.
+    pub fn cancel(&mut self, task_id: &str) -> Option<&TaskState> {
+        let task = self.tasks.get_mut(task_id)?;
+        match task.state {
+            TaskState::Queued => {
+                task.state = TaskState::Cancelled;
+                self.queue.retain(|id| id != task_id);
+            }
+            TaskState::Leased { .. } => task.cancel_requested = true,
+            _ => {}
+        }
+        Some(&self.tasks.get(task_id).expect("exists").state)
+    }
+
+    /// Tasks held by `worker_id` whose cancellation it has not acted on yet.
+    pub fn cancel_directives(&self, worker_id: &str) -> Vec<&Task> {
+        self.tasks
+            .values()
+            .filter(|t| {
+                t.cancel_requested
+                    && matches!(&t.state, TaskState::Leased { worker_id: w } if w == worker_id)
+            })
+            .collect()
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    /// Queued tasks, in queue order, and leased ones.
+    pub fn snapshot(&self) -> (Vec<&Task>, Vec<&Task>) {
+        let queued = self
+            .queue
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .collect();
+        let leased = self
+            .tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Leased { .. }))
+            .collect();
+        (queued, leased)
+    }
+
+    fn final_reason(task: &Task) -> String {
+        format!(
+            "gave up after {} of {} attempts: {}",
+            task.attempt,
+            task.max_attempts,
+            task.history.join("; ")
+        )
+    }
+}
+
+fn describe(state: &TaskState) -> String {
+    match state {
+        TaskState::Queued => "queued".to_owned(),
+        TaskState::Leased { worker_id } => format!("held by `{worker_id}`"),
+        TaskState::Succeeded => "succeeded".to_owned(),
+        TaskState::Failed { .. } => "failed".to_owned(),
+        TaskState::Cancelled => "cancelled".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu() -> Vec<Device> {
+        vec![Device {
+            kind: DeviceKind::Cpu,
+            index: 0,
+            name: "cpu".into(),
+            memory_bytes: 16 << 30,
+            cores: 8,
+        }]
+    }
+
+    fn gpu_box() -> Vec<Device> {
+        let mut d = cpu();
+        d.push(Device {
+            kind: DeviceKind::Cuda,
+            index: 0,
+            name: "H100".into(),
+            memory_bytes: 80 << 30,
+            cores: 0,
+        });
+        d
+    }
+
+    fn needs(gpu: bool) -> Needs {
+        Needs {
+            gpu,
+            min_memory_bytes: 0,
+            slots: 1,
+        }
+    }
+
+    #[test]
+    fn tasks_go_first_fit_in_queue_order_to_workers_that_meet_their_needs() {
+        let mut s = Scheduler::new();
+        s.enqueue("t-gpu".into(), "j1".into(), needs(true), 3);
+        s.enqueue("t-cpu".into(), "j2".into(), needs(false), 3);
+        s.enqueue(
+            "t-big".into(),
+            "j3".into(),
+            Needs {
+                gpu: false,
+                min_memory_bytes: 64 << 30,
+                slots: 1,
+            },
+            3,
+        );
+        // A CPU worker skips the GPU task and the one needing more memory than it has.
+        assert_eq!(
+            s.assign("cpu-1", &cpu(), 1),
+            Some(Lease {
+                task_id: "t-cpu".into(),
+                attempt: 1
+            })
+        );
+        assert_eq!(s.assign("cpu-1", &cpu(), 1), None);
+        assert_eq!(s.assign("gpu-1", &gpu_box(), 1).unwrap().task_id, "t-gpu");
+        assert_eq!(s.assign("gpu-1", &gpu_box(), 0), None, "no free slot");
+        let (queued, leased) = s.snapshot();
+        assert_eq!((queued.len(), leased.len()), (1, 2));
+    }
+
+    #[test]
+    fn a_lost_workers_task_is_requeued_with_the_next_attempt_and_stale_reports_are_refused() {
+        let mut s = Scheduler::new();
+        s.enqueue("t".into(), "j".into(), needs(false), 3);
+        s.enqueue("later".into(), "j2".into(), needs(false), 3);
+        let first = s.assign("w1", &cpu(), 1).unwrap();
+        assert_eq!(s.worker_lost("w1"), vec!["t".to_owned()]);
+        let second = s.assign("w2", &cpu(), 1).unwrap();
+        assert_eq!(
+            (second.task_id.as_str(), second.attempt),
+            ("t", 2),
+            "requeued at the front, attempt + 1"
+        );
+
+        // w1 comes back and reports its old attempt: refused, nothing changes.
+        let err = s
+            .complete("w1", "t", first.attempt, Outcome::Succeeded)
+            .unwrap_err();
+        assert!(matches!(err, Refused::NotHeld { current: 2, .. }), "{err}");
+        assert!(err.to_string().contains("held by `w2`"), "{err}");
+        assert_eq!(
+            s.task("t").unwrap().state,
+            TaskState::Leased {
+                worker_id: "w2".into()
+            }
+        );
+        // Right worker, wrong attempt: refused too.
+        assert!(s.complete("w2", "t", 1, Outcome::Succeeded).is_err());
+
+        assert_eq!(
+            s.complete("w2", "t", 2, Outcome::Succeeded).unwrap().state,
+            TaskState::Succeeded
+        );
+        assert!(
+            s.complete("w2", "t", 2, Outcome::Succeeded).is_err(),
+            "a finished task takes no more reports"
+        );
+        assert_eq!(
+            s.complete("w9", "nope", 1, Outcome::Succeeded).unwrap_err(),
+            Refused::Unknown("nope".into())
+        );
+    }
+
+    #[test]
+    fn attempts_run_out_and_the_task_fails_with_its_history() {
+        let mut s = Scheduler::new();
+        s.enqueue("t".into(), "j".into(), needs(false), 2);
+        s.assign("w1", &cpu(), 1).unwrap();
+        s.worker_lost("w1");
+        s.assign("w2", &cpu(), 1).unwrap();
+        s.worker_lost("w2");
+        match &s.task("t").unwrap().state {
+            TaskState::Failed { reason } => {
+                assert!(
+                    reason.starts_with("gave up after 2 of 2 attempts"),
+                    "{reason}"
+                );
+                assert!(
+                    reason.contains("attempt 1 lost with worker w1")
+                        && reason.contains("attempt 2 lost with worker w2"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.assign("w3", &cpu(), 1), None);
+    }
+
+    #[test]
+    fn failures_retry_only_when_they_may_help() {
+        let mut s = Scheduler::new();
+        s.enqueue("flaky".into(), "j".into(), needs(false), 3);
+        s.enqueue("broken".into(), "j".into(), needs(false), 3);
+        let a = s.assign("w", &cpu(), 2).unwrap();
+        let b = s.assign("w", &cpu(), 2).unwrap();
+        let transient = Outcome::Failed {
+            reason: "CUDA out of memory".into(),
+            retry: true,
+        };
+        assert_eq!(
+            s.complete("w", &a.task_id, a.attempt, transient)
+                .unwrap()
+                .state,
+            TaskState::Queued
+        );
+        let permanent = Outcome::Failed {
+            reason: "unknown model".into(),
+            retry: false,
+        };
+        assert!(matches!(
+            s.complete("w", &b.task_id, b.attempt, permanent)
+                .unwrap()
+                .state,
+            TaskState::Failed { .. }
+        ));
+        assert_eq!(
+            s.assign("w", &cpu(), 1).unwrap(),
+            Lease {
+                task_id: "flaky".into(),
+                attempt: 2
+            }
+        );
+    }
+
+    #[test]
+    fn cancel_removes_a_queued_task_and_flags_a_leased_one_for_its_holder() {
+        let mut s = Scheduler::new();
+        s.enqueue("running".into(), "j1".into(), needs(false), 3);
+        s.enqueue("waiting".into(), "j2".into(), needs(false), 3);
+        let lease = s.assign("w", &cpu(), 1).unwrap();
+        assert_eq!(s.cancel("waiting"), Some(&TaskState::Cancelled));
+        assert_eq!(s.snapshot().0.len(), 0, "no longer queued");
+        assert!(matches!(
+            s.cancel("running"),
+            Some(TaskState::Leased { .. })
+        ));
+        assert_eq!(
+            s.cancel_directives("w")
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>(),
+            ["running"]
+        );
+        assert!(s.cancel_directives("other").is_empty());
+        assert_eq!(
+            s.complete("w", "running", lease.attempt, Outcome::Cancelled)
+                .unwrap()
+                .state,
+            TaskState::Cancelled
+        );
+        assert!(s.cancel_directives("w").is_empty());
+        assert_eq!(s.cancel("missing"), None);
+
+        // A cancelled task whose worker is lost is not requeued.
+        s.enqueue("doomed".into(), "j3".into(), needs(false), 3);
+        s.assign("w2", &cpu(), 1).unwrap();
+        s.cancel("doomed");
+        s.worker_lost("w2");
+        assert_eq!(s.task("doomed").unwrap().state, TaskState::Cancelled);
+    }
+}
