@@ -76,15 +76,32 @@ impl EmbeddedStore {
     }
 }
 
-fn decode(key: &[u8], raw: &[u8]) -> KeyValue {
-    let field = |i: usize| i64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    KeyValue {
+fn decode(path: &Path, key: &[u8], raw: &[u8]) -> Result<KeyValue> {
+    if raw.len() < HEADER {
+        return Err(store_error(
+            path,
+            "corrupt record",
+            format!(
+                "key {:?} holds {} bytes, less than the {HEADER}-byte header",
+                String::from_utf8_lossy(key),
+                raw.len()
+            ),
+        ));
+    }
+    let field = |i: usize| {
+        i64::from_le_bytes(
+            raw[i * 8..i * 8 + 8]
+                .try_into()
+                .expect("header length checked"),
+        )
+    };
+    Ok(KeyValue {
         key: key.to_vec(),
         create_revision: field(0),
         mod_revision: field(1),
         version: field(2),
         value: raw[HEADER..].to_vec(),
-    }
+    })
 }
 
 fn encode(kv_create: i64, kv_mod: i64, version: i64, value: &[u8]) -> Vec<u8> {
@@ -110,7 +127,7 @@ impl KvStore for EmbeddedStore {
                         .get(range.start.as_slice())
                         .map_err(|e| err("get", &e))?
                     {
-                        out.push(decode(&range.start, v.value()));
+                        out.push(decode(path, &range.start, v.value())?);
                     }
                 }
                 Some(_) => {
@@ -123,7 +140,7 @@ impl KvStore for EmbeddedStore {
                     .map_err(|e| err("range", &e))?;
                     for item in iter {
                         let (k, v) = item.map_err(|e| err("range", &e))?;
-                        out.push(decode(k.value(), v.value()));
+                        out.push(decode(path, k.value(), v.value())?);
                     }
                 }
             }
@@ -145,10 +162,10 @@ impl KvStore for EmbeddedStore {
                     .map_or(0, |v| v.value());
                 let lookup =
                     |kv: &redb::Table<&[u8], &[u8]>, key: &[u8]| -> Result<Option<KeyValue>> {
-                        Ok(kv
-                            .get(key)
+                        kv.get(key)
                             .map_err(|e| err("get", &e))?
-                            .map(|v| decode(key, v.value())))
+                            .map(|v| decode(path, key, v.value()))
+                            .transpose()
                     };
                 let mut holds = true;
                 for compare in &txn.compares {
