@@ -35,6 +35,14 @@ pub enum Error {
     /// The state store failed (I/O, corruption, a second process holding it).
     #[error("state store: {0}")]
     Store(String),
+    /// Reading or writing an artifact failed; `uri` names the object.
+    #[error("artifact {uri}: {message}")]
+    Artifact {
+        /// The object (or the store's base URL).
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A field of a request or document has an unacceptable value.
     #[error("`{field}` {message}")]
     InvalidField {

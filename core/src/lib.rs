@@ -1,6 +1,7 @@
 //! Domain types shared by the trainfleet coordinator and workers. No libtorch, no tonic: this
 //! crate builds in seconds and both sides agree on it.
 //!
+//! - [`artifacts`]: the object store runs are written to, its layout and the run manifest.
 //! - [`config`]: coordinator and worker settings from YAML (unknown keys rejected with
 //!   file:line:column), validated before anything starts.
 //! - [`device`]: the compute devices a worker reports.
@@ -12,6 +13,7 @@
 //! - [`error`]: the crate's error type.
 #![warn(missing_docs)]
 
+pub mod artifacts;
 pub mod config;
 pub mod device;
 pub mod error;

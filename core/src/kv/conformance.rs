@@ -13,6 +13,7 @@ pub async fn run_all(store: &dyn KvStore) {
     delete(store).await;
     transactions(store).await;
     compare_and_put(store).await;
+    batches(store).await;
 }
 
 /// Runs the concurrency check; needs an `Arc` so that tasks can share the store.
@@ -218,4 +219,31 @@ async fn concurrent_increments_are_not_lost(store: Arc<dyn KvStore>) {
         "compare-and-put lost no update"
     );
     assert_eq!(kv.version, (WRITERS * EACH + 1) as i64);
+}
+
+async fn batches(store: &dyn KvStore) {
+    let before = store.put(b"batch/seed", b"0").await.unwrap();
+    let txns = vec![
+        Txn::unconditional(vec![TxnOp::Put(b"batch/a".to_vec(), b"1".to_vec())]),
+        // Sees the first: `batch/a` exists now, so this compare on "absent" fails.
+        Txn {
+            compares: vec![Compare::ModRevision(b"batch/a".to_vec(), 0)],
+            success: vec![TxnOp::Put(b"batch/b".to_vec(), b"wrong".to_vec())],
+            failure: vec![TxnOp::Put(b"batch/b".to_vec(), b"2".to_vec())],
+        },
+        // Changes nothing: the revision does not move.
+        Txn::unconditional(vec![TxnOp::Delete(b"batch/never".to_vec())]),
+    ];
+    let responses = store.txn_batch(txns).await.unwrap();
+    assert_eq!(responses.len(), 3);
+    assert!(responses[0].succeeded && !responses[1].succeeded && responses[2].succeeded);
+    assert_eq!(responses[0].revision, before + 1);
+    assert_eq!(responses[1].revision, before + 2);
+    assert_eq!(responses[2].revision, before + 2);
+    let b = store.get(b"batch/b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.value.as_slice(), b.mod_revision),
+        (&b"2"[..], before + 2)
+    );
+    assert!(store.txn_batch(Vec::new()).await.unwrap().is_empty());
 }

@@ -150,76 +150,94 @@ impl KvStore for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let mut responses = self.txn_batch(vec![txn]).await?;
+        Ok(responses.pop().expect("one response per transaction"))
+    }
+
+    async fn txn_batch(&self, txns: Vec<Txn>) -> Result<Vec<TxnResponse>> {
         self.blocking(move |db, path| {
             let err = |what: &str, e: &dyn std::fmt::Display| store_error(path, what, e);
             let write = db.begin_write().map_err(|e| err("begin write", &e))?;
-            let response = {
+            let mut responses = Vec::with_capacity(txns.len());
+            {
                 let mut kv = write.open_table(KV).map_err(|e| err("open table", &e))?;
                 let mut meta = write.open_table(META).map_err(|e| err("open table", &e))?;
-                let current = meta
+                let mut current = meta
                     .get("revision")
                     .map_err(|e| err("get revision", &e))?
                     .map_or(0, |v| v.value());
-                let lookup =
-                    |kv: &redb::Table<&[u8], &[u8]>, key: &[u8]| -> Result<Option<KeyValue>> {
-                        kv.get(key)
-                            .map_err(|e| err("get", &e))?
-                            .map(|v| decode(path, key, v.value()))
-                            .transpose()
-                    };
-                let mut holds = true;
-                for compare in &txn.compares {
-                    let ok = match compare {
-                        Compare::ModRevision(key, rev) => {
-                            lookup(&kv, key)?.map_or(0, |k| k.mod_revision) == *rev
-                        }
-                        Compare::Value(key, value) => {
-                            lookup(&kv, key)?.is_some_and(|k| &k.value == value)
-                        }
-                    };
-                    if !ok {
-                        holds = false;
-                        break;
-                    }
+                let start = current;
+                for txn in &txns {
+                    let response = apply(&mut kv, path, current, txn)?;
+                    current = response.revision;
+                    responses.push(response);
                 }
-                let ops = if holds { &txn.success } else { &txn.failure };
-                let next = current + 1;
-                let mut changed = false;
-                for op in ops {
-                    match op {
-                        TxnOp::Put(key, value) => {
-                            let (create, version) = lookup(&kv, key)?
-                                .map_or((next, 1), |k| (k.create_revision, k.version + 1));
-                            kv.insert(
-                                key.as_slice(),
-                                encode(create, next, version, value).as_slice(),
-                            )
-                            .map_err(|e| err("put", &e))?;
-                            changed = true;
-                        }
-                        TxnOp::Delete(key) => {
-                            changed |= kv
-                                .remove(key.as_slice())
-                                .map_err(|e| err("delete", &e))?
-                                .is_some();
-                        }
-                    }
-                }
-                let revision = if changed { next } else { current };
-                if changed {
-                    meta.insert("revision", next)
+                if current != start {
+                    meta.insert("revision", current)
                         .map_err(|e| err("set revision", &e))?;
                 }
-                TxnResponse {
-                    succeeded: holds,
-                    revision,
-                }
-            };
+            }
             write.commit().map_err(|e| err("commit", &e))?;
-            Ok(response)
+            Ok(responses)
         })
         .await
     }
+}
+
+/// Applies one transaction inside an open write transaction whose revision is `current`.
+fn apply(
+    kv: &mut redb::Table<&[u8], &[u8]>,
+    path: &Path,
+    current: i64,
+    txn: &Txn,
+) -> Result<TxnResponse> {
+    let err = |what: &str, e: &dyn std::fmt::Display| store_error(path, what, e);
+    let lookup = |kv: &redb::Table<&[u8], &[u8]>, key: &[u8]| -> Result<Option<KeyValue>> {
+        kv.get(key)
+            .map_err(|e| err("get", &e))?
+            .map(|v| decode(path, key, v.value()))
+            .transpose()
+    };
+    let mut holds = true;
+    for compare in &txn.compares {
+        let ok = match compare {
+            Compare::ModRevision(key, rev) => {
+                lookup(kv, key)?.map_or(0, |k| k.mod_revision) == *rev
+            }
+            Compare::Value(key, value) => lookup(kv, key)?.is_some_and(|k| &k.value == value),
+        };
+        if !ok {
+            holds = false;
+            break;
+        }
+    }
+    let ops = if holds { &txn.success } else { &txn.failure };
+    let next = current + 1;
+    let mut changed = false;
+    for op in ops {
+        match op {
+            TxnOp::Put(key, value) => {
+                let (create, version) =
+                    lookup(kv, key)?.map_or((next, 1), |k| (k.create_revision, k.version + 1));
+                kv.insert(
+                    key.as_slice(),
+                    encode(create, next, version, value).as_slice(),
+                )
+                .map_err(|e| err("put", &e))?;
+                changed = true;
+            }
+            TxnOp::Delete(key) => {
+                changed |= kv
+                    .remove(key.as_slice())
+                    .map_err(|e| err("delete", &e))?
+                    .is_some();
+            }
+        }
+    }
+    Ok(TxnResponse {
+        succeeded: holds,
+        revision: if changed { next } else { current },
+    })
 }
 
 #[cfg(test)]

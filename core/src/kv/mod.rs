@@ -145,6 +145,18 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
     /// Applies `txn` atomically.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse>;
 
+    /// Applies `txns` in order, each atomically and each seeing the ones before it; one response
+    /// per transaction. A store may commit them together (group commit: the embedded store makes
+    /// them one durable write), so a burst of small state changes costs one sync, not one each.
+    /// On an error none of them is known to have applied.
+    async fn txn_batch(&self, txns: Vec<Txn>) -> Result<Vec<TxnResponse>> {
+        let mut responses = Vec::with_capacity(txns.len());
+        for txn in txns {
+            responses.push(self.txn(txn).await?);
+        }
+        Ok(responses)
+    }
+
     /// The key, if present.
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         Ok(self.range(KeyRange::key(key)).await?.pop())
