@@ -204,9 +204,9 @@ fn killed_worker_is_lost_and_a_restarted_coordinator_is_rejoined() -> anyhow::Re
     )?;
     let workers = list_workers(&addr)?;
     assert_eq!(
-        worker_state(&workers, "doomed"),
-        None,
-        "a fresh coordinator never saw it"
+        worker_state(&workers, "doomed").as_deref(),
+        Some("WORKER_STATE_LOST"),
+        "the restarted coordinator remembers the lost worker from its state store"
     );
     assert!(
         survivor
@@ -281,10 +281,10 @@ fn malformed_requests_get_invalid_argument_naming_the_field() -> anyhow::Result<
 
     // Capabilities from later milestones say so instead of pretending.
     let (code, message) =
-        reflect_call(addr, "trainfleet.v1.JobService/List", "{}")?.expect_err("pending");
+        reflect_call(addr, "trainfleet.v1.DatasetService/List", "{}")?.expect_err("pending");
     assert_eq!(code, "UNIMPLEMENTED");
     assert!(
-        message.contains("JobService/List is not available"),
+        message.contains("DatasetService/List is not available"),
         "{message}"
     );
 

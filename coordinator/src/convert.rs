@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use trainfleet_core::Error as CoreError;
 use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_core::ids::validate_worker_id;
+use trainfleet_core::job::JobSpec;
 use trainfleet_proto::v1;
 
 use crate::registry::{Liveness, Registration, WorkerSnapshot};
@@ -178,6 +179,269 @@ pub fn duration(d: Duration) -> prost_types::Duration {
         seconds: i64::MAX,
         nanos: 0,
     })
+}
+
+/// A core job spec as the wire `JobSpec`: enum values by their YAML names, model options as
+/// strings (lists comma-separated).
+pub fn job_spec_to_wire(spec: &JobSpec) -> v1::JobSpec {
+    let yaml = serde_yaml::to_value(spec).expect("a job spec always serialises");
+    let field = |section: &str, name: &str| -> Option<serde_yaml::Value> {
+        yaml.get(section)?.get(name).cloned()
+    };
+    let text = |section: &str, name: &str| -> String {
+        field(section, name)
+            .map(|v| scalar_text(&v))
+            .unwrap_or_default()
+    };
+    let mut options = std::collections::HashMap::new();
+    if let Some(serde_yaml::Value::Mapping(model)) = yaml.get("model") {
+        for (key, value) in model {
+            let Some(key) = key.as_str() else { continue };
+            if matches!(key, "arch" | "init_weights") || value.is_null() {
+                continue;
+            }
+            options.insert(key.to_owned(), scalar_text(value));
+        }
+    }
+    let t = &spec.training;
+    v1::JobSpec {
+        name: spec.name.clone(),
+        dataset: spec.dataset_key(),
+        dataset_version: String::new(),
+        model: Some(v1::ModelSpec {
+            arch: text("model", "arch"),
+            options,
+            init_weights: spec
+                .model
+                .init_weights
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }),
+        training: Some(v1::TrainingSpec {
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            optimizer: text("training", "optimizer"),
+            learning_rate: t.learning_rate,
+            weight_decay: t.weight_decay,
+            schedule: text("training", "schedule"),
+            warmup_epochs: t.warmup_epochs,
+            seed: t.seed,
+            device: t.device.clone(),
+        }),
+        gate: Some(v1::GateSpec {
+            metric: spec.gate.metric.name().to_owned(),
+            min_delta: spec.gate.min_delta,
+            min_accuracy: spec.gate.min_accuracy,
+            ..Default::default()
+        }),
+        resources: Some(v1::ResourceRequest {
+            gpu: spec.needs_gpu(),
+            min_memory_bytes: spec.resources.min_memory_mb << 20,
+            slots: spec.resources.slots,
+        }),
+        max_attempts: spec.max_attempts,
+        labels: spec.labels.clone().into_iter().collect(),
+    }
+}
+
+fn scalar_text(value: &serde_yaml::Value) -> String {
+    match value {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Sequence(items) => {
+            items.iter().map(scalar_text).collect::<Vec<_>>().join(",")
+        }
+        serde_yaml::Value::Null => String::new(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// A wire `JobSpec` (the structured form of `Submit`) as a validated core spec. Errors name the
+/// field as `structured.<path>`.
+pub fn job_spec_from_wire(spec: v1::JobSpec) -> CoreResult<JobSpec> {
+    use serde_yaml::{Mapping, Value};
+    let bad = |field: &str, message: String| {
+        CoreError::invalid_field(format!("structured.{field}"), message)
+    };
+    let mut root = Mapping::new();
+    let put = |map: &mut Mapping, key: &str, value: Value| {
+        map.insert(Value::from(key), value);
+    };
+    if !spec.name.is_empty() {
+        put(&mut root, "name", Value::from(spec.name.clone()));
+    }
+    if !spec.dataset_version.is_empty() {
+        return Err(bad(
+            "dataset_version",
+            "pins a registered dataset version; dataset registration is not built yet, so              leave it empty"
+                .into(),
+        ));
+    }
+    let mut dataset = Mapping::new();
+    match spec.dataset.split_once(':') {
+        Some((format, path)) if !path.is_empty() => {
+            put(&mut dataset, "format", Value::from(format));
+            put(&mut dataset, "path", Value::from(path));
+        }
+        _ if !spec.dataset.is_empty() => {
+            put(&mut dataset, "builtin", Value::from(spec.dataset.clone()))
+        }
+        _ => {
+            return Err(bad(
+                "dataset",
+                "is empty; name a builtin (mnist, fashion-mnist, kmnist, cifar10, cifar100,                  synth-digits) or `imagefolder:/path` / `idx:/path`"
+                    .into(),
+            ));
+        }
+    }
+    put(&mut root, "dataset", Value::Mapping(dataset));
+    let model = spec
+        .model
+        .ok_or_else(|| bad("model", "is required (at least `arch`)".into()))?;
+    let mut m = Mapping::new();
+    put(&mut m, "arch", Value::from(model.arch));
+    for (key, raw) in model.options {
+        let value = if raw.contains(',') {
+            Value::Sequence(
+                raw.split(',')
+                    .map(|item| parse_scalar(item.trim()))
+                    .collect(),
+            )
+        } else {
+            parse_scalar(&raw)
+        };
+        put(&mut m, &key, value);
+    }
+    if !model.init_weights.is_empty() {
+        put(&mut m, "init_weights", Value::from(model.init_weights));
+    }
+    put(&mut root, "model", Value::Mapping(m));
+    if let Some(t) = spec.training {
+        let mut training = Mapping::new();
+        let nonzero = |v: u64| (v != 0).then(|| Value::from(v));
+        for (key, value) in [
+            ("epochs", nonzero(t.epochs.into())),
+            ("batch_size", nonzero(t.batch_size.into())),
+            ("warmup_epochs", nonzero(t.warmup_epochs.into())),
+            ("seed", nonzero(t.seed)),
+            (
+                "learning_rate",
+                (t.learning_rate != 0.0).then(|| Value::from(t.learning_rate)),
+            ),
+            (
+                "weight_decay",
+                (t.weight_decay != 0.0).then(|| Value::from(t.weight_decay)),
+            ),
+            (
+                "optimizer",
+                (!t.optimizer.is_empty()).then(|| Value::from(t.optimizer)),
+            ),
+            (
+                "schedule",
+                (!t.schedule.is_empty()).then(|| Value::from(t.schedule)),
+            ),
+            (
+                "device",
+                (!t.device.is_empty()).then(|| Value::from(t.device)),
+            ),
+        ] {
+            if let Some(value) = value {
+                put(&mut training, key, value);
+            }
+        }
+        put(&mut root, "training", Value::Mapping(training));
+    }
+    if let Some(g) = spec.gate {
+        if g.mcnemar_alpha != 0.0 || g.max_class_drop != 0.0 {
+            return Err(bad(
+                "gate",
+                "mcnemar_alpha and max_class_drop arrive with the retrain loop; leave them 0"
+                    .into(),
+            ));
+        }
+        let mut gate = Mapping::new();
+        if !g.metric.is_empty() {
+            put(&mut gate, "metric", Value::from(g.metric));
+        }
+        put(&mut gate, "min_delta", Value::from(g.min_delta));
+        put(&mut gate, "min_accuracy", Value::from(g.min_accuracy));
+        put(&mut root, "gate", Value::Mapping(gate));
+    }
+    if let Some(r) = spec.resources {
+        let mut resources = Mapping::new();
+        put(&mut resources, "gpu", Value::from(r.gpu));
+        put(
+            &mut resources,
+            "min_memory_mb",
+            Value::from(r.min_memory_bytes.div_ceil(1 << 20)),
+        );
+        put(&mut resources, "slots", Value::from(r.slots.max(1)));
+        put(&mut root, "resources", Value::Mapping(resources));
+    }
+    if spec.max_attempts != 0 {
+        put(&mut root, "max_attempts", Value::from(spec.max_attempts));
+    }
+    if !spec.labels.is_empty() {
+        let labels: Mapping = spec
+            .labels
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), Value::from(v)))
+            .collect();
+        put(&mut root, "labels", Value::Mapping(labels));
+    }
+    let parsed: JobSpec = serde_yaml::from_value(Value::Mapping(root))
+        .map_err(|e| CoreError::invalid_field("structured", e.to_string()))?;
+    parsed.validate().map_err(|e| match e {
+        CoreError::InvalidField { field, message } => bad(&field, message),
+        other => other,
+    })?;
+    Ok(parsed)
+}
+
+fn parse_scalar(raw: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::from(raw))
+}
+
+/// The outcome of a `CompleteTask` as a [`Report`](crate::control::Report).
+pub fn report(
+    outcome: Option<v1::complete_task_request::Outcome>,
+    permanent: bool,
+) -> CoreResult<crate::control::Report> {
+    use crate::control::Report;
+    use v1::complete_task_request::Outcome;
+    match outcome {
+        None => Err(CoreError::invalid_field(
+            "outcome",
+            "is missing: set one of success, failure, cancelled",
+        )),
+        Some(Outcome::Success(result)) => {
+            if result.detail_json.len() > 1 << 20 {
+                return Err(CoreError::invalid_field(
+                    "success.detail_json",
+                    "is larger than 1 MiB",
+                ));
+            }
+            if let Some((name, value)) = result.metrics.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(CoreError::invalid_field(
+                    format!("success.metrics[{name:?}]"),
+                    format!("is {value}; metrics must be finite"),
+                ));
+            }
+            Ok(Report::Success {
+                metrics: result.metrics.into_iter().collect(),
+                artifacts: result.artifacts.into_iter().collect(),
+                detail_json: result.detail_json,
+            })
+        }
+        Some(Outcome::Failure(reason)) => Ok(Report::Failure {
+            reason: reason.chars().take(4096).collect(),
+            permanent,
+        }),
+        Some(Outcome::Cancelled(_)) => Ok(Report::Cancelled),
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,16 @@ pub enum Error {
         /// What it waits for.
         why: &'static str,
     },
+    /// No such job, task, model or champion.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well-formed but the target is in the wrong state for it (cancelling a
+    /// finished job, a report from an attempt that is no longer current).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The state store cannot be written; this replica is stopping.
+    #[error("{0}")]
+    Store(String),
     /// The coordinator is stopping.
     #[error("the coordinator is shutting down; retry against another replica or after restart")]
     ShuttingDown,
@@ -59,6 +69,9 @@ impl From<Error> for tonic::Status {
                 tonic::Status::not_found(message)
             }
             Error::NotYetImplemented { .. } => tonic::Status::unimplemented(message),
+            Error::NotFound(_) => tonic::Status::not_found(message),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::Store(_) => tonic::Status::unavailable(message),
             Error::ShuttingDown => tonic::Status::unavailable(message),
             Error::Serve { .. } => tonic::Status::internal(message),
         }

@@ -5,14 +5,22 @@
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
 //! - [`registry`]: workers, their sessions and liveness (heartbeat deadlines, the reaper).
 //! - [`scheduler`]: the task queue, leases, attempts (the fencing token), requeue on worker
-//!   loss, cancellation. Pure; the services will drive it (job scheduling is in progress).
+//!   loss, cancellation. Pure; [`control`] drives it.
+//! - [`control`]: jobs, tasks, models and champions over the scheduler; every change journaled
+//!   to the KV store ([`journal`]: write-behind with group commit), rebuilt from it on start.
+//! - [`records`]: what is stored under which key.
+//! - [`gate`]: the promotion rule.
 //! - [`convert`]: the one place wire types become domain types (and back), with validation.
 //! - [`state`]: what the services of one replica share.
 //! - [`error`]: the error enum and its mapping to gRPC status codes.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod convert;
 pub mod error;
+pub mod gate;
+pub mod journal;
+pub mod records;
 pub mod registry;
 pub mod scheduler;
 pub mod server;

@@ -34,9 +34,9 @@ struct Args {
     /// Where the coordinator keeps its state.
     #[arg(long, env = "TRAINFLEET_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Where run artifacts go.
-    #[arg(long, env = "TRAINFLEET_ARTIFACT_DIR")]
-    artifact_dir: Option<PathBuf>,
+    /// Where run artifacts go: a directory shared with the workers, or a URL (`s3://bucket/p`).
+    #[arg(long, env = "TRAINFLEET_ARTIFACTS")]
+    artifacts: Option<String>,
     /// Once listening, write the bound address to this file (for scripts and tests using port 0).
     #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -69,8 +69,8 @@ impl Args {
         if let Some(v) = self.data_dir {
             config.data_dir = v;
         }
-        if let Some(v) = self.artifact_dir {
-            config.artifact_dir = v;
+        if let Some(v) = self.artifacts {
+            config.artifacts = v;
         }
         let origin = if overridden {
             format!("{origin} with flag/environment overrides")

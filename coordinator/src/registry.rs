@@ -15,7 +15,7 @@ use trainfleet_core::device::Device;
 use crate::error::{Error, Result};
 
 /// What a worker says about itself at registration (validated before it gets here).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
     /// Its chosen id.
     pub worker_id: String,
@@ -36,7 +36,7 @@ pub struct Registration {
 }
 
 /// Liveness as judged from heartbeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Liveness {
     /// Heartbeats arrive in time.
     Alive,
@@ -45,7 +45,7 @@ pub enum Liveness {
 }
 
 /// A point-in-time copy of one worker's record, for listing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerSnapshot {
     /// What it registered with.
     pub registration: Registration,
@@ -135,6 +135,37 @@ impl WorkerRegistry {
         live_entry(&workers, worker_id, session_id).map(|_| ())
     }
 
+    /// The devices of `worker_id`, if `session_id` is its live session.
+    pub fn session_devices(&self, worker_id: &str, session_id: &str) -> Result<Vec<Device>> {
+        let workers = self.lock();
+        live_entry(&workers, worker_id, session_id).map(|e| e.snapshot.registration.devices.clone())
+    }
+
+    /// One worker's record.
+    pub fn get(&self, worker_id: &str) -> Option<WorkerSnapshot> {
+        self.lock().get(worker_id).map(|e| e.snapshot.clone())
+    }
+
+    /// Re-creates a worker known before a coordinator restart. It has no live session (every
+    /// call it makes is told to register again); one that was alive gets a fresh deadline, so
+    /// that it has a full lease to come back before its tasks are requeued.
+    pub fn restore(&self, mut snapshot: WorkerSnapshot) {
+        let now = Instant::now();
+        let alive = snapshot.liveness == Liveness::Alive;
+        if alive {
+            snapshot.deadline_at = SystemTime::now() + self.lease_timeout;
+        }
+        let entry = Entry {
+            snapshot,
+            // Never handed out: nobody can present it.
+            session_id: format!("restored-{}", new_session_id()),
+            deadline: now + self.lease_timeout,
+            lost_since: (!alive).then_some(now),
+        };
+        self.lock()
+            .insert(entry.snapshot.registration.worker_id.clone(), entry);
+    }
+
     /// Records a heartbeat and returns the new deadline (wall clock).
     pub fn heartbeat(
         &self,
@@ -217,25 +248,6 @@ fn live_entry<'a>(
 
 fn new_session_id() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-/// Runs [`WorkerRegistry::expire`] until `shutdown` fires, logging each worker it loses.
-pub async fn run_reaper(
-    registry: std::sync::Arc<WorkerRegistry>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(registry.reap_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                for worker_id in registry.expire() {
-                    tracing::warn!(%worker_id, "worker missed its heartbeat deadline: marked lost");
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

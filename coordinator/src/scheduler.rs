@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use trainfleet_core::device::{Device, DeviceKind};
 
 /// What a task needs from a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Needs {
     /// At least one CUDA device.
     pub gpu: bool,
@@ -45,7 +45,7 @@ impl Needs {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TaskState {
     /// Waiting for a worker.
     Queued,
@@ -66,7 +66,7 @@ pub enum TaskState {
 }
 
 /// One task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     /// Its id.
     pub id: String,
@@ -256,30 +256,78 @@ impl Scheduler {
     /// A worker was declared lost: requeues (at the front, they waited longest) each task it
     /// held, or fails it when its attempts are used up. Returns the affected task ids.
     pub fn worker_lost(&mut self, worker_id: &str) -> Vec<String> {
-        let held: Vec<String> = self
-            .tasks
+        let held = self.held_by(worker_id);
+        for id in held.iter().rev() {
+            self.lease_lost(id, &format!("lost with worker {worker_id}"));
+        }
+        held
+    }
+
+    /// Ids of the tasks `worker_id` holds.
+    pub fn held_by(&self, worker_id: &str) -> Vec<String> {
+        self.tasks
             .values()
             .filter(|t| matches!(&t.state, TaskState::Leased { worker_id: w } if w == worker_id))
             .map(|t| t.id.clone())
-            .collect();
-        for id in held.iter().rev() {
-            let task = self.tasks.get_mut(id).expect("listed");
-            task.history.push(format!(
-                "attempt {} lost with worker {worker_id}",
-                task.attempt
-            ));
-            if task.cancel_requested {
-                task.state = TaskState::Cancelled;
-            } else if task.attempt < task.max_attempts {
-                task.state = TaskState::Queued;
-                self.queue.push_front(id.clone());
-            } else {
-                task.state = TaskState::Failed {
-                    reason: Self::final_reason(task),
-                };
-            }
+            .collect()
+    }
+
+    /// The holder of one leased task no longer runs it (`why`, e.g. "lost with worker w1"):
+    /// requeue it at the front with the next attempt, cancel it if a cancel was pending, or fail
+    /// it when its attempts are used up. Does nothing to a task that is not leased.
+    pub fn lease_lost(&mut self, task_id: &str, why: &str) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if !matches!(task.state, TaskState::Leased { .. }) {
+            return;
         }
-        held
+        task.history.push(format!("attempt {} {why}", task.attempt));
+        if task.cancel_requested {
+            task.state = TaskState::Cancelled;
+        } else if task.attempt < task.max_attempts {
+            task.state = TaskState::Queued;
+            self.queue.push_front(task_id.to_owned());
+        } else {
+            task.state = TaskState::Failed {
+                reason: Self::final_reason(task),
+            };
+        }
+    }
+
+    /// Takes back a lease that never reached its worker (the poll it was meant for went away
+    /// before the answer was sent): the task goes back to the front under its previous attempt,
+    /// as if it had never been assigned.
+    pub fn unassign(&mut self, lease: &Lease) {
+        if let Some(task) = self.tasks.get_mut(&lease.task_id)
+            && task.attempt == lease.attempt
+            && matches!(task.state, TaskState::Leased { .. })
+        {
+            task.attempt -= 1;
+            task.state = TaskState::Queued;
+            self.queue.push_front(lease.task_id.clone());
+        }
+    }
+
+    /// Rebuilds a scheduler from persisted tasks: queued ones in the order they were queued,
+    /// leased ones still leased to their holders.
+    pub fn restore(tasks: impl IntoIterator<Item = Task>) -> Self {
+        let mut s = Self::new();
+        let mut queued: Vec<(SystemTime, String)> = Vec::new();
+        for task in tasks {
+            if task.state == TaskState::Queued {
+                queued.push((task.enqueued_at, task.id.clone()));
+            }
+            s.tasks.insert(task.id.clone(), task);
+        }
+        queued.sort();
+        s.queue = queued.into_iter().map(|(_, id)| id).collect();
+        s
+    }
+
+    /// Whether any task waits in the queue.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Cancels a task: a queued one at once; a leased one is flagged, and its holder is told by

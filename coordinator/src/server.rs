@@ -17,10 +17,17 @@ use trainfleet_proto::v1::sweep_service_server::SweepServiceServer;
 use trainfleet_proto::v1::worker_service_server::WorkerServiceServer;
 use trainfleet_proto::{FILE_DESCRIPTOR_SET, PUBLIC_SERVICES, WORKER_SERVICE};
 
+use trainfleet_core::artifacts::ArtifactStore;
+use trainfleet_core::kv::KvStore;
+use trainfleet_core::kv::embedded::EmbeddedStore;
+
+use crate::control::{Control, run_reaper};
 use crate::error::{Error, Result};
-use crate::registry::run_reaper;
+use crate::registry::WorkerRegistry;
 use crate::services::cluster::ClusterApi;
-use crate::services::pending::{DatasetApi, JobApi, ModelApi, SweepApi};
+use crate::services::jobs::JobApi;
+use crate::services::models::ModelApi;
+use crate::services::pending::{DatasetApi, SweepApi};
 use crate::services::worker::WorkerApi;
 use crate::state::State;
 
@@ -31,6 +38,7 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
+    store: Option<Arc<dyn KvStore>>,
 }
 
 impl Coordinator {
@@ -48,7 +56,14 @@ impl Coordinator {
             config,
             listener,
             local_addr,
+            store: None,
         })
+    }
+
+    /// Keeps state in `store` instead of the embedded store under `data_dir`.
+    pub fn with_store(mut self, store: Arc<dyn KvStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The address actually bound.
@@ -59,8 +74,40 @@ impl Coordinator {
     /// Serves until `shutdown` fires, then reports NOT_SERVING, ends open long-polls, waits for
     /// in-flight calls and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
-        let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
-        let reaper = tokio::spawn(run_reaper(state.registry.clone(), shutdown.clone()));
+        let startup = |what: &str, e: &dyn std::fmt::Display| Error::Serve {
+            addr: self.local_addr.to_string(),
+            source: format!("{what}: {e}").into(),
+        };
+        let store: Arc<dyn KvStore> = match self.store {
+            Some(store) => store,
+            None => {
+                let path = self.config.data_dir.join("state.redb");
+                Arc::new(EmbeddedStore::open(&path).map_err(|e| startup("state store", &e))?)
+            }
+        };
+        let artifacts = ArtifactStore::open(&self.config.artifacts)
+            .map_err(|e| startup("artifact store", &e))?;
+        let registry = Arc::new(WorkerRegistry::new(
+            self.config.lease_timeout,
+            self.config.lost_worker_retention,
+        ));
+        let (control, journal) = Control::load(
+            store,
+            registry.clone(),
+            artifacts,
+            self.config.lease_timeout,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| startup("loading state", &e))?;
+        let state = Arc::new(State::new(
+            self.config,
+            self.local_addr,
+            shutdown.clone(),
+            registry.clone(),
+            control.clone(),
+        ));
+        let reaper = tokio::spawn(run_reaper(control.clone(), registry, shutdown.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let names = || PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]);
@@ -104,14 +151,26 @@ impl Coordinator {
             .add_service(reflection_v1alpha)
             .add_service(WorkerServiceServer::new(WorkerApi::new(state.clone())))
             .add_service(ClusterServiceServer::new(ClusterApi::new(state.clone())))
-            .add_service(JobServiceServer::new(JobApi))
+            .add_service(
+                JobServiceServer::new(JobApi::new(state.clone()))
+                    .max_decoding_message_size(crate::services::jobs::MAX_REQUEST_BYTES),
+            )
             .add_service(DatasetServiceServer::new(DatasetApi))
-            .add_service(ModelServiceServer::new(ModelApi))
+            .add_service(ModelServiceServer::new(ModelApi::new(state.clone())))
             .add_service(SweepServiceServer::new(SweepApi))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop)
             .await;
         shutdown.cancel();
         let _ = reaper.await;
+        // Let the journal write what it holds before returning.
+        drop(state);
+        drop(control);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), journal)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the state journal did not drain within 10 s");
+        }
         served.map_err(|e| Error::Serve {
             addr: self.local_addr.to_string(),
             source: e.into(),

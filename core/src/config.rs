@@ -38,8 +38,9 @@ pub struct CoordinatorConfig {
     pub lost_worker_retention: Duration,
     /// Where the coordinator keeps its state (the embedded store).
     pub data_dir: PathBuf,
-    /// Where run artifacts go (a directory; object-store URLs come with the artifact store).
-    pub artifact_dir: PathBuf,
+    /// Where run artifacts go: a directory (shared with the workers), or an object-store URL
+    /// such as `s3://bucket/prefix` (credentials from the usual `AWS_*` variables).
+    pub artifacts: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -52,7 +53,7 @@ impl Default for CoordinatorConfig {
             max_poll_wait: Duration::from_secs(30),
             lost_worker_retention: Duration::from_secs(3600),
             data_dir: PathBuf::from(".trainfleet/state"),
-            artifact_dir: PathBuf::from(".trainfleet/artifacts"),
+            artifacts: ".trainfleet/artifacts".to_owned(),
         }
     }
 }

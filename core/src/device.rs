@@ -1,7 +1,9 @@
 //! Compute devices a worker reports at registration.
 
 /// CPU or CUDA GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum DeviceKind {
     /// The host CPU (every worker has one).
     Cpu,
@@ -19,7 +21,7 @@ impl std::fmt::Display for DeviceKind {
 }
 
 /// One device a worker can train on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
     /// CPU or CUDA.
     pub kind: DeviceKind,

@@ -5,6 +5,7 @@
 //! (serde does that for enums); [`JobSpec::validate`] then checks values that parse but cannot
 //! work, naming the field path (`training.learning_rate`). Both happen before any work starts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,87 @@ pub struct JobSpec {
     /// How to train it.
     #[serde(default)]
     pub training: TrainingSpec,
+    /// When the trained model may replace the dataset's champion.
+    #[serde(default)]
+    pub gate: GateSpec,
+    /// What the training task needs from a worker.
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    /// Attempts before the job fails (a lost worker costs one).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Free-form labels, copied onto the resulting model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// Metrics a gate can compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMetric {
+    /// Top-1 accuracy on the test split.
+    #[default]
+    Accuracy,
+    /// Unweighted mean of per-class F1.
+    MacroF1,
+}
+
+impl GateMetric {
+    /// The metric's name in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            GateMetric::Accuracy => "accuracy",
+            GateMetric::MacroF1 => "macro_f1",
+        }
+    }
+}
+
+/// The promotion gate: when a challenger may replace the champion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSpec {
+    /// Metric compared on the identical test split.
+    pub metric: GateMetric,
+    /// The challenger must beat the champion by at least this much (absolute).
+    pub min_delta: f64,
+    /// The first model of a dataset is promoted only with at least this accuracy.
+    pub min_accuracy: f64,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        Self {
+            metric: GateMetric::Accuracy,
+            min_delta: 0.0,
+            min_accuracy: 0.0,
+        }
+    }
+}
+
+/// What the training task needs from a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceSpec {
+    /// Run only where there is a CUDA device (implied by `training.device: cuda...`).
+    pub gpu: bool,
+    /// Minimum memory of the device in MiB; 0 for no requirement.
+    pub min_memory_mb: u64,
+    /// Worker slots the task occupies.
+    pub slots: u32,
+}
+
+impl Default for ResourceSpec {
+    fn default() -> Self {
+        Self {
+            gpu: false,
+            min_memory_mb: 0,
+            slots: 1,
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -39,6 +121,10 @@ impl Default for JobSpec {
             dataset: DatasetSpec::default(),
             model: ModelSpec::default(),
             training: TrainingSpec::default(),
+            gate: GateSpec::default(),
+            resources: ResourceSpec::default(),
+            max_attempts: default_max_attempts(),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +169,16 @@ pub enum LocalFormat {
     Imagefolder,
     /// IDX pairs: `{train,test}-images-idx3-ubyte[.gz]` and `{train,test}-labels-idx1-ubyte[.gz]`.
     Idx,
+}
+
+impl LocalFormat {
+    /// The format's name in YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalFormat::Imagefolder => "imagefolder",
+            LocalFormat::Idx => "idx",
+        }
+    }
 }
 
 /// Batched augmentation applied to training batches on the device.
@@ -493,7 +589,62 @@ impl JobSpec {
             );
         }
         self.validate_model()?;
-        self.validate_training()
+        self.validate_training()?;
+        self.validate_job()
+    }
+
+    fn validate_job(&self) -> Result<()> {
+        let bad = |field: &str, message: String| Err(Error::invalid_field(field, message));
+        if !(1..=100).contains(&self.max_attempts) {
+            return bad(
+                "max_attempts",
+                format!("is {}; it must be 1..=100", self.max_attempts),
+            );
+        }
+        let g = &self.gate;
+        if !(g.min_delta >= 0.0 && g.min_delta < 1.0) {
+            return bad(
+                "gate.min_delta",
+                format!("is {}; it must be in [0, 1)", g.min_delta),
+            );
+        }
+        if !(0.0..=1.0).contains(&g.min_accuracy) {
+            return bad(
+                "gate.min_accuracy",
+                format!("is {}; it must be in [0, 1]", g.min_accuracy),
+            );
+        }
+        if !(1..=64).contains(&self.resources.slots) {
+            return bad(
+                "resources.slots",
+                format!("is {}; it must be 1..=64", self.resources.slots),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the training task must run on a GPU: asked for, or implied by the device.
+    pub fn needs_gpu(&self) -> bool {
+        self.resources.gpu || self.training.device.trim().starts_with("cuda")
+    }
+
+    /// The name models of this job's dataset are filed under (the champion is per dataset):
+    /// the builtin's name, or `format:path` for local data.
+    pub fn dataset_key(&self) -> String {
+        match (
+            self.dataset.builtin,
+            self.dataset.format,
+            &self.dataset.path,
+        ) {
+            (Some(b), _, _) => b.name().to_owned(),
+            (None, Some(f), Some(p)) => format!("{}:{}", f.name(), p.display()),
+            _ => "unknown".to_owned(),
+        }
+    }
+
+    /// The spec as canonical YAML: what is stored with a job and sent to workers.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a job spec always serialises")
     }
 
     fn validate_model(&self) -> Result<()> {

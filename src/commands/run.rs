@@ -42,7 +42,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         lease_timeout: Duration::from_secs(5),
         data_dir: args.state_dir.join("state"),
-        artifact_dir: args.state_dir.join("artifacts"),
+        artifacts: args.state_dir.join("artifacts").display().to_string(),
         ..CoordinatorConfig::default()
     };
     config.validate("trainfleet run")?;

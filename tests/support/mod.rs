@@ -176,7 +176,20 @@ pub fn start_coordinator(
     let addr_file = dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr_file);
     let addr_arg = addr_file.display().to_string();
-    let mut args = vec!["--listen", listen, "--addr-file", &addr_arg];
+    // Each test's coordinator keeps its state and artifacts in the test's directory (restarts
+    // in one test reuse them, as a real restart would).
+    let data_dir = dir.join("state").display().to_string();
+    let artifacts = dir.join("artifacts").display().to_string();
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--addr-file",
+        &addr_arg,
+        "--data-dir",
+        &data_dir,
+        "--artifacts",
+        &artifacts,
+    ];
     args.extend_from_slice(extra);
     let proc = Proc::start(name, &binary("trainfleet-coordinator"), &args, dir)?;
     let addr = wait_for(

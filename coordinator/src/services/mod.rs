@@ -3,5 +3,7 @@
 //! `tonic::Status` through its single `From` impl.
 
 pub mod cluster;
+pub mod jobs;
+pub mod models;
 pub mod pending;
 pub mod worker;

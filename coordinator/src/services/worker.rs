@@ -48,12 +48,15 @@ impl WorkerService for WorkerApi {
             version = %registration.version,
             "worker registered"
         );
+        let worker_id = registration.worker_id.clone();
         let session = self.state.registry.register(registration);
+        self.state.control.worker_registered(&worker_id);
         Ok(Response::new(v1::RegisterResponse {
             session_id: session.session_id,
             heartbeat_interval: Some(convert::duration(self.state.config.heartbeat_interval)),
             lease_timeout: Some(convert::duration(self.state.config.lease_timeout)),
             coordinator_version: trainfleet_core::VERSION.to_owned(),
+            artifact_store: self.state.control.artifacts().base().to_owned(),
         }))
     }
 
@@ -64,16 +67,26 @@ impl WorkerService for WorkerApi {
         let req = request.into_inner();
         let wait = convert::poll_wait(req.max_wait, self.state.config.max_poll_wait)
             .map_err(Error::from)?;
-        self.state
-            .registry
-            .check_session(&req.worker_id, &req.session_id)?;
-        // No task kinds are scheduled yet (the queue arrives with job scheduling), so a poll
-        // always waits out its time. It still ends at once on shutdown, so that a stopping
-        // coordinator is not held up by open long-polls.
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(Response::new(v1::PollTaskResponse { task: None })),
-            _ = self.state.shutdown.cancelled() => Err(Error::ShuttingDown.into()),
+        // Ends at once on shutdown, so that a stopping coordinator is not held up by open
+        // long-polls.
+        let task = self
+            .state
+            .control
+            .poll(
+                &req.worker_id,
+                &req.session_id,
+                req.free_slots,
+                wait,
+                &self.state.shutdown,
+            )
+            .await?;
+        if let Some(task) = &task {
+            tracing::info!(
+                worker_id = %req.worker_id, task_id = %task.id, attempt = task.attempt,
+                "task leased"
+            );
         }
+        Ok(Response::new(v1::PollTaskResponse { task }))
     }
 
     async fn heartbeat(
@@ -81,15 +94,19 @@ impl WorkerService for WorkerApi {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let running = req.tasks.into_iter().map(|t| t.task_id).collect();
+        let running = req.tasks.iter().map(|t| t.task_id.clone()).collect();
         let deadline = self.state.registry.heartbeat(
             &req.worker_id,
             &req.session_id,
             req.free_slots,
             running,
         )?;
+        let directives = self
+            .state
+            .control
+            .heartbeat(&req.worker_id, &req.session_id, req.tasks);
         Ok(Response::new(v1::HeartbeatResponse {
-            directives: Vec::new(),
+            directives,
             deadline: Some(convert::timestamp(deadline)),
         }))
     }
@@ -99,38 +116,42 @@ impl WorkerService for WorkerApi {
         request: Request<v1::CompleteTaskRequest>,
     ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
         let req = request.into_inner();
-        self.state
-            .registry
-            .check_session(&req.worker_id, &req.session_id)?;
-        Err(Error::NotYetImplemented {
-            method: "trainfleet.v1.WorkerService/CompleteTask",
-            version: trainfleet_core::VERSION,
-            why: "no task is ever assigned until job scheduling lands",
+        // A worker whose session ended (it was declared lost, or the coordinator restarted) may
+        // still report: the attempt number, not the session, decides whether the report counts.
+        // It must at least be a worker this coordinator knows.
+        if self.state.registry.get(&req.worker_id).is_none() {
+            return Err(Error::UnknownSession {
+                worker_id: req.worker_id,
+            }
+            .into());
         }
-        .into())
+        let report = convert::report(req.outcome, req.permanent).map_err(Error::from)?;
+        self.state
+            .control
+            .complete(&req.worker_id, &req.task_id, req.attempt, report)
+            .await?;
+        Ok(Response::new(v1::CompleteTaskResponse { accepted: true }))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::time::Duration;
 
-    use tokio_util::sync::CancellationToken;
     use trainfleet_core::config::CoordinatorConfig;
 
     use super::*;
 
-    fn api() -> (WorkerApi, Arc<State>) {
+    async fn api() -> (WorkerApi, Arc<State>, tempfile::TempDir) {
         let config = CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease_timeout: Duration::from_secs(3),
             max_poll_wait: Duration::from_secs(30),
             ..Default::default()
         };
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let state = Arc::new(State::new(config, addr, CancellationToken::new()));
-        (WorkerApi::new(state.clone()), state)
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::for_tests(config, dir.path()).await;
+        (WorkerApi::new(state.clone()), state, dir)
     }
 
     async fn register(api: &WorkerApi, id: &str) -> v1::RegisterResponse {
@@ -163,7 +184,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn registration_returns_the_configured_timings() {
-        let (api, _) = api();
+        let (api, _, _dir) = api().await;
         let r = register(&api, "w1").await;
         assert_eq!(r.heartbeat_interval.unwrap().seconds, 1);
         assert_eq!(r.lease_timeout.unwrap().seconds, 3);
@@ -172,7 +193,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn poll_waits_the_requested_time_capped_by_the_coordinator() {
-        let (api, _) = api();
+        let (api, _, _dir) = api().await;
         let session = register(&api, "w1").await.session_id;
         let started = tokio::time::Instant::now();
         let answer = api.poll_task(poll("w1", &session, Some(5))).await.unwrap();
@@ -192,7 +213,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_open_polls_at_once() {
-        let (api, state) = api();
+        let (api, state, _dir) = api().await;
         let session = register(&api, "w1").await.session_id;
         let poller = tokio::spawn({
             let api = api.clone();
@@ -208,7 +229,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lost_worker_is_told_to_register_again() {
-        let (api, state) = api();
+        let (api, state, _dir) = api().await;
         let session = register(&api, "w1").await.session_id;
         tokio::time::advance(Duration::from_secs(4)).await;
         state.registry.expire();

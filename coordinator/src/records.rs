@@ -1,0 +1,420 @@
+//! What the coordinator keeps in the KV store, and under which keys. Every record is JSON, so an
+//! operator can read state with `etcdctl get --prefix /trainfleet/` (or the embedded store's
+//! dump) and a newer coordinator can add fields without a migration.
+//!
+//! | key                              | value           |
+//! |----------------------------------|-----------------|
+//! | `/trainfleet/jobs/<job_id>`      | [`JobRecord`]   |
+//! | `/trainfleet/tasks/<task_id>`    | [`TaskRecord`]  |
+//! | `/trainfleet/models/<model_id>`  | [`ModelRecord`] |
+//! | `/trainfleet/champions/<hash>`   | [`ChampionRecord`] (hash: sha256 of the dataset name) |
+//! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`] (last known state) |
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use trainfleet_core::job::JobSpec;
+use trainfleet_proto::v1;
+
+use crate::convert;
+use crate::scheduler::Task;
+
+/// Prefix of every key the coordinator writes.
+pub const ROOT: &str = "/trainfleet/";
+
+/// Key of a job.
+pub fn job_key(id: &str) -> Vec<u8> {
+    format!("{ROOT}jobs/{id}").into_bytes()
+}
+/// Key of a task.
+pub fn task_key(id: &str) -> Vec<u8> {
+    format!("{ROOT}tasks/{id}").into_bytes()
+}
+/// Key of a model.
+pub fn model_key(id: &str) -> Vec<u8> {
+    format!("{ROOT}models/{id}").into_bytes()
+}
+/// Key of a dataset's champion pointer.
+pub fn champion_key(dataset: &str) -> Vec<u8> {
+    let hash = trainfleet_core::artifacts::sha256_hex(dataset.as_bytes());
+    format!("{ROOT}champions/{}", &hash[..32]).into_bytes()
+}
+/// Key of a worker's last known state.
+pub fn worker_key(id: &str) -> Vec<u8> {
+    format!("{ROOT}workers/{id}").into_bytes()
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    /// Its train (or sleep) task runs.
+    Training,
+    /// Its eval task runs.
+    Evaluating,
+    /// Done.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Cancelled by a person.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The wire value.
+    pub fn to_wire(self) -> v1::JobState {
+        match self {
+            JobState::Queued => v1::JobState::Queued,
+            JobState::Training => v1::JobState::Training,
+            JobState::Evaluating => v1::JobState::Evaluating,
+            JobState::Succeeded => v1::JobState::Succeeded,
+            JobState::Failed => v1::JobState::Failed,
+            JobState::Cancelled => v1::JobState::Cancelled,
+        }
+    }
+
+    /// From the wire value; `None` for UNSPECIFIED or unknown numbers.
+    pub fn from_wire(value: i32) -> Option<Self> {
+        Some(match v1::JobState::try_from(value).ok()? {
+            v1::JobState::Queued => JobState::Queued,
+            v1::JobState::Training => JobState::Training,
+            v1::JobState::Evaluating => JobState::Evaluating,
+            v1::JobState::Succeeded => JobState::Succeeded,
+            v1::JobState::Failed => JobState::Failed,
+            v1::JobState::Cancelled => JobState::Cancelled,
+            v1::JobState::Unspecified => return None,
+        })
+    }
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Train a challenger, then evaluate it against the champion.
+    Train {
+        /// The validated spec.
+        spec: Box<JobSpec>,
+    },
+    /// One sleep task (scheduler benchmarks, smoke checks).
+    Sleep {
+        /// How long.
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+/// Which of a job's tasks a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskRole {
+    /// Trains the challenger.
+    Train,
+    /// Scores challenger and champion on the same split.
+    Eval,
+    /// Sleeps.
+    Sleep,
+}
+
+impl TaskRole {
+    /// Its name in ids and attempt records.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskRole::Train => "train",
+            TaskRole::Eval => "eval",
+            TaskRole::Sleep => "sleep",
+        }
+    }
+
+    /// The wire kind.
+    pub fn kind(self) -> v1::TaskKind {
+        match self {
+            TaskRole::Train => v1::TaskKind::Train,
+            TaskRole::Eval => v1::TaskKind::Eval,
+            TaskRole::Sleep => v1::TaskKind::Sleep,
+        }
+    }
+}
+
+/// One attempt of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Which task.
+    pub role: TaskRole,
+    /// Its number.
+    pub attempt: u32,
+    /// Who ran it.
+    pub worker_id: String,
+    /// Epochs done when it started.
+    pub resumed_from_epoch: u32,
+    /// How it ended; empty while it runs.
+    pub outcome: String,
+    /// When it was leased.
+    pub started_at: SystemTime,
+    /// When it ended.
+    pub finished_at: Option<SystemTime>,
+}
+
+/// The newest checkpoint of a job's training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Artifact URI.
+    pub uri: String,
+    /// Epochs it completed.
+    pub epoch: u32,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The model recorded.
+    pub model_id: String,
+    /// Its metrics on the test split.
+    pub metrics: BTreeMap<String, f64>,
+    /// Whether it became the champion.
+    pub promoted: bool,
+    /// The gate's reasons.
+    pub reasons: Vec<String>,
+    /// The run directory.
+    pub run_uri: String,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id (time-ordered: ids sort by submission).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempt of its active task.
+    pub attempt: u32,
+    /// Worker of its active task.
+    pub worker_id: String,
+    /// Finished epochs.
+    pub epochs: Vec<(u32, BTreeMap<String, f64>)>,
+    /// Set once succeeded.
+    pub result: Option<JobOutcome>,
+    /// Why it failed or was cancelled.
+    pub error: String,
+    /// Lifecycle times.
+    pub created_at: SystemTime,
+    /// First lease.
+    pub started_at: Option<SystemTime>,
+    /// End.
+    pub finished_at: Option<SystemTime>,
+    /// Client token of the submission.
+    pub idempotency_key: String,
+    /// Every attempt.
+    pub attempts: Vec<AttemptRecord>,
+    /// Newest checkpoint of the training.
+    pub checkpoint: Option<Checkpoint>,
+    /// The accepted training run (its directory URI) and its test metrics.
+    pub train_run: Option<String>,
+    /// Test metrics of the trained model as the trainer measured them.
+    pub train_metrics: BTreeMap<String, f64>,
+    /// The champion the challenger is compared with (fixed when the eval task is queued).
+    pub champion_id: String,
+    /// The task that runs now or next; empty once the job is over.
+    pub active_task: String,
+    /// Eval tasks queued so far (a champion that changes during an eval means another round).
+    pub eval_rounds: u32,
+}
+
+impl JobRecord {
+    /// The spec, for a training job.
+    pub fn spec(&self) -> Option<&JobSpec> {
+        match &self.kind {
+            JobKind::Train { spec } => Some(spec),
+            JobKind::Sleep { .. } => None,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> v1::Job {
+        let (spec, spec_yaml, sleep) = match &self.kind {
+            JobKind::Train { spec } => {
+                (Some(convert::job_spec_to_wire(spec)), spec.to_yaml(), None)
+            }
+            JobKind::Sleep { duration } => {
+                (None, String::new(), Some(convert::duration(*duration)))
+            }
+        };
+        v1::Job {
+            id: self.id.clone(),
+            spec,
+            state: self.state.to_wire() as i32,
+            attempt: self.attempt,
+            worker_id: self.worker_id.clone(),
+            epochs: self
+                .epochs
+                .iter()
+                .map(|(epoch, values)| v1::EpochMetrics {
+                    epoch: *epoch,
+                    values: values.clone().into_iter().collect(),
+                })
+                .collect(),
+            result: self.result.as_ref().map(|r| v1::JobResult {
+                model_id: r.model_id.clone(),
+                metrics: r.metrics.clone().into_iter().collect(),
+                promoted: r.promoted,
+                reasons: r.reasons.clone(),
+                report_uri: r.run_uri.clone(),
+            }),
+            error: self.error.clone(),
+            created_at: Some(convert::timestamp(self.created_at)),
+            started_at: self.started_at.map(convert::timestamp),
+            finished_at: self.finished_at.map(convert::timestamp),
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| v1::Attempt {
+                    task: a.role.name().to_owned(),
+                    attempt: a.attempt,
+                    worker_id: a.worker_id.clone(),
+                    resumed_from_epoch: a.resumed_from_epoch,
+                    outcome: a.outcome.clone(),
+                    started_at: Some(convert::timestamp(a.started_at)),
+                    finished_at: a.finished_at.map(convert::timestamp),
+                })
+                .collect(),
+            sleep,
+            spec_yaml,
+        }
+    }
+}
+
+/// What the scheduler does not know about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    /// Which of its job's tasks.
+    pub role: TaskRole,
+    /// For an eval: the challenger run URI and the champion's, if any.
+    pub challenger: String,
+    /// See `challenger`.
+    pub champion: String,
+    /// Session of the registration it was leased under; a heartbeat from a newer session of the
+    /// same worker that does not mention the task means the worker restarted and lost it.
+    pub session: String,
+    /// When it was last leased.
+    pub leased_at: Option<SystemTime>,
+}
+
+/// A task as stored: the scheduler's view plus the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Queue state, attempt, holder.
+    pub task: Task,
+    /// Role and inputs.
+    pub meta: TaskMeta,
+}
+
+/// The gate's decision, as stored with a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GateRecord {
+    /// The verdict.
+    pub promoted: bool,
+    /// Each rule's outcome in words.
+    pub reasons: Vec<String>,
+    /// Metric compared.
+    pub metric: String,
+    /// Both values on the identical split.
+    pub challenger_value: f64,
+    /// See `challenger_value`; 0 without a champion.
+    pub champion_value: f64,
+    /// Champion compared against; empty for a first model.
+    pub champion_id: String,
+}
+
+/// A trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Its id.
+    pub id: String,
+    /// Dataset name (the champion is per dataset).
+    pub dataset: String,
+    /// Root hash of the data it was trained and tested on.
+    pub dataset_version: String,
+    /// The job that trained it.
+    pub job_id: String,
+    /// Champion at the time (lineage parent).
+    pub parent_id: String,
+    /// sha256 of the canonical job YAML.
+    pub config_hash: String,
+    /// Metrics on the test split (the eval task's).
+    pub metrics: BTreeMap<String, f64>,
+    /// The weights and their sha256.
+    pub artifact_uri: String,
+    /// See `artifact_uri`.
+    pub artifact_sha256: String,
+    /// The whole run directory.
+    pub run_uri: String,
+    /// The gate's decision.
+    pub gate: GateRecord,
+    /// When it was recorded.
+    pub created_at: SystemTime,
+    /// Labels of the job.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ModelRecord {
+    /// The wire form; `champion` says whether it is the champion now.
+    pub fn to_wire(&self, champion: bool) -> v1::Model {
+        v1::Model {
+            id: self.id.clone(),
+            dataset: self.dataset.clone(),
+            dataset_version: self.dataset_version.clone(),
+            job_id: self.job_id.clone(),
+            parent_id: self.parent_id.clone(),
+            config_hash: self.config_hash.clone(),
+            metrics: self.metrics.clone().into_iter().collect(),
+            artifact_uri: self.artifact_uri.clone(),
+            artifact_sha256: self.artifact_sha256.clone(),
+            gate: Some(v1::GateDecision {
+                promoted: self.gate.promoted,
+                reasons: self.gate.reasons.clone(),
+                metric: self.gate.metric.clone(),
+                challenger_value: self.gate.challenger_value,
+                champion_value: self.gate.champion_value,
+                champion_id: self.gate.champion_id.clone(),
+                ..Default::default()
+            }),
+            champion,
+            created_at: Some(convert::timestamp(self.created_at)),
+        }
+    }
+}
+
+/// A dataset's best-model pointer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChampionRecord {
+    /// The dataset.
+    pub dataset: String,
+    /// The champion.
+    pub model_id: String,
+    /// Earlier champions, oldest first (rollback pops from here).
+    pub previous: Vec<String>,
+    /// Why it moved last.
+    pub reason: String,
+    /// When.
+    pub updated_at: SystemTime,
+}
+
+/// JSON for a record.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialise")
+}

@@ -1,0 +1,233 @@
+//! `trainfleet.v1.JobService`: submit, inspect, cancel and watch training jobs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use trainfleet_core::job::JobSpec;
+use trainfleet_proto::v1;
+use trainfleet_proto::v1::job_event::Event;
+use trainfleet_proto::v1::job_service_server::JobService;
+
+use crate::control::{MAX_SLEEP, Submission};
+use crate::convert;
+use crate::error::Error;
+use crate::records::JobState;
+use crate::state::State;
+
+/// Largest job YAML accepted. Real job files are a few hundred bytes; anything this big is a
+/// mistake (or an attack) and is refused before it is parsed.
+pub const MAX_JOB_YAML: usize = 1 << 20;
+/// Largest JobService request tonic decodes: above [`MAX_JOB_YAML`] so that an oversized YAML
+/// gets our INVALID_ARGUMENT with sizes rather than a transport error.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Default and largest page of `List`.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// Serves jobs.
+#[derive(Debug, Clone)]
+pub struct JobApi {
+    state: Arc<State>,
+}
+
+impl JobApi {
+    /// The service over a replica's state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn invalid(field: &str, message: String) -> Status {
+    Error::from(trainfleet_core::Error::invalid_field(field, message)).into()
+}
+
+/// Validates a Submit request into a submission; nothing is queued when this fails.
+pub fn submission(req: v1::SubmitJobRequest) -> Result<Submission, Status> {
+    use v1::submit_job_request::Spec;
+    if req.idempotency_key.len() > 128 {
+        return Err(invalid(
+            "idempotency_key",
+            format!("is {} bytes; the limit is 128", req.idempotency_key.len()),
+        ));
+    }
+    let spec = match req.spec {
+        None => {
+            return Err(invalid(
+                "spec",
+                "is missing: send the job as `yaml`, `structured` or `sleep`".into(),
+            ));
+        }
+        Some(Spec::Sleep(sleep)) => {
+            let duration = sleep
+                .duration
+                .map(Duration::try_from)
+                .transpose()
+                .map_err(|_| invalid("sleep.duration", "must not be negative".into()))?
+                .unwrap_or_default();
+            if duration > MAX_SLEEP {
+                return Err(invalid(
+                    "sleep.duration",
+                    format!("is {duration:?}; the limit is {MAX_SLEEP:?}"),
+                ));
+            }
+            return Ok(Submission::Sleep {
+                name: sleep.name,
+                duration,
+            });
+        }
+        Some(Spec::Yaml(text)) => {
+            if text.len() > MAX_JOB_YAML {
+                return Err(invalid(
+                    "yaml",
+                    format!(
+                        "is {} bytes; the limit is {MAX_JOB_YAML} bytes (a job file is a few \
+                         hundred)",
+                        text.len()
+                    ),
+                ));
+            }
+            JobSpec::from_yaml(&text, "yaml").map_err(Error::from)?
+        }
+        Some(Spec::Structured(spec)) => convert::job_spec_from_wire(spec).map_err(Error::from)?,
+    };
+    check_paths(&spec)?;
+    Ok(Submission::Train(Box::new(spec)))
+}
+
+/// Local paths a job names must exist. The coordinator and its workers share dataset paths
+/// (one machine, or the same mount everywhere), so a path missing here is missing there too;
+/// refusing now beats a job that fails on a worker minutes later.
+fn check_paths(spec: &JobSpec) -> Result<(), Status> {
+    let checks = [
+        ("dataset.path", spec.dataset.path.as_ref()),
+        ("model.init_weights", spec.model.init_weights.as_ref()),
+    ];
+    for (field, path) in checks {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            return Err(Status::not_found(format!(
+                "`{field}` is {}, which does not exist (paths are resolved on the coordinator, \
+                 which shares dataset paths with its workers)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let req = request.into_inner();
+        let key = req.idempotency_key.clone();
+        let submission = submission(req)?;
+        let job = self.state.control.submit(submission, key).await?;
+        Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
+    }
+
+    async fn get(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        Ok(Response::new(
+            self.state.control.get(&request.get_ref().id)?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let states = req
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                JobState::from_wire(*s).ok_or_else(|| {
+                    invalid(
+                        &format!("states[{i}]"),
+                        format!("is {s}; use JOB_STATE_QUEUED .. JOB_STATE_CANCELLED"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let size = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let (jobs, next_page_token) = self.state.control.list(&states, size, &req.page_token);
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.state.control.cancel(&req.id, &req.reason).await?,
+        ))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (job, rx) = self.state.control.watch(&request.get_ref().id)?;
+        let (tx, out) = mpsc::channel(64);
+        let shutdown = self.state.shutdown.clone();
+        tokio::spawn(async move {
+            let now = Some(convert::timestamp(std::time::SystemTime::now()));
+            let first = v1::JobEvent {
+                at: now,
+                event: Some(Event::State(job.state)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let Some(mut rx) = rx else {
+                let _ = tx
+                    .send(Ok(v1::JobEvent {
+                        at: now,
+                        event: Some(Event::Finished(job)),
+                    }))
+                    .await;
+                return;
+            };
+            loop {
+                let event = tokio::select! {
+                    e = rx.recv() => e,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                };
+                match event {
+                    Ok(event) => {
+                        let last = matches!(event.event, Some(Event::Finished(_)));
+                        if tx.send(Ok(event)).await.is_err() || last {
+                            return;
+                        }
+                    }
+                    // A slow watcher skips what it missed; the final event is never skipped
+                    // because the stream ends only after it.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}

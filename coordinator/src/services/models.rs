@@ -1,0 +1,98 @@
+//! `trainfleet.v1.ModelService`: the model registry and each dataset's champion pointer.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use trainfleet_proto::v1;
+use trainfleet_proto::v1::model_service_server::ModelService;
+
+use crate::error::Error;
+use crate::state::State;
+
+/// Serves models.
+#[derive(Debug, Clone)]
+pub struct ModelApi {
+    state: Arc<State>,
+}
+
+impl ModelApi {
+    /// The service over a replica's state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn required(field: &str, value: &str) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        return Err(
+            Error::from(trainfleet_core::Error::invalid_field(field, "is required")).into(),
+        );
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ModelService for ModelApi {
+    async fn list(
+        &self,
+        request: Request<v1::ListModelsRequest>,
+    ) -> Result<Response<v1::ListModelsResponse>, Status> {
+        let req = request.into_inner();
+        let size = match req.page_size as usize {
+            0 => 50,
+            n => n.min(500),
+        };
+        let (models, next_page_token) =
+            self.state
+                .control
+                .models(&req.dataset, size, &req.page_token);
+        Ok(Response::new(v1::ListModelsResponse {
+            models,
+            next_page_token,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::Model>, Status> {
+        Ok(Response::new(
+            self.state.control.model(&request.get_ref().id)?,
+        ))
+    }
+
+    async fn get_champion(
+        &self,
+        request: Request<v1::GetChampionRequest>,
+    ) -> Result<Response<v1::Model>, Status> {
+        let dataset = &request.get_ref().dataset;
+        required("dataset", dataset)?;
+        Ok(Response::new(self.state.control.champion(dataset)?))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<v1::PromoteModelRequest>,
+    ) -> Result<Response<v1::Model>, Status> {
+        let req = request.into_inner();
+        required("reason", &req.reason)?;
+        Ok(Response::new(
+            self.state.control.promote(&req.id, &req.reason).await?,
+        ))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<v1::RollbackRequest>,
+    ) -> Result<Response<v1::Model>, Status> {
+        let req = request.into_inner();
+        required("dataset", &req.dataset)?;
+        required("reason", &req.reason)?;
+        Ok(Response::new(
+            self.state
+                .control
+                .rollback(&req.dataset, &req.reason)
+                .await?,
+        ))
+    }
+}
