@@ -18,15 +18,14 @@ setup:
 build: setup
 	@$(ENV) cargo build --workspace --bins
 
-RUN_DIR := .trainfleet/runs/synth-digits
 
 # The embedded coordinator and a worker find each other; then the offline demo job trains on
 # this machine and the saved model is verified. (Scheduling that job through the coordinator
 # comes with the scheduler.)
+# Trains synth-digits in the embedded cluster, evaluates it against the champion and records it.
+# Run it twice: the second run is compared with the first run's model on the same test split.
 run: build
-	@$(ENV) ./target/debug/trainfleet run
-	@$(ENV) ./target/debug/trainfleet-worker --config configs/worker.yaml train --config configs/synth-digits.yaml --out $(RUN_DIR)
-	@$(ENV) ./target/debug/trainfleet-worker --config configs/worker.yaml verify $(RUN_DIR)
+	@$(ENV) ./target/debug/trainfleet run configs/synth-digits.yaml
 
 test: setup
 	@$(ENV) ./scripts/test.sh

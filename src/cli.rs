@@ -37,6 +37,18 @@ enum Command {
     Run(commands::run::RunArgs),
     /// List the workers a coordinator knows.
     Workers(commands::workers::WorkersArgs),
+    /// Submit a job (YAML) to a coordinator.
+    Submit(commands::jobs::SubmitArgs),
+    /// Follow a job until it ends.
+    Watch(commands::jobs::JobArgs),
+    /// Show one job.
+    Status(commands::jobs::JobArgs),
+    /// List jobs, newest first.
+    Jobs(commands::jobs::JobsArgs),
+    /// Cancel a job (its worker stops within one batch).
+    Cancel(commands::jobs::CancelArgs),
+    /// List models; champions are marked.
+    Models(commands::jobs::ModelsArgs),
 }
 
 /// Parses arguments, runs the command, maps errors to a message and exit code.
@@ -54,6 +66,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => commands::run::run(args).await,
             Command::Workers(args) => commands::workers::run(args).await,
+            Command::Submit(args) => commands::jobs::submit(args).await,
+            Command::Watch(args) => commands::jobs::watch_cmd(args).await,
+            Command::Status(args) => commands::jobs::status(args).await,
+            Command::Jobs(args) => commands::jobs::list(args).await,
+            Command::Cancel(args) => commands::jobs::cancel(args).await,
+            Command::Models(args) => commands::jobs::models(args).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
 //! One module per CLI verb.
 
+pub mod jobs;
 pub mod run;
 pub mod workers;

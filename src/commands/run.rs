@@ -1,7 +1,9 @@
 //! `trainfleet run`: a coordinator and a worker in one process, on loopback, with no services.
 //!
-//! Until the training engine lands this shows the two halves finding each other; with `--serve`
-//! it stays up so that the API can be explored with grpcurl or `buf curl`.
+//! With a job file it trains, evaluates against the dataset's champion and records the model,
+//! with progress; state lives in `--state-dir`, so a second run compares with the first run's
+//! model. Without one it shows the two halves connected; with `--serve` it stays up so that the
+//! API can be explored with grpcurl or `buf curl`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +17,10 @@ use trainfleet_proto::v1;
 use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
 use trainfleet_worker::{Agent, devices};
 
-use crate::client::{connect, status_error};
+use trainfleet_proto::v1::job_service_client::JobServiceClient;
+
+use crate::client::{connect, connect_streaming, status_error};
+use crate::commands::jobs::{finished, submit_spec, watch};
 use crate::commands::workers::workers_table;
 
 /// How long `run` waits for its worker to register before it gives up.
@@ -24,6 +29,9 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Arguments of `trainfleet run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// A job YAML to train, evaluate against the current champion and record (e.g.
+    /// configs/synth-digits.yaml). Without it, `run` shows the embedded cluster and stops.
+    config: Option<PathBuf>,
     /// Address of the embedded coordinator; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -56,7 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         worker_id: Some("local".to_owned()),
         reconnect_initial: Duration::from_millis(50),
         data_dir: args.state_dir.join("data"),
-        artifact_dir: args.state_dir.join("artifacts"),
+        artifact_dir: args.state_dir.join("work"),
         ..WorkerConfig::default()
     };
     let detected = tokio::task::spawn_blocking(devices::detect).await?;
@@ -66,6 +74,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let workers = wait_for_worker(addr, "local").await?;
         println!("coordinator listening on {addr} (embedded, standalone)");
         println!("{}", workers_table(&workers));
+        if let Some(path) = &args.config {
+            return run_job(addr, path).await;
+        }
         if args.serve {
             println!(
                 "\nserving until Ctrl-C; try:\n  grpcurl -plaintext {addr} list\n  \
@@ -81,6 +92,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     worker_task.await??;
     coordinator_task.await??;
     outcome
+}
+
+/// Submits the job in `path` to the embedded coordinator and follows it to the end. Ctrl-C
+/// cancels it (the worker stops within one batch) and waits for that to be recorded.
+async fn run_job(addr: SocketAddr, path: &std::path::Path) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the job file {}", path.display()))?;
+    let endpoint = addr.to_string();
+    let job = submit_spec(
+        connect(&endpoint).await?,
+        v1::submit_job_request::Spec::Yaml(yaml),
+        String::new(),
+    )
+    .await?;
+    println!("job {} queued", job.id);
+    let follow = watch(connect_streaming(&endpoint).await?, &job.id, false);
+    tokio::pin!(follow);
+    let done = tokio::select! {
+        done = &mut follow => done?,
+        _ = trainfleet_core::process::shutdown_signal() => {
+            eprintln!("interrupted: cancelling {} (state stays consistent)", job.id);
+            JobServiceClient::new(connect(&endpoint).await?)
+                .cancel(v1::CancelJobRequest { id: job.id.clone(), reason: "Ctrl-C".into() })
+                .await
+                .map_err(|s| status_error("Cancel", s))?;
+            follow.await?
+        }
+    };
+    finished(&done, false)
 }
 
 async fn wait_for_worker(addr: SocketAddr, worker_id: &str) -> anyhow::Result<Vec<v1::WorkerInfo>> {

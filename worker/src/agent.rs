@@ -5,22 +5,35 @@
 //! the state machine to two states, "connected" and "backing off", and makes a restarted
 //! coordinator, a declared-lost worker and a network blip all heal by the same path.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::config::WorkerConfig;
 use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_client::WorkerServiceClient;
 
 use crate::backoff::Backoff;
+use crate::data::DataSettings;
 use crate::error::{Error, Result};
+use crate::tasks::{self, Context, Finished, Running};
 
 /// Extra time a long-poll may take beyond the wait it asked for before the worker gives up on it.
 const POLL_GRACE: Duration = Duration::from_secs(10);
 /// Deadline of a Register or Heartbeat call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deadline of a CompleteTask call.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a finished task's report keeps being retried against a coordinator that does not
+/// know this worker (it restarted and the worker has not registered again yet).
+const REPORT_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A worker's identity and settings, ready to talk to a coordinator.
 #[derive(Debug, Clone)]
@@ -29,6 +42,33 @@ pub struct Agent {
     worker_id: String,
     host: String,
     devices: Vec<Device>,
+    shared: Arc<Shared>,
+}
+
+/// The current session's client, for reports that outlive a session.
+#[derive(Debug, Clone)]
+struct Link {
+    client: WorkerServiceClient<Channel>,
+    session_id: String,
+}
+
+/// What the session loops and the running tasks share.
+#[derive(Debug)]
+struct Shared {
+    running: Mutex<HashMap<String, Arc<Running>>>,
+    slot_freed: Notify,
+    link: watch::Sender<Option<Link>>,
+    context: Mutex<Option<Arc<Context>>>,
+}
+
+impl Shared {
+    fn running(&self) -> Vec<Arc<Running>> {
+        self.lock_running().values().cloned().collect()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Agent {
@@ -47,6 +87,12 @@ impl Agent {
             worker_id,
             host,
             devices,
+            shared: Arc::new(Shared {
+                running: Mutex::new(HashMap::new()),
+                slot_freed: Notify::new(),
+                link: watch::Sender::new(None),
+                context: Mutex::new(None),
+            }),
         }
     }
 
@@ -76,6 +122,7 @@ impl Agent {
                 r = self.session(&endpoint, &mut backoff) => r,
                 _ = shutdown.cancelled() => break,
             };
+            self.shared.link.send_replace(None);
             let err = match outcome {
                 Ok(never) => match never {},
                 Err(err) => err,
@@ -92,6 +139,16 @@ impl Agent {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => break,
             }
+        }
+        // Stop whatever runs, within a batch, without reporting: the coordinator requeues it
+        // after the lease and another worker resumes it from its last checkpoint.
+        for task in self.shared.running() {
+            if task.ended.load(Ordering::Relaxed) {
+                continue;
+            }
+            task.abandoned.store(true, Ordering::Relaxed);
+            task.cancel.store(true, Ordering::Relaxed);
+            tracing::warn!(task_id = %task.task_id, "stopping with a task running; it will be requeued");
         }
         tracing::info!(worker_id = %self.worker_id, "worker stopped");
         Ok(())
@@ -128,6 +185,11 @@ impl Agent {
             "registered"
         );
         let session_id = registered.session_id;
+        self.ensure_context(&registered.artifact_store)?;
+        self.shared.link.send_replace(Some(Link {
+            client: client.clone(),
+            session_id: session_id.clone(),
+        }));
         tokio::select! {
             r = self.heartbeat_loop(client.clone(), &session_id, interval) => r,
             r = self.poll_loop(client, &session_id) => r,
@@ -145,16 +207,40 @@ impl Agent {
         tick.tick().await; // registration counted as the first beat
         loop {
             tick.tick().await;
+            let running = self.shared.running();
+            let tasks: Vec<v1::TaskProgress> = running.iter().map(|r| r.report()).collect();
             let request = v1::HeartbeatRequest {
                 worker_id: self.worker_id.clone(),
                 session_id: session_id.to_owned(),
-                tasks: Vec::new(),
-                free_slots: self.config.slots,
+                tasks: tasks.clone(),
+                free_slots: self.free_slots(),
             };
-            client
-                .heartbeat(with_timeout(request, CALL_TIMEOUT))
-                .await
-                .map_err(|s| Error::Rpc("Heartbeat", s))?;
+            let response = match client.heartbeat(with_timeout(request, CALL_TIMEOUT)).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    for (task, sent) in running.iter().zip(tasks) {
+                        task.unreport(sent.finished_epochs);
+                    }
+                    return Err(Error::Rpc("Heartbeat", status));
+                }
+            };
+            for directive in response.directives {
+                let Some(task) = running.iter().find(|r| r.task_id == directive.task_id) else {
+                    continue;
+                };
+                match v1::DirectiveKind::try_from(directive.kind) {
+                    Ok(v1::DirectiveKind::Cancel) => {
+                        tracing::info!(task_id = %task.task_id, reason = %directive.reason, "cancelling");
+                        task.cancel.store(true, Ordering::Relaxed);
+                    }
+                    Ok(v1::DirectiveKind::Abandon) => {
+                        tracing::warn!(task_id = %task.task_id, reason = %directive.reason, "abandoning");
+                        task.abandoned.store(true, Ordering::Relaxed);
+                        task.cancel.store(true, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -164,10 +250,18 @@ impl Agent {
         session_id: &str,
     ) -> Result<std::convert::Infallible> {
         loop {
+            let freed = self.shared.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let free_slots = self.free_slots();
+            if free_slots == 0 {
+                freed.await;
+                continue;
+            }
             let request = v1::PollTaskRequest {
                 worker_id: self.worker_id.clone(),
                 session_id: session_id.to_owned(),
-                free_slots: self.config.slots,
+                free_slots,
                 max_wait: prost_types::Duration::try_from(self.config.poll_wait).ok(),
             };
             let response = client
@@ -176,8 +270,130 @@ impl Agent {
                 .map_err(|s| Error::Rpc("PollTask", s))?
                 .into_inner();
             if let Some(task) = response.task {
-                // No task kind is executable yet; the coordinator never assigns one.
-                tracing::warn!(task_id = %task.id, kind = task.kind, "received a task this worker cannot run yet");
+                self.start(task);
+            }
+        }
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.config
+            .slots
+            .saturating_sub(self.shared.lock_running().len() as u32)
+    }
+
+    /// Opens the artifact store the coordinator named (once per distinct URL).
+    fn ensure_context(&self, artifact_store: &str) -> Result<()> {
+        let mut context = self
+            .shared
+            .context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if context
+            .as_ref()
+            .is_some_and(|c| c.artifacts.base() == artifact_store)
+        {
+            return Ok(());
+        }
+        let location = if artifact_store.is_empty() {
+            self.config.artifact_dir.display().to_string()
+        } else {
+            artifact_store.to_owned()
+        };
+        let artifacts = ArtifactStore::open(&location)?;
+        tracing::info!(artifacts = %artifacts.base(), "artifact store");
+        *context = Some(Arc::new(Context {
+            data: DataSettings::new(
+                self.config.data_dir.clone(),
+                self.config.dataset_mirror.clone(),
+            ),
+            work_dir: self.config.artifact_dir.clone(),
+            artifacts,
+        }));
+        Ok(())
+    }
+
+    /// Runs a leased task in the background and reports its end.
+    fn start(&self, task: v1::Task) {
+        let ctx = self
+            .shared
+            .context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("registration opened the context");
+        let running = Arc::new(Running::new(&task));
+        self.shared
+            .lock_running()
+            .insert(task.id.clone(), running.clone());
+        tracing::info!(
+            task_id = %task.id, job_id = %task.job_id, attempt = task.attempt,
+            kind = v1::TaskKind::try_from(task.kind).map_or("?", |k| k.as_str_name()),
+            "task started"
+        );
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let finished = tasks::execute(task, running.clone(), ctx).await;
+            running.ended.store(true, Ordering::Relaxed);
+            agent.report(&running, finished).await;
+            agent.shared.lock_running().remove(&running.task_id);
+            agent.shared.slot_freed.notify_waiters();
+        });
+    }
+
+    /// Reports how a task ended, through whichever session is current, until the coordinator
+    /// answers (or refuses: a stale attempt's report is dropped).
+    async fn report(&self, running: &Running, finished: Finished) {
+        use v1::complete_task_request::Outcome;
+        if running.abandoned.load(Ordering::Relaxed) {
+            tracing::info!(task_id = %running.task_id, "abandoned task stopped; not reporting");
+            return;
+        }
+        let (outcome, permanent) = match &finished {
+            Finished::Success(result) => (Outcome::Success(result.clone()), false),
+            Finished::Failure { reason, permanent } => {
+                (Outcome::Failure(reason.clone()), *permanent)
+            }
+            Finished::Cancelled => (Outcome::Cancelled(true), false),
+        };
+        tracing::info!(task_id = %running.task_id, attempt = running.attempt, outcome = ?finished_name(&finished), "task finished");
+        let mut link = self.shared.link.subscribe();
+        let started = tokio::time::Instant::now();
+        loop {
+            let current = match link.wait_for(Option::is_some).await {
+                Ok(current) => current.clone(),
+                Err(_) => return,
+            };
+            let Link {
+                mut client,
+                session_id,
+            } = current.expect("waited for it");
+            let request = v1::CompleteTaskRequest {
+                worker_id: self.worker_id.clone(),
+                session_id,
+                task_id: running.task_id.clone(),
+                attempt: running.attempt,
+                outcome: Some(outcome.clone()),
+                permanent,
+            };
+            match client
+                .complete_task(with_timeout(request, COMPLETE_TIMEOUT))
+                .await
+            {
+                Ok(_) => return,
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                    ) || (s.code() == tonic::Code::NotFound
+                        && started.elapsed() > REPORT_PATIENCE) =>
+                {
+                    tracing::warn!(task_id = %running.task_id, error = %s.message(), "report refused; dropping it");
+                    return;
+                }
+                Err(s) => {
+                    tracing::warn!(task_id = %running.task_id, error = %s.message(), "report failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -192,6 +408,14 @@ impl Agent {
             libtorch_version: crate::LIBTORCH_VERSION.to_owned(),
             labels: self.config.labels.clone().into_iter().collect(),
         }
+    }
+}
+
+fn finished_name(f: &Finished) -> &'static str {
+    match f {
+        Finished::Success(_) => "succeeded",
+        Finished::Failure { .. } => "failed",
+        Finished::Cancelled => "cancelled",
     }
 }
 

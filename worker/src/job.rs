@@ -1,9 +1,11 @@
 //! A training job from spec to artifacts, and the verification of a saved model: what
 //! `trainfleet-worker train` and `verify` run, and what a train task will run on a worker.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use sha2::{Digest, Sha256};
 use tch::{Device, nn};
 use trainfleet_core::job::JobSpec;
 
@@ -145,5 +147,133 @@ pub fn verify(dir: &Path, data: &data::DataSettings, samples: usize) -> Result<V
         samples: n,
         matching,
         accuracy: evaluation.accuracy,
+    })
+}
+
+/// What an eval task measured: both models on the challenger's dataset test split, same
+/// samples, same order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PairScores {
+    /// Test samples scored (for both models).
+    pub samples: u64,
+    /// sha256 over the test split's images and labels in order: the identity of the samples.
+    pub sample_digest: String,
+    /// Root hash of the dataset.
+    pub dataset_root: String,
+    /// The challenger's metrics.
+    pub challenger: BTreeMap<String, f64>,
+    /// The champion's metrics; `None` when there is no champion or it could not be scored.
+    pub champion: Option<BTreeMap<String, f64>>,
+    /// Why the champion could not be scored.
+    pub champion_error: Option<String>,
+}
+
+/// A saved model, loaded after checking its weights against the card.
+struct Loaded {
+    card: ModelCard,
+    _vs: nn::VarStore,
+    model: Box<dyn nn::ModuleT>,
+}
+
+fn load_model(dir: &Path, device: Device) -> Result<Loaded> {
+    let card = artifacts::read_card(dir)?;
+    let weights = dir.join(&card.weights_file);
+    let (_, sha) = data::file_sha256(&weights)?;
+    if sha != card.weights_sha256 {
+        return Err(Error::Checksum {
+            file: weights.display().to_string(),
+            url: dir.join(artifacts::MODEL_CARD).display().to_string(),
+            expected: card.weights_sha256.clone(),
+            got: sha,
+            action: "the weights were modified after training; refusing to load them",
+        });
+    }
+    let mut vs = nn::VarStore::new(device);
+    let model = model::build(&vs.root(), &card.model, card.geometry)?;
+    vs.load(&weights)?;
+    Ok(Loaded {
+        card,
+        _vs: vs,
+        model,
+    })
+}
+
+fn headline(e: &crate::metrics::Evaluation) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::from([
+        ("accuracy".to_owned(), e.accuracy),
+        ("loss".to_owned(), e.loss),
+        ("macro_f1".to_owned(), e.macro_f1),
+    ]);
+    if let Some(top5) = e.top5_accuracy {
+        m.insert("top5_accuracy".to_owned(), top5);
+    }
+    m
+}
+
+/// Scores the challenger in `challenger_dir` and the champion in `champion_dir` (if any) on the
+/// challenger's test split. The champion is scored with its own normalisation; one it cannot be
+/// scored (other classes or input shape) is reported, not fatal.
+pub fn evaluate_pair(
+    challenger_dir: &Path,
+    champion_dir: Option<&Path>,
+    data: &data::DataSettings,
+) -> Result<PairScores> {
+    let spec = JobSpec::from_file(&challenger_dir.join(artifacts::CONFIG))?;
+    let device = train::resolve_device(&spec)?;
+    let challenger = load_model(challenger_dir, device)?;
+    let loaded = data::load_with(&spec.dataset, &data.dir, &data.downloader)?;
+    if loaded.identity.root_sha256 != challenger.card.dataset.root_sha256 {
+        return Err(Error::Unsupported(format!(
+            "the dataset at {} changed since the challenger was trained (root {} vs {}); \
+             refusing to score it on different data",
+            loaded.identity.source,
+            &loaded.identity.root_sha256[..12],
+            &challenger.card.dataset.root_sha256[..12]
+        )));
+    }
+    let test = loaded.test.to_device(device);
+    let mut digest = Sha256::new();
+    let images: Vec<u8> = Vec::try_from(loaded.test.images.flatten(0, -1))?;
+    let labels: Vec<i64> = Vec::try_from(loaded.test.labels.flatten(0, -1))?;
+    digest.update(&images);
+    for l in &labels {
+        digest.update(l.to_le_bytes());
+    }
+    let sample_digest = data::hex(&digest.finalize());
+    let score = |m: &Loaded| {
+        let n = &m.card.normalization;
+        let normalizer = train::Normalizer::new(&n.mean, &n.std, device);
+        crate::metrics::evaluate(m.model.as_ref(), &test, &normalizer, &loaded.classes, 512)
+    };
+    let challenger_eval = score(&challenger);
+    let (champion, champion_error) = match champion_dir {
+        None => (None, None),
+        Some(dir) => match load_model(dir, device) {
+            Err(e) => (None, Some(format!("cannot load it: {e}"))),
+            Ok(m) if m.card.classes != loaded.classes => (
+                None,
+                Some(format!(
+                    "it knows {} classes, the data has {}",
+                    m.card.classes.len(),
+                    loaded.classes.len()
+                )),
+            ),
+            Ok(m) if m.card.geometry != challenger.card.geometry => (
+                None,
+                Some(format!(
+                    "it takes {:?} inputs, the data is {:?}",
+                    m.card.geometry, challenger.card.geometry
+                )),
+            ),
+            Ok(m) => (Some(headline(&score(&m))), None),
+        },
+    };
+    Ok(PairScores {
+        samples: challenger_eval.samples,
+        sample_digest,
+        dataset_root: loaded.identity.root_sha256.clone(),
+        challenger: headline(&challenger_eval),
+        champion,
+        champion_error,
     })
 }

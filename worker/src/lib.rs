@@ -6,6 +6,7 @@
 //! - [`model`]: models built from the spec (simple CNN, configurable CNN).
 //! - [`train`]: the training loop, optimisers, schedules, checkpoints and resume.
 //! - [`metrics`]: evaluation (accuracy, top-5, per-class P/R/F1, confusion, correctness).
+//! - [`tasks`]: running leased tasks (train, eval, sleep) with progress, checkpoints, cancel.
 //! - [`job`]: a job from spec to artifacts; verification of a saved model.
 //! - [`artifacts`]: what a run leaves behind (weights, model card, metrics, config).
 //! - [`devices`]: the CPU and CUDA devices this worker reports.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod model;
+pub mod tasks;
 pub mod train;
 
 pub use agent::Agent;

@@ -48,7 +48,8 @@ impl Split {
         self.len() == 0
     }
 
-    fn to_device(&self, device: Device) -> Split {
+    /// The split on `device`.
+    pub fn to_device(&self, device: Device) -> Split {
         Split {
             images: self.images.to_device(device),
             labels: self.labels.to_device(device),

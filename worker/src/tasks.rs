@@ -1,0 +1,408 @@
+//! Running what the coordinator leases: train (with checkpoints uploaded every epoch and resume
+//! from a requeued attempt's checkpoint), eval (challenger and champion on the same split) and
+//! sleep (benchmarks and smoke checks).
+//!
+//! libtorch work runs on tokio's blocking pool; progress goes into a [`Running`] record that the
+//! heartbeat loop reads, and cancellation comes back through its flags, checked every batch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trainfleet_core::artifacts::{self, ArtifactStore, CHECKPOINT, FileEntry, MANIFEST, Manifest};
+use trainfleet_core::job::JobSpec;
+use trainfleet_proto::v1;
+
+use crate::data::DataSettings;
+use crate::error::Error;
+use crate::job;
+use crate::train::{Event, RunOptions};
+
+/// What a task needs besides itself.
+#[derive(Debug)]
+pub struct Context {
+    /// Dataset cache and downloader.
+    pub data: DataSettings,
+    /// Local scratch: runs in progress and downloaded models.
+    pub work_dir: PathBuf,
+    /// Where results go.
+    pub artifacts: ArtifactStore,
+}
+
+/// Progress of a running task, as the next heartbeat will report it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Current epoch (1-based) and total.
+    pub epoch: u32,
+    /// See `epoch`.
+    pub total_epochs: u32,
+    /// Batches done and per epoch.
+    pub batch: u32,
+    /// See `batch`.
+    pub total_batches: u32,
+    /// Recent throughput.
+    pub images_per_sec: f64,
+    /// Epochs finished and not yet reported.
+    pub unreported: Vec<v1::EpochMetrics>,
+    /// Newest checkpoint uploaded, and the epoch it completed.
+    pub checkpoint: String,
+    /// See `checkpoint`.
+    pub checkpoint_epoch: u32,
+}
+
+/// A task this worker runs.
+#[derive(Debug)]
+pub struct Running {
+    /// The task.
+    pub task_id: String,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Progress for heartbeats.
+    pub progress: Mutex<Progress>,
+    /// Stop within one batch (a CANCEL directive, or the worker stopping).
+    pub cancel: AtomicBool,
+    /// The coordinator gave the task to someone else, or the worker is stopping: stop and do
+    /// not report.
+    pub abandoned: AtomicBool,
+    /// It ended and only its report is pending.
+    pub ended: AtomicBool,
+}
+
+impl Running {
+    /// A record for a newly leased task.
+    pub fn new(task: &v1::Task) -> Self {
+        Self {
+            task_id: task.id.clone(),
+            attempt: task.attempt,
+            progress: Mutex::new(Progress::default()),
+            cancel: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The heartbeat entry for this task; takes the unreported epochs (give them back with
+    /// [`Running::unreport`] if the heartbeat fails).
+    pub fn report(&self) -> v1::TaskProgress {
+        let mut p = self.progress();
+        v1::TaskProgress {
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+            epoch: p.epoch,
+            total_epochs: p.total_epochs,
+            batch: p.batch,
+            total_batches: p.total_batches,
+            images_per_sec: p.images_per_sec,
+            finished_epochs: std::mem::take(&mut p.unreported),
+            checkpoint: p.checkpoint.clone(),
+            checkpoint_epoch: p.checkpoint_epoch,
+        }
+    }
+
+    /// Puts back epochs a failed heartbeat did not deliver.
+    pub fn unreport(&self, mut epochs: Vec<v1::EpochMetrics>) {
+        let mut p = self.progress();
+        epochs.append(&mut p.unreported);
+        p.unreported = epochs;
+    }
+}
+
+/// How a task ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// Done, with its result.
+    Success(v1::TaskResult),
+    /// Failed; `permanent` when a retry cannot help.
+    Failure {
+        /// Why.
+        reason: String,
+        /// See above.
+        permanent: bool,
+    },
+    /// Stopped by a cancel directive.
+    Cancelled,
+}
+
+impl Finished {
+    fn from_error(err: Error) -> Self {
+        match err {
+            Error::Cancelled => Finished::Cancelled,
+            // Artifact I/O is transient from a task's point of view: another attempt may work.
+            Error::Spec(trainfleet_core::Error::Artifact { .. }) => Finished::Failure {
+                reason: err.to_string(),
+                permanent: false,
+            },
+            Error::Spec(_)
+            | Error::Unsupported(_)
+            | Error::Corrupt { .. }
+            | Error::Checksum { .. } => Finished::Failure {
+                reason: err.to_string(),
+                permanent: true,
+            },
+            other => Finished::Failure {
+                reason: other.to_string(),
+                permanent: false,
+            },
+        }
+    }
+}
+
+/// Runs `task` to its end.
+pub async fn execute(task: v1::Task, running: Arc<Running>, ctx: Arc<Context>) -> Finished {
+    let kind = v1::TaskKind::try_from(task.kind).unwrap_or(v1::TaskKind::Unspecified);
+    let result = match kind {
+        v1::TaskKind::Sleep => sleep(&task, &running).await,
+        v1::TaskKind::Train => train(task, running, ctx).await,
+        v1::TaskKind::Eval => eval(task, ctx).await,
+        other => Err(Error::Unsupported(format!(
+            "this worker cannot run {} tasks",
+            other.as_str_name()
+        ))),
+    };
+    result.unwrap_or_else(Finished::from_error)
+}
+
+async fn sleep(task: &v1::Task, running: &Running) -> crate::Result<Finished> {
+    let total = task
+        .sleep
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default();
+    let until = tokio::time::Instant::now() + total;
+    while tokio::time::Instant::now() < until {
+        if running.cancel.load(Ordering::Relaxed) {
+            return Ok(Finished::Cancelled);
+        }
+        let step = (until - tokio::time::Instant::now()).min(Duration::from_millis(50));
+        tokio::time::sleep(step).await;
+    }
+    Ok(Finished::Success(v1::TaskResult::default()))
+}
+
+fn run_dir(ctx: &Context, task: &v1::Task) -> PathBuf {
+    ctx.work_dir
+        .join("runs")
+        .join(&task.job_id)
+        .join(format!("attempt-{}", task.attempt))
+}
+
+async fn train(
+    task: v1::Task,
+    running: Arc<Running>,
+    ctx: Arc<Context>,
+) -> crate::Result<Finished> {
+    let spec = JobSpec::from_yaml(&task.spec_yaml, "task spec")?;
+    let dir = run_dir(&ctx, &task);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let prefix = artifacts::run_prefix(&task.job_id, task.attempt);
+    let resume = !task.resume_from.is_empty();
+    if resume {
+        let key = ctx.artifacts.key_of(&task.resume_from)?;
+        ctx.artifacts.get_file(&key, &dir.join(CHECKPOINT)).await?;
+        tracing::info!(
+            task_id = %task.id, attempt = task.attempt, from_epoch = task.resume_epoch,
+            "resuming from the previous attempt's checkpoint"
+        );
+    }
+    let handle = tokio::runtime::Handle::current();
+    let trained = {
+        let (ctx, running, dir, prefix) =
+            (ctx.clone(), running.clone(), dir.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            let stop = StopFlag(&running);
+            let options = RunOptions {
+                resume,
+                cancel: Some(stop.flag()),
+                stop_after_epoch: 0,
+            };
+            let mut on_event = |event: &Event<'_>| {
+                on_train_event(event, &running, &ctx, &dir, &prefix, &handle);
+            };
+            job::run(&spec, &ctx.data, &dir, &options, &mut on_event)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("the training thread failed: {e}")))??
+    };
+    let mut files = BTreeMap::new();
+    for name in [
+        crate::artifacts::MODEL_WEIGHTS,
+        crate::artifacts::MODEL_CARD,
+        crate::artifacts::METRICS,
+        crate::artifacts::CONFIG,
+        CHECKPOINT,
+    ] {
+        let path = dir.join(name);
+        if path.exists() {
+            let (_, entry) = ctx
+                .artifacts
+                .put_file(&format!("{prefix}/{name}"), &path)
+                .await?;
+            files.insert(name.to_owned(), entry);
+        }
+    }
+    let manifest = Manifest {
+        job_id: task.job_id.clone(),
+        attempt: task.attempt,
+        files,
+        dataset_root: trained.card.dataset.root_sha256.clone(),
+        code_version: trainfleet_core::VERSION.to_owned(),
+        libtorch_version: crate::LIBTORCH_VERSION.to_owned(),
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+    ctx.artifacts
+        .put_bytes(&format!("{prefix}/{MANIFEST}"), manifest_json)
+        .await?;
+    let test = &trained.outcome.test;
+    let mut metrics = BTreeMap::from([
+        ("accuracy".to_owned(), test.accuracy),
+        ("loss".to_owned(), test.loss),
+        ("macro_f1".to_owned(), test.macro_f1),
+        ("epochs".to_owned(), trained.outcome.epochs.len() as f64),
+    ]);
+    if let Some(from) = trained.outcome.resumed_from {
+        metrics.insert("resumed_from_epoch".to_owned(), from.into());
+    }
+    let detail = serde_json::json!({
+        "kept_epoch": trained.outcome.kept_epoch,
+        "stopped_early": trained.outcome.stopped_early,
+        "resumed_from": trained.outcome.resumed_from,
+        "dataset_root": manifest.dataset_root,
+    });
+    Ok(Finished::Success(v1::TaskResult {
+        metrics: metrics.into_iter().collect(),
+        artifacts: [
+            ("run".to_owned(), ctx.artifacts.uri(&prefix)),
+            (
+                "model".to_owned(),
+                ctx.artifacts
+                    .uri(&format!("{prefix}/{}", crate::artifacts::MODEL_WEIGHTS)),
+            ),
+            (
+                "manifest".to_owned(),
+                ctx.artifacts.uri(&format!("{prefix}/{MANIFEST}")),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        detail_json: detail.to_string(),
+    }))
+}
+
+/// Training polls one flag; this folds "cancelled" and "abandoned" into it.
+struct StopFlag<'a>(&'a Running);
+
+impl StopFlag<'_> {
+    fn flag(&self) -> &AtomicBool {
+        // Abandoning also sets `cancel` (see the agent), so one flag covers both.
+        &self.0.cancel
+    }
+}
+
+fn on_train_event(
+    event: &Event<'_>,
+    running: &Running,
+    ctx: &Context,
+    dir: &Path,
+    prefix: &str,
+    handle: &tokio::runtime::Handle,
+) {
+    match event {
+        Event::Resumed { epoch } => running.progress().epoch = *epoch,
+        Event::EpochStarted {
+            epoch,
+            epochs,
+            batches,
+        } => {
+            let mut p = running.progress();
+            p.epoch = *epoch;
+            p.total_epochs = *epochs;
+            p.batch = 0;
+            p.total_batches = *batches as u32;
+        }
+        Event::Batch {
+            batch,
+            images_per_sec,
+            ..
+        } => {
+            let mut p = running.progress();
+            p.batch = *batch as u32;
+            p.images_per_sec = *images_per_sec;
+        }
+        Event::Epoch(report) => {
+            let mut values = BTreeMap::from([
+                ("train_loss".to_owned(), report.train_loss),
+                ("train_accuracy".to_owned(), report.train_accuracy),
+                ("learning_rate".to_owned(), report.learning_rate),
+                ("images_per_sec".to_owned(), report.images_per_sec),
+            ]);
+            if let Some(v) = report.val_loss {
+                values.insert("val_loss".to_owned(), v);
+            }
+            if let Some(v) = report.val_accuracy {
+                values.insert("val_accuracy".to_owned(), v);
+            }
+            // The checkpoint of this epoch is on disk: publish it so that another worker can
+            // resume from here if this one dies.
+            let key = format!("{prefix}/{CHECKPOINT}");
+            let uploaded: Result<(String, FileEntry), _> =
+                handle.block_on(ctx.artifacts.put_file(&key, &dir.join(CHECKPOINT)));
+            let mut p = running.progress();
+            p.unreported.push(v1::EpochMetrics {
+                epoch: report.epoch,
+                values: values.into_iter().collect(),
+            });
+            match uploaded {
+                Ok((uri, _)) => {
+                    p.checkpoint = uri;
+                    p.checkpoint_epoch = report.epoch;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint upload failed; will retry next epoch")
+                }
+            }
+        }
+    }
+}
+
+async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
+    let inputs = task.eval.clone().unwrap_or_default();
+    let base = ctx.work_dir.join("eval").join(&task.id);
+    let fetch = |uri: String, to: PathBuf| {
+        let ctx = ctx.clone();
+        async move {
+            let prefix = ctx.artifacts.key_of(&uri)?;
+            for name in [
+                crate::artifacts::MODEL_WEIGHTS,
+                crate::artifacts::MODEL_CARD,
+                crate::artifacts::CONFIG,
+            ] {
+                ctx.artifacts
+                    .get_file(&format!("{prefix}/{name}"), &to.join(name))
+                    .await?;
+            }
+            Ok::<PathBuf, Error>(to)
+        }
+    };
+    let challenger = fetch(inputs.challenger.clone(), base.join("challenger")).await?;
+    let champion = match inputs.champion.as_str() {
+        "" => None,
+        uri => Some(fetch(uri.to_owned(), base.join("champion")).await?),
+    };
+    let data = ctx.data.clone();
+    let scores = tokio::task::spawn_blocking(move || {
+        job::evaluate_pair(&challenger, champion.as_deref(), &data)
+    })
+    .await
+    .map_err(|e| Error::Unsupported(format!("the eval thread failed: {e}")))??;
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(Finished::Success(v1::TaskResult {
+        metrics: scores.challenger.clone().into_iter().collect(),
+        artifacts: Default::default(),
+        detail_json: serde_json::to_string(&scores).expect("scores serialise"),
+    }))
+}
