@@ -1,0 +1,215 @@
+//! End-to-end jobs: a real coordinator and two real workers training tiny synth-digits models.
+//! Jobs arrive through a real reflection client (JSON, as a grpcurl user sends them) and through
+//! the CLI; a worker is killed with SIGKILL mid-training and its task resumes elsewhere from the
+//! checkpoint; a job is cancelled; the coordinator restarts and still knows everything.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const FAST: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
+
+/// A job that trains in a few seconds on 2 cores; `epochs` sets how long.
+fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
+    format!(
+        "name: {name}\n\
+         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
+         model: {{arch: simple_cnn}}\n\
+         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
+    )
+}
+
+fn start_worker(dir: &std::path::Path, name: &str, coordinator: &str) -> anyhow::Result<Proc> {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n\
+             data_dir: {}\nartifact_dir: {}\n",
+            dir.join("data").display(),
+            dir.join(format!("work-{name}")).display()
+        ),
+    )?;
+    Proc::start(
+        name,
+        &binary("trainfleet-worker"),
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--coordinator",
+            coordinator,
+            "--worker-id",
+            name,
+        ],
+        dir,
+    )
+}
+
+fn cli(dir: &std::path::Path, addr: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(binary("trainfleet"))
+        .args(args)
+        .env("TRAINFLEET_ENDPOINT", addr)
+        .current_dir(dir)
+        .output()?)
+}
+
+fn get_job(addr: &str, id: &str) -> anyhow::Result<Value> {
+    reflect_call(
+        addr,
+        "trainfleet.v1.JobService/Get",
+        &json!({ "id": id }).to_string(),
+    )?
+    .map_err(|(code, message)| anyhow::anyhow!("Get {id}: {code}: {message}"))
+}
+
+fn wait_job(addr: &str, id: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+    wait_for(timeout, &format!("job {id} to be {state}"), || {
+        let job = get_job(addr, id).ok()?;
+        (job["state"] == state).then_some(job)
+    })
+}
+
+fn submit_json(addr: &str, yaml: &str) -> anyhow::Result<String> {
+    let body = json!({ "yaml": yaml }).to_string();
+    let answer = reflect_call(addr, "trainfleet.v1.JobService/Submit", &body)?
+        .map_err(|(code, message)| anyhow::anyhow!("Submit: {code}: {message}"))?;
+    Ok(answer["job"]["id"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_restart()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.clone();
+    let mut a = start_worker(dir.path(), "worker-a", &addr)?;
+    let mut b = start_worker(dir.path(), "worker-b", &addr)?;
+
+    // Four jobs: two as JSON through the reflection client, two through the CLI.
+    let mut ids = vec![
+        submit_json(&addr, &job_yaml("json-1", 1, 1))?,
+        submit_json(&addr, &job_yaml("json-2", 1, 2))?,
+    ];
+    for (name, seed) in [("cli-1", 3), ("cli-2", 4)] {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, job_yaml(name, 1, seed))?;
+        let out = cli(
+            dir.path(),
+            &addr,
+            &["submit", &file.display().to_string(), "--json"],
+        )?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        let job: Value = serde_json::from_slice(&out.stdout)?;
+        ids.push(job["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let mut trained_on = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = wait_job(&addr, id, "JOB_STATE_SUCCEEDED", Duration::from_secs(240))
+            .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", a.log_text(), b.log_text()))?;
+        let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+        // One train attempt, then one eval (another round if the champion moved meanwhile).
+        assert_eq!(attempts[0]["task"], "train", "{job}");
+        assert!(
+            attempts.len() >= 2 && attempts[1..].iter().all(|t| t["task"] == "eval"),
+            "{job}"
+        );
+        trained_on.insert(
+            attempts[0]["workerId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        assert!(job["result"]["modelId"].is_string(), "{job}");
+    }
+    assert_eq!(
+        trained_on.len(),
+        2,
+        "both workers took training tasks: {trained_on:?}"
+    );
+
+    // Kill -9 the worker training a longer job once an epoch's checkpoint is recorded: the other
+    // worker resumes from it.
+    let long = submit_json(&addr, &job_yaml("long", 4, 5))?;
+    let job = wait_for(Duration::from_secs(120), "an epoch of the long job", || {
+        let job = get_job(&addr, &long).ok()?;
+        (job["epochs"].as_array().is_some_and(|e| !e.is_empty())).then_some(job)
+    })?;
+    let victim = job["workerId"].as_str().unwrap_or_default().to_owned();
+    let (dead, survivor) = if victim == "worker-a" {
+        (&mut a, "worker-b")
+    } else {
+        (&mut b, "worker-a")
+    };
+    dead.kill();
+    let job = wait_job(
+        &addr,
+        &long,
+        "JOB_STATE_SUCCEEDED",
+        Duration::from_secs(240),
+    )?;
+    let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+    let second = attempts
+        .iter()
+        .find(|t| t["task"] == "train" && t["attempt"] == 2)
+        .unwrap_or_else(|| panic!("a second train attempt: {job}"));
+    assert_eq!(second["workerId"], survivor, "{job}");
+    assert!(
+        second["resumedFromEpoch"].as_u64().unwrap_or(0) >= 1,
+        "resumed from a checkpoint, not restarted: {job}"
+    );
+    let epochs: Vec<u64> = job["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap_or(1))
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4], "every epoch once: {job}");
+
+    // Cancel a running job through the CLI; the worker stops within a batch.
+    let doomed = submit_json(&addr, &job_yaml("doomed", 20, 6))?;
+    wait_job(
+        &addr,
+        &doomed,
+        "JOB_STATE_TRAINING",
+        Duration::from_secs(60),
+    )?;
+    let out = cli(dir.path(), &addr, &["cancel", &doomed, "--reason", "test"])?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    let job = wait_job(
+        &addr,
+        &doomed,
+        "JOB_STATE_CANCELLED",
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(job["error"], "cancelled: test");
+
+    let champion = reflect_call(
+        &addr,
+        "trainfleet.v1.ModelService/GetChampion",
+        r#"{"dataset": "synth-digits"}"#,
+    )?
+    .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+
+    // Restart the coordinator on the same state: every job and the champion are still there.
+    coordinator.proc.signal(libc::SIGTERM);
+    assert_eq!(
+        coordinator.proc.wait_exit(Duration::from_secs(15))?,
+        Some(0)
+    );
+    let restarted = start_coordinator(dir.path(), "coordinator-2", &addr, FAST)?;
+    let out = cli(dir.path(), &restarted.addr, &["jobs", "--json"])?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    let again = reflect_call(
+        &restarted.addr,
+        "trainfleet.v1.ModelService/GetChampion",
+        r#"{"dataset": "synth-digits"}"#,
+    )?
+    .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    assert_eq!(again["id"], champion["id"]);
+    Ok(())
+}
