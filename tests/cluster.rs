@@ -11,24 +11,7 @@ use support::*;
 const FAST: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "1s"];
 
 fn start_worker(dir: &std::path::Path, name: &str, coordinator: &str) -> anyhow::Result<Proc> {
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        "reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n",
-    )?;
-    Proc::start(
-        name,
-        &binary("trainfleet-worker"),
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--coordinator",
-            coordinator,
-            "--worker-id",
-            name,
-        ],
-        dir,
-    )
+    support::start_worker(dir, name, coordinator, "")
 }
 
 fn wait_for_state(addr: &str, worker: &str, state: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -23,29 +23,12 @@ fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
 }
 
 fn start_worker(dir: &std::path::Path, name: &str, coordinator: &str) -> anyhow::Result<Proc> {
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n\
-             data_dir: {}\nartifact_dir: {}\n",
-            dir.join("data").display(),
-            dir.join(format!("work-{name}")).display()
-        ),
-    )?;
-    Proc::start(
-        name,
-        &binary("trainfleet-worker"),
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--coordinator",
-            coordinator,
-            "--worker-id",
-            name,
-        ],
-        dir,
-    )
+    let dirs = format!(
+        "data_dir: {}\nartifact_dir: {}\n",
+        dir.join("data").display(),
+        dir.join(format!("work-{name}")).display()
+    );
+    support::start_worker(dir, name, coordinator, &dirs)
 }
 
 fn cli(dir: &std::path::Path, addr: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {

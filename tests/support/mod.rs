@@ -294,3 +294,31 @@ pub fn worker_state(workers: &[Value], id: &str) -> Option<String> {
         .find(|w| w["workerId"] == id)
         .and_then(|w| w["state"].as_str().map(str::to_owned))
 }
+
+/// Starts `trainfleet-worker` with id `name` against `coordinator`, with fast reconnects plus
+/// `extra_config` (YAML lines) in its config file.
+pub fn start_worker(
+    dir: &Path,
+    name: &str,
+    coordinator: &str,
+    extra_config: &str,
+) -> anyhow::Result<Proc> {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!("reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n{extra_config}"),
+    )?;
+    Proc::start(
+        name,
+        &binary("trainfleet-worker"),
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--coordinator",
+            coordinator,
+            "--worker-id",
+            name,
+        ],
+        dir,
+    )
+}

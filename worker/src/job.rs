@@ -102,23 +102,9 @@ pub struct Verified {
 /// Reloads the model in `dir`, checks its weights' sha256, rebuilds it from its card and
 /// re-evaluates it on the first `samples` test samples, comparing with the recorded results.
 pub fn verify(dir: &Path, data: &data::DataSettings, samples: usize) -> Result<Verified> {
-    let card = artifacts::read_card(dir)?;
-    let weights = dir.join(&card.weights_file);
-    let (_, sha) = data::file_sha256(&weights)?;
-    if sha != card.weights_sha256 {
-        return Err(Error::Checksum {
-            file: weights.display().to_string(),
-            url: dir.join(artifacts::MODEL_CARD).display().to_string(),
-            expected: card.weights_sha256.clone(),
-            got: sha,
-            action: "the weights were modified after training; refusing to load them",
-        });
-    }
+    let Loaded { card, _vs, model } = load_model(dir, Device::Cpu)?;
     let spec_path = dir.join(artifacts::CONFIG);
     let spec = JobSpec::from_file(&spec_path)?;
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = model::build(&vs.root(), &card.model, card.geometry)?;
-    vs.load(&weights)?;
     let dataset: Dataset = data::load_with(&spec.dataset, &data.dir, &data.downloader)?;
     if dataset.identity.root_sha256 != card.dataset.root_sha256 {
         return Err(Error::Unsupported(format!(
