@@ -196,3 +196,105 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
     assert_eq!(again["id"], champion["id"]);
     Ok(())
 }
+
+#[test]
+fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.as_str();
+
+    // A 10 MB job file, through the CLI (argv could not carry it to a script client).
+    let big = dir.path().join("big.yaml");
+    let mut text = job_yaml("big", 1, 1);
+    text.push_str("# ");
+    text.push_str(&"x".repeat(10 << 20));
+    text.push('\n');
+    std::fs::write(&big, text)?;
+    let out = cli(dir.path(), addr, &["submit", &big.display().to_string()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("the limit is 1048576 bytes"),
+        "{stderr}"
+    );
+
+    // An unknown model: the YAML's line and column, and the valid choices.
+    let yaml = job_yaml("typo", 1, 1).replace("simple_cnn", "resnet9000");
+    let body = json!({ "yaml": yaml }).to_string();
+    let (code, message) =
+        reflect_call(addr, "trainfleet.v1.JobService/Submit", &body)?.expect_err("refused");
+    assert_eq!(code, "INVALID_ARGUMENT");
+    assert!(
+        message.contains("yaml:5:15")
+            && message.contains("resnet9000")
+            && message.contains("resnet18"),
+        "{message}"
+    );
+    // The same mistake in the structured form names the field.
+    let body = r#"{"structured": {"dataset": "synth-digits", "model": {"arch": "resnet9000"}}}"#;
+    let (code, message) =
+        reflect_call(addr, "trainfleet.v1.JobService/Submit", body)?.expect_err("refused");
+    assert_eq!(code, "INVALID_ARGUMENT");
+    assert!(message.contains("structured"), "{message}");
+
+    // A dataset directory that does not exist.
+    let yaml = "dataset: {format: imagefolder, path: /nonexistent/pets}\nmodel: {arch: cnn}\n";
+    let body = json!({ "yaml": yaml }).to_string();
+    let (code, message) =
+        reflect_call(addr, "trainfleet.v1.JobService/Submit", &body)?.expect_err("refused");
+    assert_eq!(code, "NOT_FOUND");
+    assert!(
+        message.contains("dataset.path") && message.contains("/nonexistent/pets"),
+        "{message}"
+    );
+
+    // Nothing was queued by any of that.
+    let listed = reflect_call(addr, "trainfleet.v1.JobService/List", "{}")?
+        .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    assert_eq!(listed["jobs"].as_array().map_or(0, Vec::len), 0, "{listed}");
+
+    // A worker completing a task it does not hold: a stranger, then a registered worker.
+    let job = reflect_call(
+        addr,
+        "trainfleet.v1.JobService/Submit",
+        r#"{"sleep": {"duration": "60s"}}"#,
+    )?
+    .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    let job_id = job["job"]["id"].as_str().unwrap_or_default().to_owned();
+    let task_id = format!("{job_id}-sleep");
+    let complete = |worker: &str| {
+        json!({
+            "workerId": worker, "sessionId": "x", "taskId": task_id, "attempt": 1,
+            "success": {"metrics": {"accuracy": 1.0}}
+        })
+        .to_string()
+    };
+    let (code, message) = reflect_call(
+        addr,
+        "trainfleet.v1.WorkerService/CompleteTask",
+        &complete("ghost"),
+    )?
+    .expect_err("stranger");
+    assert_eq!(code, "NOT_FOUND", "{message}");
+    reflect_call(
+        addr,
+        "trainfleet.v1.WorkerService/Register",
+        r#"{"workerId": "idle", "slots": 1, "devices": [{"kind": "DEVICE_KIND_CPU"}]}"#,
+    )?
+    .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    let (code, message) = reflect_call(
+        addr,
+        "trainfleet.v1.WorkerService/CompleteTask",
+        &complete("idle"),
+    )?
+    .expect_err("not its task");
+    assert_eq!(code, "FAILED_PRECONDITION");
+    assert!(message.contains("nothing changed"), "{message}");
+    let after = get_job(addr, &job_id)?;
+    assert_eq!(after["state"], "JOB_STATE_QUEUED", "{after}");
+    assert!(
+        after["result"].is_null() && after.get("attempts").is_none(),
+        "{after}"
+    );
+    Ok(())
+}
