@@ -10,7 +10,7 @@
 //! memory, slots) the polling worker meets. Pure and synchronous, so it is tested without a
 //! network or a clock; the services call it under one lock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::SystemTime;
 
 use trainfleet_core::device::{Device, DeviceKind};
@@ -144,6 +144,9 @@ pub struct Lease {
 pub struct Scheduler {
     tasks: BTreeMap<String, Task>,
     queue: VecDeque<String>,
+    /// Worker → the tasks it holds: heartbeats and loss handling touch only these, never the
+    /// whole history.
+    held: HashMap<String, BTreeSet<String>>,
 }
 
 impl Scheduler {
@@ -189,9 +192,11 @@ impl Scheduler {
         task.state = TaskState::Leased {
             worker_id: worker_id.to_owned(),
         };
+        let attempt = task.attempt;
+        self.hold(worker_id, &id);
         Some(Lease {
             task_id: id,
-            attempt: task.attempt,
+            attempt,
         })
     }
 
@@ -232,6 +237,7 @@ impl Scheduler {
         outcome: Outcome,
     ) -> Result<&Task, Refused> {
         self.check_holder(worker_id, task_id, attempt)?;
+        self.release(worker_id, task_id);
         let task = self.tasks.get_mut(task_id).expect("checked");
         match outcome {
             Outcome::Succeeded => task.state = TaskState::Succeeded,
@@ -265,23 +271,39 @@ impl Scheduler {
 
     /// Ids of the tasks `worker_id` holds.
     pub fn held_by(&self, worker_id: &str) -> Vec<String> {
-        self.tasks
-            .values()
-            .filter(|t| matches!(&t.state, TaskState::Leased { worker_id: w } if w == worker_id))
-            .map(|t| t.id.clone())
-            .collect()
+        self.held
+            .get(worker_id)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn hold(&mut self, worker_id: &str, task_id: &str) {
+        self.held
+            .entry(worker_id.to_owned())
+            .or_default()
+            .insert(task_id.to_owned());
+    }
+
+    fn release(&mut self, worker_id: &str, task_id: &str) {
+        if let Some(ids) = self.held.get_mut(worker_id) {
+            ids.remove(task_id);
+            if ids.is_empty() {
+                self.held.remove(worker_id);
+            }
+        }
     }
 
     /// The holder of one leased task no longer runs it (`why`, e.g. "lost with worker w1"):
     /// requeue it at the front with the next attempt, cancel it if a cancel was pending, or fail
     /// it when its attempts are used up. Does nothing to a task that is not leased.
     pub fn lease_lost(&mut self, task_id: &str, why: &str) {
-        let Some(task) = self.tasks.get_mut(task_id) else {
+        let Some(TaskState::Leased { worker_id }) =
+            self.tasks.get(task_id).map(|t| t.state.clone())
+        else {
             return;
         };
-        if !matches!(task.state, TaskState::Leased { .. }) {
-            return;
-        }
+        self.release(&worker_id, task_id);
+        let task = self.tasks.get_mut(task_id).expect("looked up");
         task.history.push(format!("attempt {} {why}", task.attempt));
         if task.cancel_requested {
             task.state = TaskState::Cancelled;
@@ -301,9 +323,11 @@ impl Scheduler {
     pub fn unassign(&mut self, lease: &Lease) {
         if let Some(task) = self.tasks.get_mut(&lease.task_id)
             && task.attempt == lease.attempt
-            && matches!(task.state, TaskState::Leased { .. })
+            && let TaskState::Leased { worker_id } = task.state.clone()
         {
             task.attempt -= 1;
+            self.release(&worker_id, &lease.task_id);
+            let task = self.tasks.get_mut(&lease.task_id).expect("looked up");
             task.state = TaskState::Queued;
             self.queue.push_front(lease.task_id.clone());
         }
@@ -315,8 +339,10 @@ impl Scheduler {
         let mut s = Self::new();
         let mut queued: Vec<(SystemTime, String)> = Vec::new();
         for task in tasks {
-            if task.state == TaskState::Queued {
-                queued.push((task.enqueued_at, task.id.clone()));
+            match &task.state {
+                TaskState::Queued => queued.push((task.enqueued_at, task.id.clone())),
+                TaskState::Leased { worker_id } => s.hold(&worker_id.clone(), &task.id),
+                _ => {}
             }
             s.tasks.insert(task.id.clone(), task);
         }
@@ -347,12 +373,12 @@ impl Scheduler {
 
     /// Tasks held by `worker_id` whose cancellation it has not acted on yet.
     pub fn cancel_directives(&self, worker_id: &str) -> Vec<&Task> {
-        self.tasks
-            .values()
-            .filter(|t| {
-                t.cancel_requested
-                    && matches!(&t.state, TaskState::Leased { worker_id: w } if w == worker_id)
-            })
+        self.held
+            .get(worker_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| t.cancel_requested)
             .collect()
     }
 
@@ -369,9 +395,10 @@ impl Scheduler {
             .filter_map(|id| self.tasks.get(id))
             .collect();
         let leased = self
-            .tasks
+            .held
             .values()
-            .filter(|t| matches!(t.state, TaskState::Leased { .. }))
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
             .collect();
         (queued, leased)
     }
@@ -599,5 +626,34 @@ mod tests {
         s.cancel("doomed");
         s.worker_lost("w2");
         assert_eq!(s.task("doomed").unwrap().state, TaskState::Cancelled);
+    }
+
+    #[test]
+    fn unassign_undoes_a_lease_and_restore_rebuilds_queue_order_and_holders() {
+        let mut s = Scheduler::new();
+        s.enqueue("a".into(), "j1".into(), needs(false), 3);
+        s.enqueue("b".into(), "j2".into(), needs(false), 3);
+        let lease = s.assign("w", &cpu(), 1).unwrap();
+        s.unassign(&lease);
+        assert!(s.held_by("w").is_empty());
+        let again = s.assign("w", &cpu(), 1).unwrap();
+        assert_eq!(
+            (again.task_id.as_str(), again.attempt),
+            ("a", 1),
+            "as if never leased"
+        );
+
+        let copies: Vec<Task> = ["b", "a"]
+            .iter()
+            .map(|id| s.task(id).unwrap().clone())
+            .collect();
+        let restored = Scheduler::restore(copies);
+        assert_eq!(restored.held_by("w"), ["a".to_owned()]);
+        let (queued, leased) = restored.snapshot();
+        assert_eq!(
+            queued.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(leased.len(), 1);
     }
 }
