@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::kv::{KvStore, Txn, TxnOp};
 
+/// A commit slower than this is logged: every caller waiting on it waits that long.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
 /// Most entries committed together.
 const MAX_BATCH: usize = 512;
 
@@ -87,11 +89,17 @@ async fn commit_loop(
             .iter_mut()
             .map(|e| Txn::unconditional(std::mem::take(&mut e.ops)))
             .collect();
+        let started = std::time::Instant::now();
+        let entries = batch.len();
         let result = store
             .txn_batch(txns)
             .await
             .map(|_| ())
             .map_err(|e| format!("state store write failed: {e}"));
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            tracing::warn!(?took, entries, "slow state commit");
+        }
         if let Err(message) = &result {
             tracing::error!(error = %message, "cannot persist state; stopping this replica");
             fatal.cancel();

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use trainfleet_core::config::CoordinatorConfig;
 use trainfleet_proto::v1::cluster_service_server::ClusterServiceServer;
@@ -158,7 +158,14 @@ impl Coordinator {
             .add_service(DatasetServiceServer::new(DatasetApi))
             .add_service(ModelServiceServer::new(ModelApi::new(state.clone())))
             .add_service(SweepServiceServer::new(SweepApi))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop)
+            // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
+            // listeners tonic binds itself. Without it, a small response written right after
+            // another (a task lease after a heartbeat answer) waits for the peer's delayed ACK,
+            // about 40 ms.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                stop,
+            )
             .await;
         shutdown.cancel();
         let _ = reaper.await;

@@ -15,6 +15,9 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// "revision" → the store revision.
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const HEADER: usize = 24;
+/// redb's page cache. The coordinator keeps its working state in memory and reads the store only
+/// at start, so a small cache is enough (redb's default of 1 GiB would grow with the database).
+const CACHE_BYTES: usize = 32 << 20;
 
 /// A file-backed store for one machine.
 #[derive(Clone)]
@@ -42,7 +45,9 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| store_error(dir, "cannot create directory", e))?;
         }
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|e| store_error(path, "cannot open the state database", e))?;
         let txn = db
             .begin_write()
