@@ -92,3 +92,74 @@ fn workers_verb_prints_table_and_json_and_reports_an_unreachable_endpoint() -> a
     );
     Ok(())
 }
+
+/// `trainfleet run JOB`: train, evaluate, record; a second run compares with the first run's
+/// model; Ctrl-C cancels cleanly and the state directory stays usable.
+#[test]
+fn run_trains_records_a_champion_compares_a_rerun_and_stops_on_ctrl_c() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let job = |epochs: u32| {
+        format!(
+            "name: tiny\ndataset:\n  builtin: synth-digits\n  synth: {{train_samples: 2000, test_samples: 400, seed: 3}}\n\
+             model: {{arch: simple_cnn}}\ntraining: {{epochs: {epochs}, batch_size: 64, optimizer: adam, learning_rate: 0.001, threads: 1}}\n"
+        )
+    };
+    let tiny = dir.path().join("tiny.yaml");
+    std::fs::write(&tiny, job(1))?;
+    let run = |file: &std::path::Path| -> anyhow::Result<String> {
+        let out = Command::new(binary("trainfleet"))
+            .arg("run")
+            .arg(file)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()?;
+        let stdout = String::from_utf8(out.stdout)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    };
+    let first = run(&tiny)?;
+    assert!(first.contains("epoch 1:"), "{first}");
+    assert!(
+        first.contains("promoted: first model of its dataset"),
+        "{first}"
+    );
+    assert!(first.contains("artifacts: file://"), "{first}");
+    let second = run(&tiny)?;
+    assert!(
+        second.contains("not promoted") && second.contains("champion kept"),
+        "the same seed on the same data is no better: {second}"
+    );
+
+    let long = dir.path().join("long.yaml");
+    std::fs::write(&long, job(50))?;
+    let mut proc = Proc::start(
+        "run-long",
+        &binary("trainfleet"),
+        &[
+            "run",
+            &long.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+        dir.path(),
+    )?;
+    wait_for(Duration::from_secs(120), "the first epoch", || {
+        proc.log_text().contains("epoch 1:").then_some(())
+    })?;
+    proc.signal(libc::SIGINT);
+    assert_eq!(proc.wait_exit(Duration::from_secs(30))?, Some(1));
+    let log = proc.log_text();
+    assert!(
+        log.contains("interrupted: cancelling") && log.contains("ended cancelled"),
+        "{log}"
+    );
+    // The state directory is consistent: the next run opens it and still has its champion.
+    let third = run(&tiny)?;
+    assert!(third.contains("champion kept"), "{third}");
+    Ok(())
+}

@@ -663,6 +663,7 @@ impl Control {
                             inner.finish(&job_id, JobState::Succeeded, String::new());
                         }
                         TaskRole::Train => {
+                            inner.record_epochs(&job_id, &detail_json);
                             let job = inner.jobs.get_mut(&job_id).expect("exists");
                             job.train_run = Some(run);
                             job.train_metrics = metrics;
@@ -1012,6 +1013,7 @@ impl Inner {
             .jobs
             .get_mut(&task.job_id)
             .expect("every task has a job");
+        let previous_state = job.state;
         let resume = match (meta.role, &job.checkpoint) {
             (TaskRole::Train, Some(c)) => Some(c.clone()),
             _ => None,
@@ -1055,11 +1057,13 @@ impl Inner {
             }),
             resume_epoch: resume.map_or(0, |c| c.epoch),
         };
-        let state = job.state.to_wire();
+        let state = job.state;
         let job_id = task.job_id.clone();
         self.put_task(task_id, ops);
         self.put_job(&job_id, ops);
-        self.emit(event(&job_id, Event::State(state as i32)));
+        if state != previous_state {
+            self.emit(event(&job_id, Event::State(state.to_wire() as i32)));
+        }
         wire
     }
 
@@ -1130,6 +1134,40 @@ impl Inner {
         }
         if changed {
             self.put_job(&job_id, ops);
+        }
+    }
+
+    /// A train result lists every epoch; record (and announce) those the heartbeats did not
+    /// carry, such as a short last epoch that ended between two beats.
+    fn record_epochs(&mut self, job_id: &str, detail_json: &str) {
+        #[derive(serde::Deserialize)]
+        struct Epoch {
+            epoch: u32,
+            values: BTreeMap<String, f64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Detail {
+            #[serde(default)]
+            epochs: Vec<Epoch>,
+        }
+        let Ok(detail) = serde_json::from_str::<Detail>(detail_json) else {
+            return;
+        };
+        let job = self.jobs.get_mut(job_id).expect("exists");
+        let known = job.epochs.last().map_or(0, |(n, _)| *n);
+        let mut events = Vec::new();
+        for e in detail.epochs.into_iter().filter(|e| e.epoch > known) {
+            events.push(event(
+                job_id,
+                Event::Epoch(v1::EpochMetrics {
+                    epoch: e.epoch,
+                    values: e.values.clone().into_iter().collect(),
+                }),
+            ));
+            job.epochs.push((e.epoch, e.values));
+        }
+        for e in events {
+            self.emit(e);
         }
     }
 

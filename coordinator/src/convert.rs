@@ -525,4 +525,72 @@ mod tests {
                 .starts_with("`state` is 42")
         );
     }
+
+    #[test]
+    fn a_structured_spec_becomes_the_same_job_as_its_yaml_and_back() {
+        let wire = v1::JobSpec {
+            name: "digits".into(),
+            dataset: "synth-digits".into(),
+            model: Some(v1::ModelSpec {
+                arch: "cnn".into(),
+                options: [
+                    ("channels".to_owned(), "16,32".to_owned()),
+                    ("dropout".to_owned(), "0.25".to_owned()),
+                ]
+                .into_iter()
+                .collect(),
+                init_weights: String::new(),
+            }),
+            training: Some(v1::TrainingSpec {
+                epochs: 2,
+                optimizer: "sgd".into(),
+                learning_rate: 0.05,
+                device: "cpu".into(),
+                ..Default::default()
+            }),
+            gate: Some(v1::GateSpec {
+                min_delta: 0.01,
+                ..Default::default()
+            }),
+            max_attempts: 5,
+            ..Default::default()
+        };
+        let spec = job_spec_from_wire(wire).unwrap();
+        let yaml = JobSpec::from_yaml(
+            "name: digits\ndataset: {builtin: synth-digits}\n\
+             model: {arch: cnn, channels: [16, 32], dropout: 0.25}\n\
+             training: {epochs: 2, optimizer: sgd, learning_rate: 0.05, device: cpu}\n\
+             gate: {min_delta: 0.01}\nmax_attempts: 5\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(spec, yaml);
+        let back = job_spec_to_wire(&spec);
+        assert_eq!(back.dataset, "synth-digits");
+        assert_eq!(back.model.as_ref().unwrap().options["channels"], "16,32");
+        assert_eq!(back.training.as_ref().unwrap().optimizer, "sgd");
+        assert_eq!(
+            job_spec_from_wire(back).unwrap(),
+            spec,
+            "wire → spec → wire → spec"
+        );
+    }
+
+    #[test]
+    fn a_structured_spec_names_the_bad_field() {
+        let wire = v1::JobSpec {
+            dataset: "synth-digits".into(),
+            model: Some(v1::ModelSpec {
+                arch: "simple_cnn".into(),
+                ..Default::default()
+            }),
+            training: Some(v1::TrainingSpec {
+                learning_rate: -1.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = job_spec_from_wire(wire).unwrap_err().to_string();
+        assert!(err.contains("structured.training.learning_rate"), "{err}");
+    }
 }

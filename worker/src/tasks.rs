@@ -267,7 +267,16 @@ async fn train(
     if let Some(from) = trained.outcome.resumed_from {
         metrics.insert("resumed_from_epoch".to_owned(), from.into());
     }
+    // Every epoch, also those the heartbeats have not carried yet (a short last epoch ends
+    // between two beats) and those before a resume.
+    let epochs: Vec<_> = trained
+        .outcome
+        .epochs
+        .iter()
+        .map(|e| serde_json::json!({"epoch": e.epoch, "values": epoch_values(e)}))
+        .collect();
     let detail = serde_json::json!({
+        "epochs": epochs,
         "kept_epoch": trained.outcome.kept_epoch,
         "stopped_early": trained.outcome.stopped_early,
         "resumed_from": trained.outcome.resumed_from,
@@ -334,18 +343,7 @@ fn on_train_event(
             p.images_per_sec = *images_per_sec;
         }
         Event::Epoch(report) => {
-            let mut values = BTreeMap::from([
-                ("train_loss".to_owned(), report.train_loss),
-                ("train_accuracy".to_owned(), report.train_accuracy),
-                ("learning_rate".to_owned(), report.learning_rate),
-                ("images_per_sec".to_owned(), report.images_per_sec),
-            ]);
-            if let Some(v) = report.val_loss {
-                values.insert("val_loss".to_owned(), v);
-            }
-            if let Some(v) = report.val_accuracy {
-                values.insert("val_accuracy".to_owned(), v);
-            }
+            let values = epoch_values(report);
             // The checkpoint of this epoch is on disk: publish it so that another worker can
             // resume from here if this one dies.
             let key = format!("{prefix}/{CHECKPOINT}");
@@ -367,6 +365,23 @@ fn on_train_event(
             }
         }
     }
+}
+
+/// An epoch's metrics by their wire names.
+fn epoch_values(report: &crate::train::EpochReport) -> BTreeMap<String, f64> {
+    let mut values = BTreeMap::from([
+        ("train_loss".to_owned(), report.train_loss),
+        ("train_accuracy".to_owned(), report.train_accuracy),
+        ("learning_rate".to_owned(), report.learning_rate),
+        ("images_per_sec".to_owned(), report.images_per_sec),
+    ]);
+    if let Some(v) = report.val_loss {
+        values.insert("val_loss".to_owned(), v);
+    }
+    if let Some(v) = report.val_accuracy {
+        values.insert("val_accuracy".to_owned(), v);
+    }
+    values
 }
 
 async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
