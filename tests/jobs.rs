@@ -262,6 +262,10 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
     .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
     let job_id = job["job"]["id"].as_str().unwrap_or_default().to_owned();
     let task_id = format!("{job_id}-sleep");
+    let queue = reflect_call(addr, "trainfleet.v1.ClusterService/GetQueue", "{}")?
+        .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    assert_eq!(queue["queued"][0]["taskId"], task_id.as_str(), "{queue}");
+    assert_eq!(queue["queued"][0]["kind"], "TASK_KIND_SLEEP", "{queue}");
     let complete = |worker: &str| {
         json!({
             "workerId": worker, "sessionId": "x", "taskId": task_id, "attempt": 1,

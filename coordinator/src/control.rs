@@ -395,6 +395,30 @@ impl Control {
         Ok((wire, Some(rx)))
     }
 
+    /// The queue (oldest first) and the leased tasks, for operators.
+    pub fn queue(&self) -> v1::GetQueueResponse {
+        let inner = self.lock();
+        let (queued, leased) = inner.scheduler.snapshot();
+        let wire = |t: &crate::scheduler::Task| v1::QueuedTask {
+            task_id: t.id.clone(),
+            job_id: t.job_id.clone(),
+            kind: inner
+                .meta
+                .get(&t.id)
+                .map_or(v1::TaskKind::Unspecified, |m| m.role.kind()) as i32,
+            attempt: t.attempt,
+            worker_id: match &t.state {
+                TaskState::Leased { worker_id } => worker_id.clone(),
+                _ => String::new(),
+            },
+            enqueued_at: Some(convert::timestamp(t.enqueued_at)),
+        };
+        v1::GetQueueResponse {
+            queued: queued.into_iter().map(wire).collect(),
+            running: leased.into_iter().map(wire).collect(),
+        }
+    }
+
     // ------------------------------------------------------------- workers
 
     /// Records a worker's registration (its last known state survives a restart).

@@ -57,11 +57,6 @@ impl ClusterService for ClusterApi {
         &self,
         _request: Request<v1::GetQueueRequest>,
     ) -> Result<Response<v1::GetQueueResponse>, Status> {
-        Err(Error::NotYetImplemented {
-            method: "trainfleet.v1.ClusterService/GetQueue",
-            version: trainfleet_core::VERSION,
-            why: "the task queue arrives with job scheduling",
-        }
-        .into())
+        Ok(Response::new(self.state.control.queue()))
     }
 }
