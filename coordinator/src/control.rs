@@ -321,26 +321,21 @@ impl Control {
         } else {
             std::ops::Bound::Excluded(page_token.to_owned())
         };
-        let mut page = Vec::new();
-        let mut next = String::new();
-        for (id, job) in inner
+        let mut matching = inner
             .jobs
             .range::<String, _>((std::ops::Bound::Unbounded, upper))
             .rev()
-        {
-            if !states.is_empty() && !states.contains(&job.state) {
-                continue;
-            }
-            if page.len() == page_size {
-                next = page
-                    .last()
-                    .map(|j: &v1::Job| j.id.clone())
-                    .unwrap_or_default();
-                break;
-            }
-            let _ = id;
-            page.push(job.to_wire());
-        }
+            .map(|(_, job)| job)
+            .filter(|job| states.is_empty() || states.contains(&job.state));
+        let page: Vec<v1::Job> = matching
+            .by_ref()
+            .take(page_size)
+            .map(JobRecord::to_wire)
+            .collect();
+        let next = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
         (page, next)
     }
 
@@ -641,14 +636,17 @@ impl Control {
                 .map_err(refused)?;
             inner.meta[task_id].role
         };
-        // Checks that need I/O happen before the state changes, outside the lock.
+        // Checks that need I/O happen before the state changes, outside the lock: a train
+        // result must name a run with a manifest; before an eval result can move the champion
+        // pointer, every file of the challenger's run is re-read against that manifest.
         let verified = match (&report, role) {
-            (Report::Success { artifacts, .. }, TaskRole::Train | TaskRole::Eval) => {
-                let run = match role {
-                    TaskRole::Train => artifacts.get("run").cloned().unwrap_or_default(),
-                    _ => self.lock().meta[task_id].challenger.clone(),
-                };
-                Some(self.verify_run(&run).await.map(|m| (run, m)))
+            (Report::Success { artifacts, .. }, TaskRole::Train) => {
+                let run = artifacts.get("run").cloned().unwrap_or_default();
+                Some(self.check_run(&run, false).await.map(|m| (run, m)))
+            }
+            (Report::Success { .. }, TaskRole::Eval) => {
+                let run = self.lock().meta[task_id].challenger.clone();
+                Some(self.check_run(&run, true).await.map(|m| (run, m)))
             }
             _ => None,
         };
@@ -731,12 +729,19 @@ impl Control {
         ack.durable().await.map_err(Error::Store)
     }
 
-    async fn verify_run(&self, run_uri: &str) -> Result<artifacts::Manifest, String> {
+    /// Reads the run's manifest; with `every_file`, also re-reads and checks every file in it.
+    async fn check_run(
+        &self,
+        run_uri: &str,
+        every_file: bool,
+    ) -> Result<artifacts::Manifest, String> {
         let key = self.artifacts.key_of(run_uri).map_err(|e| e.to_string())?;
-        self.artifacts
-            .verify_run(&key)
-            .await
-            .map_err(|e| e.to_string())
+        let checked = if every_file {
+            self.artifacts.verify_run(&key).await
+        } else {
+            self.artifacts.read_manifest(&key).await
+        };
+        checked.map_err(|e| e.to_string())
     }
 
     // -------------------------------------------------------------- models
@@ -804,7 +809,7 @@ impl Control {
                 .map(|m| m.run_uri.clone())
                 .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?
         };
-        self.verify_run(&run).await.map_err(|e| {
+        self.check_run(&run, true).await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "model `{id}` cannot be promoted: its artifacts did not verify: {e}"
             ))
@@ -1245,11 +1250,13 @@ impl Inner {
         job.finished_at = Some(SystemTime::now());
         job.worker_id.clear();
         job.active_task.clear();
-        let wire = job.to_wire();
         tracing::info!(%job_id, ?state, error = %job.error, "job ended");
-        self.emit(event(job_id, Event::State(state.to_wire() as i32)));
-        self.emit(event(job_id, Event::Finished(wire)));
-        self.watchers.remove(job_id);
+        if self.watchers.contains_key(job_id) {
+            let wire = job.to_wire();
+            self.emit(event(job_id, Event::State(state.to_wire() as i32)));
+            self.emit(event(job_id, Event::Finished(wire)));
+            self.watchers.remove(job_id);
+        }
     }
 
     /// An eval finished: apply the gate, record the model, move the champion if it won.

@@ -211,10 +211,7 @@ impl ArtifactStore {
     /// Reads the manifest of the run at `prefix` and checks every file it lists against its
     /// sha256: the check made before a model is recorded or promoted.
     pub async fn verify_run(&self, prefix: &str) -> Result<Manifest> {
-        let key = format!("{prefix}/{MANIFEST}");
-        let raw = self.get_bytes(&key).await?;
-        let manifest: Manifest = serde_json::from_slice(&raw)
-            .map_err(|e| self.error(&key, "is not a valid run manifest", e))?;
+        let manifest = self.read_manifest(prefix).await?;
         for (name, expected) in &manifest.files {
             let file_key = format!("{prefix}/{name}");
             let bytes = self.get_bytes(&file_key).await?;
@@ -233,6 +230,13 @@ impl ArtifactStore {
             }
         }
         Ok(manifest)
+    }
+
+    /// Reads the manifest of the run at `prefix`, without checking the files it lists.
+    pub async fn read_manifest(&self, prefix: &str) -> Result<Manifest> {
+        let key = format!("{prefix}/{MANIFEST}");
+        let raw = self.get_bytes(&key).await?;
+        serde_json::from_slice(&raw).map_err(|e| self.error(&key, "is not a valid run manifest", e))
     }
 
     fn error(&self, key: &str, what: &str, e: impl std::fmt::Display) -> Error {

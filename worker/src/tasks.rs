@@ -214,10 +214,10 @@ async fn train(
         let (ctx, running, dir, prefix) =
             (ctx.clone(), running.clone(), dir.clone(), prefix.clone());
         tokio::task::spawn_blocking(move || {
-            let stop = StopFlag(&running);
+            // Abandoning also sets `cancel` (see the agent), so one flag covers both.
             let options = RunOptions {
                 resume,
-                cancel: Some(stop.flag()),
+                cancel: Some(&running.cancel),
                 stop_after_epoch: 0,
             };
             let mut on_event = |event: &Event<'_>| {
@@ -300,16 +300,6 @@ async fn train(
         .collect(),
         detail_json: detail.to_string(),
     }))
-}
-
-/// Training polls one flag; this folds "cancelled" and "abandoned" into it.
-struct StopFlag<'a>(&'a Running);
-
-impl StopFlag<'_> {
-    fn flag(&self) -> &AtomicBool {
-        // Abandoning also sets `cancel` (see the agent), so one flag covers both.
-        &self.0.cancel
-    }
 }
 
 fn on_train_event(
