@@ -266,9 +266,9 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
         .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
     assert_eq!(queue["queued"][0]["taskId"], task_id.as_str(), "{queue}");
     assert_eq!(queue["queued"][0]["kind"], "TASK_KIND_SLEEP", "{queue}");
-    let complete = |worker: &str| {
+    let complete = |worker: &str, session: &str| {
         json!({
-            "workerId": worker, "sessionId": "x", "taskId": task_id, "attempt": 1,
+            "workerId": worker, "sessionId": session, "taskId": task_id, "attempt": 1,
             "success": {"metrics": {"accuracy": 1.0}}
         })
         .to_string()
@@ -276,20 +276,31 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
     let (code, message) = reflect_call(
         addr,
         "trainfleet.v1.WorkerService/CompleteTask",
-        &complete("ghost"),
+        &complete("ghost", "x"),
     )?
     .expect_err("stranger");
     assert_eq!(code, "NOT_FOUND", "{message}");
-    reflect_call(
+    let registered = reflect_call(
         addr,
         "trainfleet.v1.WorkerService/Register",
         r#"{"workerId": "idle", "slots": 1, "devices": [{"kind": "DEVICE_KIND_CPU"}]}"#,
     )?
     .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
+    let session = registered["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (code, _) = reflect_call(
+        addr,
+        "trainfleet.v1.WorkerService/CompleteTask",
+        &complete("idle", "forged"),
+    )?
+    .expect_err("a forged session");
+    assert_eq!(code, "NOT_FOUND");
     let (code, message) = reflect_call(
         addr,
         "trainfleet.v1.WorkerService/CompleteTask",
-        &complete("idle"),
+        &complete("idle", &session),
     )?
     .expect_err("not its task");
     assert_eq!(code, "FAILED_PRECONDITION");

@@ -116,15 +116,12 @@ impl WorkerService for WorkerApi {
         request: Request<v1::CompleteTaskRequest>,
     ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
         let req = request.into_inner();
-        // A worker whose session ended (it was declared lost, or the coordinator restarted) may
-        // still report: the attempt number, not the session, decides whether the report counts.
-        // It must at least be a worker this coordinator knows.
-        if self.state.registry.get(&req.worker_id).is_none() {
-            return Err(Error::UnknownSession {
-                worker_id: req.worker_id,
-            }
-            .into());
-        }
+        // The session is a bearer token: only the worker that registered may report. A worker
+        // whose session ended (declared lost, coordinator restarted) registers again and reports
+        // under the new one; the attempt number then decides whether the report still counts.
+        self.state
+            .registry
+            .check_session(&req.worker_id, &req.session_id)?;
         let report = convert::report(req.outcome, req.permanent).map_err(Error::from)?;
         self.state
             .control
