@@ -349,7 +349,7 @@ pub async fn watch(channel: Channel, id: &str, json: bool) -> anyhow::Result<v1:
                 let text: Vec<String> = names
                     .iter()
                     .filter(|(k, _)| k.contains("loss") || k.contains("accuracy"))
-                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .map(|(k, v)| format!("{k} {}", number(k, **v)))
                     .collect();
                 say(format!("  epoch {}: {}", e.epoch, text.join("  ")));
             }
@@ -419,7 +419,10 @@ pub fn describe(job: &v1::Job) -> String {
     if let Some(r) = &job.result {
         let mut metrics: Vec<_> = r.metrics.iter().collect();
         metrics.sort_by(|a, b| a.0.cmp(b.0));
-        let text: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let text: Vec<String> = metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {}", number(k, **v)))
+            .collect();
         out.push_str(&format!("\n  model {}: {}", r.model_id, text.join("  ")));
         out.push_str(&format!("\n  artifacts: {}", r.report_uri));
         out.push_str(&format!(
@@ -433,6 +436,15 @@ pub fn describe(job: &v1::Job) -> String {
         ));
     }
     out
+}
+
+/// A metric for people: counts (samples, epochs) as integers, the rest with four decimals.
+fn number(name: &str, v: f64) -> String {
+    if (name.ends_with("samples") || name.contains("epoch")) && v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 fn job_name(job: &v1::Job) -> String {
