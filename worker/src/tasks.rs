@@ -257,6 +257,10 @@ async fn train(
     ctx.artifacts
         .put_bytes(&format!("{prefix}/{MANIFEST}"), manifest_json)
         .await?;
+    // Everything is in the artifact store now; the local copy would only double the disk used.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the local run directory");
+    }
     let test = &trained.outcome.test;
     let mut metrics = BTreeMap::from([
         ("accuracy".to_owned(), test.accuracy),

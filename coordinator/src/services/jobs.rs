@@ -209,6 +209,8 @@ impl JobService for JobApi {
             loop {
                 let event = tokio::select! {
                     e = rx.recv() => e,
+                    // The watcher hung up: stop holding a subscription for nobody.
+                    _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {
                         let _ = tx.send(Err(Error::ShuttingDown.into())).await;
                         return;
