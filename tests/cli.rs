@@ -129,10 +129,21 @@ fn run_trains_records_a_champion_compares_a_rerun_and_stops_on_ctrl_c() -> anyho
         "{first}"
     );
     assert!(first.contains("artifacts: file://"), "{first}");
-    let second = run(&tiny)?;
+    // Again, with the paired test and the per-class rule: identical models disagree nowhere.
+    let gated = dir.path().join("gated.yaml");
+    std::fs::write(
+        &gated,
+        job(1) + "gate: {mcnemar_alpha: 0.05, max_class_drop: 0.02}\n",
+    )?;
+    let second = run(&gated)?;
     assert!(
         second.contains("not promoted") && second.contains("champion kept"),
         "the same seed on the same data is no better: {second}"
+    );
+    assert!(
+        second.contains("McNemar: 0 samples only the challenger got right, 0 only the champion")
+            && second.contains("no class recall drops by more than 0.02"),
+        "{second}"
     );
 
     let long = dir.path().join("long.yaml");

@@ -926,6 +926,16 @@ struct EvalDetail {
     champion: Option<BTreeMap<String, f64>>,
     #[serde(default)]
     champion_error: Option<String>,
+    #[serde(default)]
+    classes: Vec<String>,
+    #[serde(default)]
+    challenger_recall: Vec<f64>,
+    #[serde(default)]
+    champion_recall: Vec<f64>,
+    #[serde(default)]
+    challenger_only: u64,
+    #[serde(default)]
+    champion_only: u64,
 }
 
 impl Inner {
@@ -1291,12 +1301,22 @@ impl Inner {
         let champion = current.as_ref().map(|id| gate::Champion {
             id,
             scores: match (&detail.champion, &detail.champion_error) {
-                (Some(scores), _) => Ok(scores),
+                (Some(metrics), _) => Ok(gate::ChampionScores {
+                    metrics,
+                    recall: &detail.champion_recall,
+                    challenger_only: detail.challenger_only,
+                    champion_only: detail.champion_only,
+                }),
                 (None, Some(why)) => Err(why.as_str()),
                 (None, None) => Err("the eval task did not score it"),
             },
         });
-        let decision = gate::decide(&spec.gate, &detail.challenger, champion);
+        let challenger = gate::Challenger {
+            metrics: &detail.challenger,
+            recall: &detail.challenger_recall,
+            classes: &detail.classes,
+        };
+        let decision = gate::decide(&spec.gate, challenger, champion);
         let model_id = format!("m-{}", job_id.trim_start_matches("j-"));
         let weights = manifest.files.get("model.safetensors");
         let mut metrics = detail.challenger.clone();

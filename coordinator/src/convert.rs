@@ -233,7 +233,8 @@ pub fn job_spec_to_wire(spec: &JobSpec) -> v1::JobSpec {
             metric: spec.gate.metric.name().to_owned(),
             min_delta: spec.gate.min_delta,
             min_accuracy: spec.gate.min_accuracy,
-            ..Default::default()
+            mcnemar_alpha: spec.gate.mcnemar_alpha,
+            max_class_drop: spec.gate.max_class_drop,
         }),
         resources: Some(v1::ResourceRequest {
             gpu: spec.needs_gpu(),
@@ -355,19 +356,14 @@ pub fn job_spec_from_wire(spec: v1::JobSpec) -> CoreResult<JobSpec> {
         put(&mut root, "training", Value::Mapping(training));
     }
     if let Some(g) = spec.gate {
-        if g.mcnemar_alpha != 0.0 || g.max_class_drop != 0.0 {
-            return Err(bad(
-                "gate",
-                "mcnemar_alpha and max_class_drop arrive with the retrain loop; leave them 0"
-                    .into(),
-            ));
-        }
         let mut gate = Mapping::new();
         if !g.metric.is_empty() {
             put(&mut gate, "metric", Value::from(g.metric));
         }
         put(&mut gate, "min_delta", Value::from(g.min_delta));
         put(&mut gate, "min_accuracy", Value::from(g.min_accuracy));
+        put(&mut gate, "mcnemar_alpha", Value::from(g.mcnemar_alpha));
+        put(&mut gate, "max_class_drop", Value::from(g.max_class_drop));
         put(&mut root, "gate", Value::Mapping(gate));
     }
     if let Some(r) = spec.resources {

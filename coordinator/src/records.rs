@@ -338,6 +338,20 @@ pub struct GateRecord {
     pub champion_value: f64,
     /// Champion compared against; empty for a first model.
     pub champion_id: String,
+    /// McNemar's exact test, when the gate asked for it.
+    #[serde(default)]
+    pub mcnemar: Option<Mcnemar>,
+}
+
+/// McNemar's exact test on the paired per-sample correctness.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Mcnemar {
+    /// Samples only the challenger classified correctly.
+    pub challenger_only: u64,
+    /// Samples only the champion classified correctly.
+    pub champion_only: u64,
+    /// Two-sided p-value.
+    pub p_value: f64,
 }
 
 /// A trained model.
@@ -391,7 +405,9 @@ impl ModelRecord {
                 challenger_value: self.gate.challenger_value,
                 champion_value: self.gate.champion_value,
                 champion_id: self.gate.champion_id.clone(),
-                ..Default::default()
+                mcnemar_challenger_only: self.gate.mcnemar.map_or(0, |m| m.challenger_only),
+                mcnemar_champion_only: self.gate.mcnemar.map_or(0, |m| m.champion_only),
+                mcnemar_p_value: self.gate.mcnemar.map_or(0.0, |m| m.p_value),
             }),
             champion,
             created_at: Some(convert::timestamp(self.created_at)),

@@ -76,6 +76,11 @@ pub struct GateSpec {
     pub min_delta: f64,
     /// The first model of a dataset is promoted only with at least this accuracy.
     pub min_accuracy: f64,
+    /// When > 0, also require McNemar's exact test on the paired per-sample correctness to
+    /// reject "no difference" at this level (two-sided p <= alpha).
+    pub mcnemar_alpha: f64,
+    /// When > 0, refuse promotion if any class's recall drops by more than this (absolute).
+    pub max_class_drop: f64,
 }
 
 impl Default for GateSpec {
@@ -84,6 +89,8 @@ impl Default for GateSpec {
             metric: GateMetric::Accuracy,
             min_delta: 0.0,
             min_accuracy: 0.0,
+            mcnemar_alpha: 0.0,
+            max_class_drop: 0.0,
         }
     }
 }
@@ -606,6 +613,24 @@ impl JobSpec {
             return bad(
                 "gate.min_delta",
                 format!("is {}; it must be in [0, 1)", g.min_delta),
+            );
+        }
+        if !(g.mcnemar_alpha >= 0.0 && g.mcnemar_alpha < 1.0) {
+            return bad(
+                "gate.mcnemar_alpha",
+                format!(
+                    "is {}; it must be in [0, 1) (0 disables the test)",
+                    g.mcnemar_alpha
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&g.max_class_drop) {
+            return bad(
+                "gate.max_class_drop",
+                format!(
+                    "is {}; it must be in [0, 1] (0 disables the rule)",
+                    g.max_class_drop
+                ),
             );
         }
         if !(0.0..=1.0).contains(&g.min_accuracy) {

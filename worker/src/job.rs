@@ -152,6 +152,17 @@ pub struct PairScores {
     pub champion: Option<BTreeMap<String, f64>>,
     /// Why the champion could not be scored.
     pub champion_error: Option<String>,
+    /// Class names, in the order of the recall vectors.
+    pub classes: Vec<String>,
+    /// Per-class recall of the challenger.
+    pub challenger_recall: Vec<f64>,
+    /// Per-class recall of the champion (empty without one).
+    pub champion_recall: Vec<f64>,
+    /// Paired correctness on the same samples (McNemar's discordant pairs): samples only the
+    /// challenger got right, and samples only the champion got right.
+    pub challenger_only: u64,
+    /// See `challenger_only`.
+    pub champion_only: u64,
 }
 
 /// A saved model, loaded after checking its weights against the card.
@@ -251,15 +262,31 @@ pub fn evaluate_pair(
                     m.card.geometry, challenger.card.geometry
                 )),
             ),
-            Ok(m) => (Some(headline(&score(&m))), None),
+            Ok(m) => (Some(score(&m)), None),
         },
     };
+    let recall = |e: &crate::metrics::Evaluation| e.per_class.iter().map(|c| c.recall).collect();
+    let (mut challenger_only, mut champion_only) = (0, 0);
+    if let Some(champ) = &champion {
+        for (a, b) in challenger_eval.correct.iter().zip(&champ.correct) {
+            match (a, b) {
+                (true, false) => challenger_only += 1,
+                (false, true) => champion_only += 1,
+                _ => {}
+            }
+        }
+    }
     Ok(PairScores {
         samples: challenger_eval.samples,
         sample_digest,
         dataset_root: loaded.identity.root_sha256.clone(),
         challenger: headline(&challenger_eval),
-        champion,
+        champion: champion.as_ref().map(headline),
         champion_error,
+        classes: loaded.classes.clone(),
+        challenger_recall: recall(&challenger_eval),
+        champion_recall: champion.as_ref().map(recall).unwrap_or_default(),
+        challenger_only,
+        champion_only,
     })
 }
