@@ -43,6 +43,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A dataset cannot be scanned; `path` names the file or directory.
+    #[error("dataset {path}: {message}")]
+    Dataset {
+        /// Where.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A field of a request or document has an unacceptable value.
     #[error("`{field}` {message}")]
     InvalidField {

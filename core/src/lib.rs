@@ -8,6 +8,7 @@
 //! - [`job`]: the training job spec (dataset, model, training) and its validation.
 //! - [`kv`]: the key-value store trait behind coordinator state, its embedded (redb)
 //!   implementation and the conformance suite every implementation passes.
+//! - [`manifest`]: dataset manifests: parallel, incremental hashing, a Merkle root, the diff.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
 //! - [`process`]: logging setup and signal handling shared by the binaries.
 //! - [`error`]: the crate's error type.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod kv;
+pub mod manifest;
 pub mod process;
 
 pub use error::{Error, Result};

@@ -1,0 +1,424 @@
+//! Dataset manifests: every file of a dataset version with its size, sha256, label and split,
+//! a Merkle root over them, counts per class and split, and the difference from the previous
+//! version.
+//!
+//! [`scan_imagefolder`] walks a class-per-directory tree. Hashing runs on every core (rayon) and
+//! is incremental: a file whose size and modification time match the previous manifest keeps
+//! its recorded hash without being read (`full` forces a re-read). Anything that cannot be part
+//! of a sound version is either skipped with a reason (an unknown extension, a symlink, an empty
+//! class, a name that is not UTF-8 or is `.`/`..`) or fails the whole scan with the path (the
+//! directory vanished or cannot be read, a file cannot be read): a scan never produces a
+//! half-built manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// File extensions an image folder may hold (compared case-insensitively).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Which split a file belongs to: a pure function of its content hash, so files never move
+/// between splits as the dataset grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Training.
+    Train,
+    /// Validation, carved from what is not test.
+    Validation,
+    /// Held out.
+    Test,
+}
+
+impl Split {
+    /// The split of a file with content hash `sha256` (hex) under the given percentages: the
+    /// hash's first 8 bytes decide test, the next 8 validation, each to 1/10,000.
+    pub fn of(sha256_hex: &str, test_pct: u32, validation_pct: u32) -> Split {
+        let slice = |i: usize| {
+            u64::from_str_radix(&sha256_hex[i * 16..i * 16 + 16], 16).unwrap_or(0) % 10_000
+        };
+        if slice(0) < u64::from(test_pct) * 100 {
+            Split::Test
+        } else if slice(1) < u64::from(validation_pct) * 100 {
+            Split::Validation
+        } else {
+            Split::Train
+        }
+    }
+}
+
+/// One file of a dataset version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Path relative to the dataset root, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch (the incremental-rescan key with `size`).
+    pub mtime_ns: i128,
+    /// Lower-case hex sha256 of the contents.
+    pub sha256: String,
+    /// Class label (the directory name).
+    pub label: String,
+    /// Split.
+    pub split: Split,
+}
+
+/// A dataset version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Merkle root over the files (see [`merkle_root`]): the version's identity.
+    pub root: String,
+    /// Files sorted by path.
+    pub files: Vec<ManifestFile>,
+    /// Files per class.
+    pub classes: BTreeMap<String, u64>,
+    /// Files per split.
+    pub splits: BTreeMap<Split, u64>,
+    /// Split percentages used.
+    pub test_pct: u32,
+    /// See `test_pct`.
+    pub validation_pct: u32,
+}
+
+/// Options of a scan.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Percent of files held out for testing.
+    pub test_pct: u32,
+    /// Percent of the rest carved out for validation.
+    pub validation_pct: u32,
+    /// Re-read every file even when its size and mtime are unchanged.
+    pub full: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            test_pct: 20,
+            validation_pct: 10,
+            full: false,
+        }
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Paths new since the previous manifest.
+    pub added: Vec<String>,
+    /// Paths gone since the previous manifest.
+    pub removed: Vec<String>,
+    /// Paths whose contents (or label) changed.
+    pub changed: Vec<String>,
+    /// What was left out, and why.
+    pub skipped: Vec<(String, String)>,
+    /// Files read and hashed.
+    pub hashed: usize,
+    /// Files whose hash was reused (size and mtime unchanged).
+    pub reused: usize,
+}
+
+impl Scan {
+    /// Whether this is a new version: the root differs from `previous`'s (or there was none).
+    pub fn is_new_version(&self, previous: Option<&Manifest>) -> bool {
+        previous.is_none_or(|p| p.root != self.manifest.root)
+    }
+}
+
+struct Candidate {
+    path: String,
+    full: PathBuf,
+    label: String,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Dataset {
+        path: path.display().to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Scans an image folder (`root/<class>/<file>.png|jpg|jpeg`) into a manifest, reusing hashes
+/// from `previous` where size and mtime match.
+pub fn scan_imagefolder(
+    root: &Path,
+    previous: Option<&Manifest>,
+    options: ScanOptions,
+) -> Result<Scan> {
+    let meta = fs::symlink_metadata(root).map_err(|e| io_error(root, "cannot scan", e))?;
+    if !meta.is_dir() {
+        return Err(io_error(root, "cannot scan", "not a directory"));
+    }
+    let mut skipped = Vec::new();
+    let mut candidates = Vec::new();
+    let mut classes: Vec<(String, PathBuf)> = Vec::new();
+    for entry in read_dir_sorted(root)? {
+        let (name, path, kind) = entry;
+        let Some(name) = usable_name(&name, &path, &mut skipped) else {
+            continue;
+        };
+        if kind.is_symlink() {
+            skipped.push((name, "symbolic links are not followed".into()));
+        } else if kind.is_dir() {
+            classes.push((name, path));
+        } else {
+            skipped.push((name, "files at the top level belong to no class".into()));
+        }
+    }
+    for (label, dir) in classes {
+        let before = candidates.len();
+        for (name, path, kind) in read_dir_sorted(&dir)? {
+            let rel = format!("{label}/{}", name.to_string_lossy());
+            let Some(name) = usable_name(&name, &path, &mut skipped) else {
+                continue;
+            };
+            let rel_ok = format!("{label}/{name}");
+            if kind.is_symlink() {
+                skipped.push((rel_ok, "symbolic links are not followed".into()));
+                continue;
+            }
+            if kind.is_dir() {
+                skipped.push((rel_ok, "nested directories are not part of a class".into()));
+                continue;
+            }
+            let ext = Path::new(&name)
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if !ext
+                .as_deref()
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e))
+            {
+                skipped.push((
+                    rel,
+                    format!("not an image (expected {})", IMAGE_EXTENSIONS.join(", ")),
+                ));
+                continue;
+            }
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| io_error(&path, "cannot stat", e))?;
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i128);
+            candidates.push(Candidate {
+                path: rel_ok,
+                full: path,
+                label: label.clone(),
+                size: meta.len(),
+                mtime_ns,
+            });
+        }
+        if candidates.len() == before {
+            skipped.push((label.clone(), "class has no images; left out".into()));
+        }
+    }
+    if candidates.is_empty() {
+        return Err(io_error(
+            root,
+            "no usable images",
+            format!(
+                "expected <class>/<image>.{{{}}}; {} entries skipped",
+                IMAGE_EXTENSIONS.join(","),
+                skipped.len()
+            ),
+        ));
+    }
+    let known: HashMap<&str, &ManifestFile> = previous
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    let hashed: Vec<Result<(ManifestFile, bool)>> = candidates
+        .par_iter()
+        .map(|c| {
+            let reuse = (!options.full)
+                .then(|| known.get(c.path.as_str()))
+                .flatten()
+                .filter(|f| f.size == c.size && f.mtime_ns == c.mtime_ns);
+            let (sha256, read) = match reuse {
+                Some(f) => (f.sha256.clone(), false),
+                None => (hash_file(&c.full, c.size)?, true),
+            };
+            Ok((
+                ManifestFile {
+                    path: c.path.clone(),
+                    size: c.size,
+                    mtime_ns: c.mtime_ns,
+                    split: Split::of(&sha256, options.test_pct, options.validation_pct),
+                    sha256,
+                    label: c.label.clone(),
+                },
+                read,
+            ))
+        })
+        .collect();
+    let mut files = Vec::with_capacity(hashed.len());
+    let mut hashed_count = 0;
+    for result in hashed {
+        let (file, read) = result?;
+        hashed_count += usize::from(read);
+        files.push(file);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut class_counts = BTreeMap::new();
+    let mut split_counts = BTreeMap::new();
+    for f in &files {
+        *class_counts.entry(f.label.clone()).or_insert(0) += 1;
+        *split_counts.entry(f.split).or_insert(0) += 1;
+    }
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    for f in &files {
+        match known.get(f.path.as_str()) {
+            None => added.push(f.path.clone()),
+            Some(old) if old.sha256 != f.sha256 || old.label != f.label => {
+                changed.push(f.path.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    let present: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let removed = previous
+        .map(|p| {
+            p.files
+                .iter()
+                .filter(|f| !present.contains(f.path.as_str()))
+                .map(|f| f.path.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let reused = files.len() - hashed_count;
+    Ok(Scan {
+        manifest: Manifest {
+            root: merkle_root(&files),
+            files,
+            classes: class_counts,
+            splits: split_counts,
+            test_pct: options.test_pct,
+            validation_pct: options.validation_pct,
+        },
+        added,
+        removed,
+        changed,
+        skipped,
+        hashed: hashed_count,
+        reused,
+    })
+}
+
+type DirEntry = (std::ffi::OsString, PathBuf, fs::FileType);
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<DirEntry>> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_error(dir, "cannot list", e))? {
+        let entry = entry.map_err(|e| io_error(dir, "cannot list", e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| io_error(&entry.path(), "cannot stat", e))?;
+        entries.push((entry.file_name(), entry.path(), kind));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// The name as UTF-8, or `None` (with a skip reason) for names a manifest cannot carry safely.
+fn usable_name(
+    name: &std::ffi::OsStr,
+    path: &Path,
+    skipped: &mut Vec<(String, String)>,
+) -> Option<String> {
+    let Some(text) = name.to_str() else {
+        skipped.push((path.display().to_string(), "name is not valid UTF-8".into()));
+        return None;
+    };
+    if text == "." || text == ".." || text.contains('/') || text.contains('\\') {
+        skipped.push((text.to_owned(), "name could escape the dataset root".into()));
+        return None;
+    }
+    if text.starts_with('.') {
+        skipped.push((text.to_owned(), "hidden file".into()));
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+fn hash_file(path: &Path, expected_size: u64) -> Result<String> {
+    let mut file = fs::File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| io_error(path, "cannot read", e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    if total != expected_size {
+        return Err(io_error(
+            path,
+            "changed while being scanned",
+            format!("{expected_size} bytes when listed, {total} when read; scan again"),
+        ));
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Merkle root over files sorted by path: each leaf is sha256(path, size, sha256, label) with
+/// NUL separators; each level hashes adjacent pairs (an odd node out moves up unchanged).
+pub fn merkle_root(files: &[ManifestFile]) -> String {
+    let mut level: Vec<[u8; 32]> = files
+        .iter()
+        .map(|f| {
+            let mut h = Sha256::new();
+            for part in [
+                f.path.as_bytes(),
+                f.size.to_string().as_bytes(),
+                f.sha256.as_bytes(),
+                f.label.as_bytes(),
+            ] {
+                h.update(part);
+                h.update([0u8]);
+            }
+            h.finalize().into()
+        })
+        .collect();
+    if level.is_empty() {
+        return hex(&Sha256::digest(b""));
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [a, b] => {
+                    let mut h = Sha256::new();
+                    h.update(a);
+                    h.update(b);
+                    h.finalize().into()
+                }
+                [a] => *a,
+                _ => unreachable!("chunks of 2"),
+            })
+            .collect();
+    }
+    hex(&level[0])
+}

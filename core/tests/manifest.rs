@@ -1,0 +1,162 @@
+//! Dataset scans on real directory trees built by the test.
+
+use std::fs;
+use std::path::Path;
+
+use trainfleet_core::manifest::{ScanOptions, Split, merkle_root, scan_imagefolder};
+
+fn write(root: &Path, rel: &str, bytes: &[u8]) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+fn tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..30 {
+        write(
+            dir.path(),
+            &format!("cat/{i:03}.png"),
+            format!("cat {i}").as_bytes(),
+        );
+        write(
+            dir.path(),
+            &format!("dog/{i:03}.JPG"),
+            format!("dog {i}").as_bytes(),
+        );
+    }
+    dir
+}
+
+#[test]
+fn a_scan_lists_labels_splits_and_counts_and_skips_what_is_not_a_sound_image_with_reasons() {
+    let dir = tree();
+    let root = dir.path();
+    write(root, "cat/notes.txt", b"not an image");
+    write(root, "cat/.DS_Store", b"x");
+    write(root, "README.md", b"top level");
+    fs::create_dir_all(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink(root, root.join("loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("cat/000.png"), root.join("dog/link.png")).unwrap();
+
+    let scan = scan_imagefolder(root, None, ScanOptions::default()).unwrap();
+    let m = &scan.manifest;
+    assert_eq!(m.files.len(), 60);
+    assert_eq!(m.classes.get("cat"), Some(&30));
+    assert_eq!(m.classes.get("dog"), Some(&30));
+    assert!(!m.classes.contains_key("empty"));
+    assert_eq!(m.splits.values().sum::<u64>(), 60);
+    assert!(
+        m.splits.get(&Split::Test).is_some_and(|&n| n > 0),
+        "{:?}",
+        m.splits
+    );
+    assert_eq!((scan.hashed, scan.reused), (60, 0));
+    assert_eq!(scan.added.len(), 60);
+    let reason = |name: &str| {
+        scan.skipped
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{name} not skipped: {:?}", scan.skipped))
+    };
+    assert!(reason("notes.txt").contains("not an image"));
+    assert!(reason(".DS_Store").contains("hidden"));
+    assert!(reason("README.md").contains("no class"));
+    assert!(reason("empty").contains("no images"));
+    assert!(reason("loop").contains("symbolic links"));
+    assert!(reason("link.png").contains("symbolic links"));
+    assert_eq!(m.root, merkle_root(&m.files));
+    assert_eq!(m.root.len(), 64);
+}
+
+#[test]
+fn rescans_reuse_hashes_and_report_what_changed() {
+    let dir = tree();
+    let root = dir.path();
+    let first = scan_imagefolder(root, None, ScanOptions::default())
+        .unwrap()
+        .manifest;
+
+    // Nothing changed: nothing is read, same root, not a new version.
+    let again = scan_imagefolder(root, Some(&first), ScanOptions::default()).unwrap();
+    assert_eq!((again.hashed, again.reused), (0, 60));
+    assert_eq!(again.manifest, first);
+    assert!(!again.is_new_version(Some(&first)));
+    // --full reads everything and agrees.
+    let full = scan_imagefolder(
+        root,
+        Some(&first),
+        ScanOptions {
+            full: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (full.hashed, full.manifest.root.as_str()),
+        (60, first.root.as_str())
+    );
+
+    // Grow, change, remove.
+    write(root, "cat/100.png", b"a new cat");
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    write(root, "dog/000.JPG", b"dog 0, redrawn");
+    fs::remove_file(root.join("dog/001.JPG")).unwrap();
+    let next = scan_imagefolder(root, Some(&first), ScanOptions::default()).unwrap();
+    assert_eq!(next.added, ["cat/100.png"]);
+    assert_eq!(next.changed, ["dog/000.JPG"]);
+    assert_eq!(next.removed, ["dog/001.JPG"]);
+    assert_eq!(
+        next.hashed, 2,
+        "only the new and the rewritten file are read"
+    );
+    assert!(next.is_new_version(Some(&first)));
+}
+
+#[test]
+fn a_relabel_with_the_same_count_is_a_new_version() {
+    let dir = tree();
+    let root = dir.path();
+    let first = scan_imagefolder(root, None, ScanOptions::default())
+        .unwrap()
+        .manifest;
+    // The image was in the wrong class: same bytes, same count, new label.
+    fs::rename(root.join("cat/005.png"), root.join("dog/005.png")).unwrap();
+    let next = scan_imagefolder(root, Some(&first), ScanOptions::default()).unwrap();
+    assert_eq!(next.manifest.files.len(), first.files.len());
+    assert_ne!(next.manifest.root, first.root);
+    assert_eq!(next.manifest.classes["dog"], 31);
+    let moved = next
+        .manifest
+        .files
+        .iter()
+        .find(|f| f.path == "dog/005.png")
+        .unwrap();
+    let was = first
+        .files
+        .iter()
+        .find(|f| f.path == "cat/005.png")
+        .unwrap();
+    assert_eq!(
+        moved.split, was.split,
+        "a file's split follows its content, not its label"
+    );
+}
+
+#[test]
+fn a_vanished_or_empty_directory_fails_the_scan_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("gone");
+    let err = scan_imagefolder(&gone, None, ScanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gone") && err.contains("cannot scan"), "{err}");
+
+    fs::create_dir_all(dir.path().join("only/empty-class")).unwrap();
+    write(dir.path(), "only/readme.txt", b"x");
+    let err = scan_imagefolder(&dir.path().join("only"), None, ScanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no usable images"), "{err}");
+}
