@@ -9,6 +9,8 @@
 //! - [`kv`]: the key-value store trait behind coordinator state, its embedded (redb)
 //!   implementation and the conformance suite every implementation passes.
 //! - [`manifest`]: dataset manifests: parallel, incremental hashing, a Merkle root, the diff.
+//! - [`policy`]: when a new dataset version is worth a retrain (growth, content change,
+//!   min_interval, coalescing, idempotency), as a pure function of the facts and the time.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
 //! - [`process`]: logging setup and signal handling shared by the binaries.
 //! - [`error`]: the crate's error type.
@@ -22,6 +24,7 @@ pub mod ids;
 pub mod job;
 pub mod kv;
 pub mod manifest;
+pub mod policy;
 pub mod process;
 
 pub use error::{Error, Result};
