@@ -264,10 +264,10 @@ fn malformed_requests_get_invalid_argument_naming_the_field() -> anyhow::Result<
 
     // Capabilities from later milestones say so instead of pretending.
     let (code, message) =
-        reflect_call(addr, "trainfleet.v1.DatasetService/List", "{}")?.expect_err("pending");
+        reflect_call(addr, "trainfleet.v1.SweepService/Get", "{}")?.expect_err("pending");
     assert_eq!(code, "UNIMPLEMENTED");
     assert!(
-        message.contains("DatasetService/List is not available"),
+        message.contains("SweepService/Get is not available"),
         "{message}"
     );
 

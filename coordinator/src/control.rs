@@ -31,8 +31,8 @@ use crate::error::{Error, Result};
 use crate::gate;
 use crate::journal::{Ack, Journal};
 use crate::records::{
-    self, AttemptRecord, ChampionRecord, Checkpoint, JobKind, JobOutcome, JobRecord, JobState,
-    ModelRecord, TaskMeta, TaskRecord, TaskRole,
+    self, AttemptRecord, ChampionRecord, Checkpoint, DatasetRecord, JobKind, JobOutcome, JobRecord,
+    JobState, ModelRecord, TaskMeta, TaskRecord, TaskRole, VersionRecord,
 };
 use crate::registry::{WorkerRegistry, WorkerSnapshot};
 use crate::scheduler::{Needs, Outcome, Refused, Scheduler, TaskState};
@@ -53,6 +53,13 @@ pub enum Submission {
         name: String,
         /// How long.
         duration: Duration,
+    },
+    /// A scan of a registered dataset.
+    Scan {
+        /// The dataset.
+        dataset: String,
+        /// Re-read every file.
+        full: bool,
     },
 }
 
@@ -99,6 +106,7 @@ struct Inner {
     meta: HashMap<String, TaskMeta>,
     models: BTreeMap<String, ModelRecord>,
     champions: HashMap<String, ChampionRecord>,
+    datasets: BTreeMap<String, DatasetRecord>,
     idempotency: HashMap<String, String>,
     waiters: VecDeque<Waiter>,
     watchers: HashMap<String, broadcast::Sender<v1::JobEvent>>,
@@ -175,6 +183,10 @@ impl Control {
                 Some("champions") => {
                     let champion: ChampionRecord = decode(&kv.key, &kv.value)?;
                     inner.champions.insert(champion.dataset.clone(), champion);
+                }
+                Some("datasets") => {
+                    let dataset: DatasetRecord = decode(&kv.key, &kv.value)?;
+                    inner.datasets.insert(dataset.name.clone(), dataset);
                 }
                 Some("workers") => {
                     let worker: WorkerSnapshot = decode(&kv.key, &kv.value)?;
@@ -258,6 +270,21 @@ impl Control {
                     },
                     1,
                 ),
+                Submission::Scan { dataset, full } => {
+                    if !inner.datasets.contains_key(&dataset) {
+                        return Err(no_dataset(&dataset));
+                    }
+                    (
+                        format!("scan {dataset}"),
+                        JobKind::Scan { dataset, full },
+                        TaskRole::Scan,
+                        Needs {
+                            slots: 1,
+                            ..Default::default()
+                        },
+                        3,
+                    )
+                }
             };
             let task_id = format!("{id}-{}", role.name());
             let job = JobRecord {
@@ -281,6 +308,7 @@ impl Control {
                 champion_id: String::new(),
                 active_task: task_id.clone(),
                 eval_rounds: 0,
+                scanned: None,
             };
             if !idempotency_key.is_empty() {
                 inner.idempotency.insert(idempotency_key, id.clone());
@@ -388,6 +416,138 @@ impl Control {
             .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
             .subscribe();
         Ok((wire, Some(rx)))
+    }
+
+    // ------------------------------------------------------------ datasets
+
+    /// Registers a dataset, or replaces the source and policy of one with the same name (its
+    /// versions stay).
+    pub async fn register_dataset(&self, mut record: DatasetRecord) -> Result<v1::Dataset> {
+        let (wire, ack) = {
+            let mut inner = self.lock();
+            if let Some(existing) = inner.datasets.get(&record.name) {
+                record.versions = existing.versions.clone();
+                record.created_at = existing.created_at;
+            }
+            let ops = vec![TxnOp::Put(
+                records::dataset_key(&record.name),
+                records::encode(&record),
+            )];
+            let wire = record.to_wire();
+            inner.datasets.insert(record.name.clone(), record);
+            (wire, self.journal.record(ops))
+        };
+        ack.durable().await.map_err(Error::Store)?;
+        Ok(wire)
+    }
+
+    /// Every registered dataset, by name.
+    pub fn datasets(&self) -> Vec<v1::Dataset> {
+        self.lock()
+            .datasets
+            .values()
+            .map(DatasetRecord::to_wire)
+            .collect()
+    }
+
+    /// A dataset's versions, newest first, starting below version number `before` (0: newest).
+    pub fn versions(
+        &self,
+        name: &str,
+        page_size: usize,
+        before: u64,
+    ) -> Result<(Vec<v1::DatasetVersion>, u64)> {
+        let inner = self.lock();
+        let d = inner.datasets.get(name).ok_or_else(|| no_dataset(name))?;
+        let mut matching = d
+            .versions
+            .iter()
+            .rev()
+            .filter(|v| before == 0 || v.number < before);
+        let page: Vec<_> = matching
+            .by_ref()
+            .take(page_size)
+            .map(|v| v.to_wire(name))
+            .collect();
+        let next = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => last.number,
+            _ => 0,
+        };
+        Ok((page, next))
+    }
+
+    /// One version: by root hash, by number, or "latest".
+    pub fn version(&self, name: &str, which: &str) -> Result<v1::DatasetVersion> {
+        let inner = self.lock();
+        let d = inner.datasets.get(name).ok_or_else(|| no_dataset(name))?;
+        let found = match which {
+            "" | "latest" => d.versions.last(),
+            text => match text.parse::<u64>() {
+                Ok(n) => d.versions.iter().find(|v| v.number == n),
+                Err(_) => d.versions.iter().find(|v| v.root == text),
+            },
+        };
+        found.map(|v| v.to_wire(name)).ok_or_else(|| {
+            Error::NotFound(format!(
+                "dataset `{name}` has no version {which:?} ({} recorded)",
+                d.versions.len()
+            ))
+        })
+    }
+
+    /// Scans a dataset on a worker that can see it and waits for the result: the version after
+    /// the scan and whether it is new. A failed scan records nothing and says why.
+    pub async fn scan(
+        &self,
+        name: &str,
+        full: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(v1::DatasetVersion, bool)> {
+        let job = self
+            .submit(
+                Submission::Scan {
+                    dataset: name.to_owned(),
+                    full,
+                },
+                String::new(),
+            )
+            .await?;
+        let (mut current, rx) = self.watch(&job.id)?;
+        if let Some(mut rx) = rx {
+            loop {
+                let event = tokio::select! {
+                    e = rx.recv() => e,
+                    _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
+                };
+                match event {
+                    Ok(v1::JobEvent {
+                        event: Some(Event::Finished(job)),
+                        ..
+                    }) => {
+                        current = job;
+                        break;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        current = self.get(&job.id)?;
+                        break;
+                    }
+                }
+            }
+        }
+        if current.state != v1::JobState::Succeeded as i32 {
+            return Err(Error::FailedPrecondition(format!(
+                "scan of `{name}` (job {}) failed, no version recorded: {}",
+                current.id, current.error
+            )));
+        }
+        let changed = self
+            .lock()
+            .jobs
+            .get(&current.id)
+            .and_then(|j| j.scanned)
+            .is_some_and(|(_, changed)| changed);
+        Ok((self.version(name, "latest")?, changed))
     }
 
     /// The queue (oldest first) and the leased tasks, for operators.
@@ -695,6 +855,7 @@ impl Control {
                             let manifest = manifest.expect("eval results are verified");
                             inner.evaluated(&job_id, &run, &manifest, &detail_json, &mut ops);
                         }
+                        TaskRole::Scan => inner.scanned(&job_id, &detail_json, &mut ops),
                     }
                 }
                 Report::Failure { reason, permanent } => {
@@ -884,6 +1045,12 @@ pub async fn run_reaper(
     }
 }
 
+fn no_dataset(name: &str) -> Error {
+    Error::NotFound(format!(
+        "dataset `{name}` is not registered (DatasetService.Register)"
+    ))
+}
+
 fn no_job(id: &str) -> Error {
     Error::NotFound(format!("job `{id}` does not exist"))
 }
@@ -1059,7 +1226,9 @@ impl Inner {
         };
         job.state = match meta.role {
             TaskRole::Eval => JobState::Evaluating,
-            TaskRole::Train | TaskRole::Sleep => JobState::Training,
+            // A sleep or scan job shows TRAINING while its task runs: the job states describe a
+            // training job's life, and these have only that one running phase.
+            TaskRole::Train | TaskRole::Sleep | TaskRole::Scan => JobState::Training,
         };
         job.attempt = task.attempt;
         job.worker_id = worker_id.to_owned();
@@ -1073,9 +1242,24 @@ impl Inner {
             started_at: now,
             finished_at: None,
         });
-        let (spec_yaml, sleep) = match &job.kind {
-            JobKind::Train { spec } => (spec.to_yaml(), None),
-            JobKind::Sleep { duration } => (String::new(), Some(convert::duration(*duration))),
+        let (spec_yaml, sleep, scan) = match &job.kind {
+            JobKind::Train { spec } => (spec.to_yaml(), None, None),
+            JobKind::Sleep { duration } => {
+                (String::new(), Some(convert::duration(*duration)), None)
+            }
+            JobKind::Scan { dataset, full } => {
+                let record = self.datasets.get(dataset);
+                let scan = v1::ScanInputs {
+                    dataset: dataset.clone(),
+                    directory: record.map(|d| d.directory.clone()).unwrap_or_default(),
+                    full: *full,
+                    previous_manifest: record
+                        .and_then(|d| d.versions.last())
+                        .map(|v| v.manifest_uri.clone())
+                        .unwrap_or_default(),
+                };
+                (String::new(), None, Some(scan))
+            }
         };
         let wire = v1::Task {
             id: task_id.to_owned(),
@@ -1095,6 +1279,7 @@ impl Inner {
                 champion: meta.champion.clone(),
             }),
             resume_epoch: resume.map_or(0, |c| c.epoch),
+            scan,
         };
         let state = job.state;
         let job_id = task.job_id.clone();
@@ -1356,6 +1541,67 @@ impl Inner {
             reasons: decision.reasons,
             run_uri: run.to_owned(),
         });
+        self.finish(job_id, JobState::Succeeded, String::new());
+    }
+
+    /// A scan finished: record a version if the root changed, and end the job.
+    fn scanned(&mut self, job_id: &str, detail_json: &str, ops: &mut Vec<TxnOp>) {
+        #[derive(serde::Deserialize)]
+        struct ScanDetail {
+            root: String,
+            samples: u64,
+            by_class: BTreeMap<String, u64>,
+            by_split: BTreeMap<String, u64>,
+            added: u64,
+            removed: u64,
+            changed: u64,
+            manifest_uri: String,
+        }
+        let JobKind::Scan { dataset, .. } = self.jobs[job_id].kind.clone() else {
+            return;
+        };
+        let detail: ScanDetail = match serde_json::from_str(detail_json) {
+            Ok(d) => d,
+            Err(e) => {
+                self.finish(
+                    job_id,
+                    JobState::Failed,
+                    format!("the scan task's result is not readable: {e}"),
+                );
+                return;
+            }
+        };
+        let Some(record) = self.datasets.get_mut(&dataset) else {
+            self.finish(
+                job_id,
+                JobState::Failed,
+                format!("dataset `{dataset}` was removed during the scan"),
+            );
+            return;
+        };
+        let new = record.versions.last().is_none_or(|v| v.root != detail.root);
+        if new {
+            let number = record.versions.last().map_or(1, |v| v.number + 1);
+            record.versions.push(VersionRecord {
+                number,
+                root: detail.root,
+                samples: detail.samples,
+                by_class: detail.by_class,
+                by_split: detail.by_split,
+                added: detail.added,
+                removed: detail.removed,
+                changed: detail.changed,
+                manifest_uri: detail.manifest_uri,
+                created_at: SystemTime::now(),
+            });
+            ops.push(TxnOp::Put(
+                records::dataset_key(&dataset),
+                records::encode(&*record),
+            ));
+            tracing::info!(%dataset, number, "new dataset version recorded");
+        }
+        let number = record.versions.last().map_or(0, |v| v.number);
+        self.jobs.get_mut(job_id).expect("exists").scanned = Some((number, new));
         self.finish(job_id, JobState::Succeeded, String::new());
     }
 

@@ -9,6 +9,7 @@
 //! | `/trainfleet/models/<model_id>`  | [`ModelRecord`] |
 //! | `/trainfleet/champions/<hash>`   | [`ChampionRecord`] (hash: sha256 of the dataset name) |
 //! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`] (last known state) |
+//! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions) |
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -39,6 +40,10 @@ pub fn model_key(id: &str) -> Vec<u8> {
 pub fn champion_key(dataset: &str) -> Vec<u8> {
     let hash = trainfleet_core::artifacts::sha256_hex(dataset.as_bytes());
     format!("{ROOT}champions/{}", &hash[..32]).into_bytes()
+}
+/// Key of a registered dataset.
+pub fn dataset_key(name: &str) -> Vec<u8> {
+    format!("{ROOT}datasets/{name}").into_bytes()
 }
 /// Key of a worker's last known state.
 pub fn worker_key(id: &str) -> Vec<u8> {
@@ -113,6 +118,13 @@ pub enum JobKind {
         #[serde(with = "humantime_serde")]
         duration: Duration,
     },
+    /// Scan a registered dataset into a manifest (a new version if its root changed).
+    Scan {
+        /// Dataset name.
+        dataset: String,
+        /// Re-read every file.
+        full: bool,
+    },
 }
 
 /// Which of a job's tasks a task is.
@@ -125,6 +137,8 @@ pub enum TaskRole {
     Eval,
     /// Sleeps.
     Sleep,
+    /// Scans a dataset.
+    Scan,
 }
 
 impl TaskRole {
@@ -134,6 +148,7 @@ impl TaskRole {
             TaskRole::Train => "train",
             TaskRole::Eval => "eval",
             TaskRole::Sleep => "sleep",
+            TaskRole::Scan => "scan",
         }
     }
 
@@ -143,6 +158,7 @@ impl TaskRole {
             TaskRole::Train => v1::TaskKind::Train,
             TaskRole::Eval => v1::TaskKind::Eval,
             TaskRole::Sleep => v1::TaskKind::Sleep,
+            TaskRole::Scan => v1::TaskKind::Scan,
         }
     }
 }
@@ -233,6 +249,9 @@ pub struct JobRecord {
     pub active_task: String,
     /// Eval tasks queued so far (a champion that changes during an eval means another round).
     pub eval_rounds: u32,
+    /// For a scan job: the version number it ended on, and whether it recorded a new one.
+    #[serde(default)]
+    pub scanned: Option<(u64, bool)>,
 }
 
 impl JobRecord {
@@ -240,7 +259,7 @@ impl JobRecord {
     pub fn spec(&self) -> Option<&JobSpec> {
         match &self.kind {
             JobKind::Train { spec } => Some(spec),
-            JobKind::Sleep { .. } => None,
+            JobKind::Sleep { .. } | JobKind::Scan { .. } => None,
         }
     }
 
@@ -253,6 +272,7 @@ impl JobRecord {
             JobKind::Sleep { duration } => {
                 (None, String::new(), Some(convert::duration(*duration)))
             }
+            JobKind::Scan { .. } => (None, String::new(), None),
         };
         v1::Job {
             id: self.id.clone(),
@@ -433,4 +453,98 @@ pub struct ChampionRecord {
 /// JSON for a record.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialise")
+}
+
+/// A registered dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// Unique name.
+    pub name: String,
+    /// Directory (an image folder) that workers read.
+    pub directory: String,
+    /// Layout ("imagefolder").
+    pub format: String,
+    /// When to retrain.
+    pub policy: trainfleet_core::policy::RetrainPolicy,
+    /// The job to run on a retrain, as YAML (empty: none yet).
+    pub job_yaml: String,
+    /// When it was registered.
+    pub created_at: SystemTime,
+    /// Versions, oldest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+/// One recorded dataset version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// 1 for the first.
+    pub number: u64,
+    /// Merkle root.
+    pub root: String,
+    /// Files.
+    pub samples: u64,
+    /// Per class.
+    pub by_class: BTreeMap<String, u64>,
+    /// Per split.
+    pub by_split: BTreeMap<String, u64>,
+    /// Diff against the previous version.
+    pub added: u64,
+    /// See `added`.
+    pub removed: u64,
+    /// See `added`.
+    pub changed: u64,
+    /// Where the full manifest is.
+    pub manifest_uri: String,
+    /// When the scan finished.
+    pub created_at: SystemTime,
+}
+
+impl VersionRecord {
+    /// The wire form.
+    pub fn to_wire(&self, dataset: &str) -> v1::DatasetVersion {
+        v1::DatasetVersion {
+            dataset: dataset.to_owned(),
+            number: self.number,
+            root_hash: self.root.clone(),
+            sample_count: self.samples,
+            counts: Some(v1::Counts {
+                by_class: self.by_class.clone().into_iter().collect(),
+                by_split: self.by_split.clone().into_iter().collect(),
+            }),
+            added: self.added,
+            removed: self.removed,
+            changed: self.changed,
+            manifest_uri: self.manifest_uri.clone(),
+            created_at: Some(convert::timestamp(self.created_at)),
+        }
+    }
+}
+
+impl DatasetRecord {
+    /// The wire form.
+    pub fn to_wire(&self) -> v1::Dataset {
+        v1::Dataset {
+            name: self.name.clone(),
+            source: Some(v1::DatasetSource {
+                location: Some(v1::dataset_source::Location::Directory(
+                    self.directory.clone(),
+                )),
+                format: self.format.clone(),
+            }),
+            policy: Some(v1::RetrainPolicy {
+                on_growth_pct: self.policy.on_growth_pct.unwrap_or(0.0),
+                on_content_change: self.policy.on_content_change,
+                schedule: String::new(),
+                time_zone: String::new(),
+                min_interval: Some(convert::duration(self.policy.min_interval)),
+                job_yaml: self.job_yaml.clone(),
+            }),
+            latest_version: self
+                .versions
+                .last()
+                .map(|v| v.root.clone())
+                .unwrap_or_default(),
+            created_at: Some(convert::timestamp(self.created_at)),
+        }
+    }
 }

@@ -25,9 +25,10 @@ use crate::control::{Control, run_reaper};
 use crate::error::{Error, Result};
 use crate::registry::WorkerRegistry;
 use crate::services::cluster::ClusterApi;
+use crate::services::datasets::DatasetApi;
 use crate::services::jobs::JobApi;
 use crate::services::models::ModelApi;
-use crate::services::pending::{DatasetApi, SweepApi};
+use crate::services::pending::SweepApi;
 use crate::services::worker::WorkerApi;
 use crate::state::State;
 
@@ -155,7 +156,7 @@ impl Coordinator {
                 JobServiceServer::new(JobApi::new(state.clone()))
                     .max_decoding_message_size(crate::services::jobs::MAX_REQUEST_BYTES),
             )
-            .add_service(DatasetServiceServer::new(DatasetApi))
+            .add_service(DatasetServiceServer::new(DatasetApi::new(state.clone())))
             .add_service(ModelServiceServer::new(ModelApi::new(state.clone())))
             .add_service(SweepServiceServer::new(SweepApi))
             // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to

@@ -160,6 +160,7 @@ pub async fn execute(task: v1::Task, running: Arc<Running>, ctx: Arc<Context>) -
         v1::TaskKind::Sleep => sleep(&task, &running).await,
         v1::TaskKind::Train => train(task, running, ctx).await,
         v1::TaskKind::Eval => eval(task, ctx).await,
+        v1::TaskKind::Scan => scan(task, ctx).await,
         other => Err(Error::Unsupported(format!(
             "this worker cannot run {} tasks",
             other.as_str_name()
@@ -413,5 +414,79 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         metrics: scores.challenger.clone().into_iter().collect(),
         artifacts: Default::default(),
         detail_json: serde_json::to_string(&scores).expect("scores serialise"),
+    }))
+}
+
+/// Scans a dataset directory into a manifest, reusing the previous manifest's hashes, uploads it
+/// and reports the root, counts and diff.
+async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
+    use trainfleet_core::manifest::{Manifest as DatasetManifest, ScanOptions, scan_imagefolder};
+    let inputs = task.scan.clone().unwrap_or_default();
+    let previous: Option<DatasetManifest> = match inputs.previous_manifest.as_str() {
+        "" => None,
+        uri => {
+            let key = ctx.artifacts.key_of(uri)?;
+            let raw = ctx.artifacts.get_bytes(&key).await?;
+            Some(serde_json::from_slice(&raw).map_err(|e| {
+                Error::Unsupported(format!("the previous manifest {uri} is not readable: {e}"))
+            })?)
+        }
+    };
+    let dir = PathBuf::from(&inputs.directory);
+    let full = inputs.full;
+    let scanned = tokio::task::spawn_blocking(move || {
+        scan_imagefolder(
+            &dir,
+            previous.as_ref(),
+            ScanOptions {
+                full,
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .map_err(|e| Error::Unsupported(format!("the scan thread failed: {e}")))??;
+    let m = &scanned.manifest;
+    let key = format!("datasets/{}/manifests/{}.json", inputs.dataset, m.root);
+    let manifest_uri = ctx
+        .artifacts
+        .put_bytes(&key, serde_json::to_vec(m).expect("manifests serialise"))
+        .await?;
+    tracing::info!(
+        dataset = %inputs.dataset, root = %m.root, files = m.files.len(),
+        hashed = scanned.hashed, reused = scanned.reused, skipped = scanned.skipped.len(),
+        "dataset scanned"
+    );
+    let split_name = |s: &trainfleet_core::manifest::Split| {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let detail = serde_json::json!({
+        "root": m.root,
+        "samples": m.files.len(),
+        "by_class": m.classes,
+        "by_split": m.splits.iter().map(|(k, v)| (split_name(k), *v)).collect::<BTreeMap<_, _>>(),
+        "added": scanned.added.len(),
+        "removed": scanned.removed.len(),
+        "changed": scanned.changed.len(),
+        "manifest_uri": manifest_uri,
+        "hashed": scanned.hashed,
+        "reused": scanned.reused,
+        "skipped": scanned.skipped.len(),
+        "skipped_examples": scanned.skipped.iter().take(20).collect::<Vec<_>>(),
+    });
+    Ok(Finished::Success(v1::TaskResult {
+        metrics: [
+            ("files".to_owned(), m.files.len() as f64),
+            ("hashed".to_owned(), scanned.hashed as f64),
+        ]
+        .into_iter()
+        .collect(),
+        artifacts: [("manifest".to_owned(), manifest_uri)]
+            .into_iter()
+            .collect(),
+        detail_json: detail.to_string(),
     }))
 }

@@ -3,6 +3,7 @@
 //! `tonic::Status` through its single `From` impl.
 
 pub mod cluster;
+pub mod datasets;
 pub mod jobs;
 pub mod models;
 pub mod pending;

@@ -4,12 +4,10 @@
 
 use tonic::{Request, Response, Status};
 use trainfleet_proto::v1;
-use trainfleet_proto::v1::dataset_service_server::DatasetService;
 use trainfleet_proto::v1::sweep_service_server::SweepService;
 
 use crate::error::Error;
 
-const DATASETS: &str = "dataset versions and retrain policies are not built yet";
 const SWEEPS: &str = "hyperparameter sweeps are not built yet";
 
 fn pending<T>(method: &'static str, why: &'static str) -> Result<Response<T>, Status> {
@@ -19,44 +17,6 @@ fn pending<T>(method: &'static str, why: &'static str) -> Result<Response<T>, St
         why,
     }
     .into())
-}
-
-/// `trainfleet.v1.DatasetService`, pending dataset versioning.
-#[derive(Debug, Default, Clone)]
-pub struct DatasetApi;
-
-#[tonic::async_trait]
-impl DatasetService for DatasetApi {
-    async fn register(
-        &self,
-        _: Request<v1::RegisterDatasetRequest>,
-    ) -> Result<Response<v1::Dataset>, Status> {
-        pending("trainfleet.v1.DatasetService/Register", DATASETS)
-    }
-    async fn list(
-        &self,
-        _: Request<v1::ListDatasetsRequest>,
-    ) -> Result<Response<v1::ListDatasetsResponse>, Status> {
-        pending("trainfleet.v1.DatasetService/List", DATASETS)
-    }
-    async fn scan(
-        &self,
-        _: Request<v1::ScanDatasetRequest>,
-    ) -> Result<Response<v1::ScanDatasetResponse>, Status> {
-        pending("trainfleet.v1.DatasetService/Scan", DATASETS)
-    }
-    async fn list_versions(
-        &self,
-        _: Request<v1::ListDatasetVersionsRequest>,
-    ) -> Result<Response<v1::ListDatasetVersionsResponse>, Status> {
-        pending("trainfleet.v1.DatasetService/ListVersions", DATASETS)
-    }
-    async fn get_version(
-        &self,
-        _: Request<v1::GetDatasetVersionRequest>,
-    ) -> Result<Response<v1::DatasetVersion>, Status> {
-        pending("trainfleet.v1.DatasetService/GetVersion", DATASETS)
-    }
 }
 
 /// `trainfleet.v1.SweepService`, pending sweeps.

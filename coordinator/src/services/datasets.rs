@@ -1,0 +1,189 @@
+//! `trainfleet.v1.DatasetService`: registered datasets, scans and versions.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tonic::{Request, Response, Status};
+use trainfleet_core::job::JobSpec;
+use trainfleet_core::policy::RetrainPolicy;
+use trainfleet_proto::v1;
+use trainfleet_proto::v1::dataset_service_server::DatasetService;
+
+use crate::error::Error;
+use crate::records::DatasetRecord;
+use crate::state::State;
+
+/// Serves datasets.
+#[derive(Debug, Clone)]
+pub struct DatasetApi {
+    state: Arc<State>,
+}
+
+impl DatasetApi {
+    /// The service over a replica's state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Status {
+    Error::from(trainfleet_core::Error::invalid_field(field, message)).into()
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(invalid(field, "must be 1..=64 characters of [a-z0-9-]"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(invalid(
+            field,
+            format!("has {bad:?}; use only a-z, 0-9 and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a Register request into a record (without versions).
+pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, Status> {
+    use v1::dataset_source::Location;
+    check_name("name", &req.name)?;
+    let source = req.source.ok_or_else(|| invalid("source", "is required"))?;
+    let directory = match source.location {
+        Some(Location::Directory(dir)) if !dir.is_empty() => dir,
+        Some(Location::Builtin(_)) | Some(Location::ObjectStoreUrl(_)) => {
+            return Err(invalid(
+                "source",
+                "only `directory` sources can be registered and scanned in this version",
+            ));
+        }
+        _ => return Err(invalid("source.directory", "is required")),
+    };
+    let format = match source.format.as_str() {
+        "" | "imagefolder" => "imagefolder".to_owned(),
+        other => {
+            return Err(invalid(
+                "source.format",
+                format!("is {other:?}; only \"imagefolder\" can be scanned in this version"),
+            ));
+        }
+    };
+    if !std::path::Path::new(&directory).is_dir() {
+        return Err(Status::not_found(format!(
+            "`source.directory` is {directory}, which is not a directory (paths are resolved on \
+             the coordinator, which shares dataset paths with its workers)"
+        )));
+    }
+    let p = req.policy.unwrap_or_default();
+    if !(p.on_growth_pct.is_finite() && p.on_growth_pct >= 0.0) {
+        return Err(invalid(
+            "policy.on_growth_pct",
+            format!("is {}; it must be >= 0 (0 disables)", p.on_growth_pct),
+        ));
+    }
+    if !p.schedule.is_empty() {
+        return Err(invalid(
+            "policy.schedule",
+            "scheduled scans are not built yet; scan on request (DatasetService.Scan)",
+        ));
+    }
+    let min_interval = p
+        .min_interval
+        .map(Duration::try_from)
+        .transpose()
+        .map_err(|_| invalid("policy.min_interval", "must not be negative"))?
+        .unwrap_or_default();
+    if !p.job_yaml.is_empty() {
+        JobSpec::from_yaml(&p.job_yaml, "policy.job_yaml").map_err(Error::from)?;
+    }
+    Ok(DatasetRecord {
+        name: req.name,
+        directory,
+        format,
+        policy: RetrainPolicy {
+            on_growth_pct: (p.on_growth_pct > 0.0).then_some(p.on_growth_pct),
+            on_content_change: p.on_content_change,
+            min_interval,
+        },
+        job_yaml: p.job_yaml,
+        created_at: SystemTime::now(),
+        versions: Vec::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl DatasetService for DatasetApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterDatasetRequest>,
+    ) -> Result<Response<v1::Dataset>, Status> {
+        let record = registration(request.into_inner())?;
+        Ok(Response::new(
+            self.state.control.register_dataset(record).await?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListDatasetsRequest>,
+    ) -> Result<Response<v1::ListDatasetsResponse>, Status> {
+        Ok(Response::new(v1::ListDatasetsResponse {
+            datasets: self.state.control.datasets(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ScanDatasetRequest>,
+    ) -> Result<Response<v1::ScanDatasetResponse>, Status> {
+        let req = request.into_inner();
+        check_name("name", &req.name)?;
+        let (version, changed) = self
+            .state
+            .control
+            .scan(&req.name, req.full, &self.state.shutdown)
+            .await?;
+        Ok(Response::new(v1::ScanDatasetResponse {
+            version: Some(version),
+            changed,
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<v1::ListDatasetVersionsRequest>,
+    ) -> Result<Response<v1::ListDatasetVersionsResponse>, Status> {
+        let req = request.into_inner();
+        let before = match req.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse()
+                .map_err(|_| invalid("page_token", "is not a token this service issued"))?,
+        };
+        let size = match req.page_size as usize {
+            0 => 50,
+            n => n.min(500),
+        };
+        let (versions, next) = self.state.control.versions(&req.name, size, before)?;
+        Ok(Response::new(v1::ListDatasetVersionsResponse {
+            versions,
+            next_page_token: if next == 0 {
+                String::new()
+            } else {
+                next.to_string()
+            },
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<v1::GetDatasetVersionRequest>,
+    ) -> Result<Response<v1::DatasetVersion>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.state.control.version(&req.name, &req.version)?,
+        ))
+    }
+}

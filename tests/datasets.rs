@@ -1,0 +1,180 @@
+//! End-to-end dataset versions: a real coordinator and worker, datasets registered and scanned
+//! through a real reflection client (JSON, as with grpcurl).
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::*;
+
+const FAST: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
+
+fn call(addr: &str, method: &str, body: Value) -> anyhow::Result<Value> {
+    reflect_call(addr, method, &body.to_string())?
+        .map_err(|(code, message)| anyhow::anyhow!("{method}: {code}: {message}"))
+}
+
+fn images(root: &Path, class: &str, range: std::ops::Range<usize>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join(class))?;
+    for i in range {
+        std::fs::write(
+            root.join(class).join(format!("{i:04}.png")),
+            format!("{class} image {i}"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn scans_record_a_version_only_when_the_content_changes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("pets");
+    images(&data, "cat", 0..40)?;
+    images(&data, "dog", 0..40)?;
+    let coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.as_str();
+    let _worker = start_worker(dir.path(), "scanner", addr, "")?;
+
+    let registered = call(
+        addr,
+        "trainfleet.v1.DatasetService/Register",
+        json!({
+            "name": "pets",
+            "source": {"directory": data.display().to_string(), "format": "imagefolder"},
+            "policy": {"onGrowthPct": 10.0, "onContentChange": true},
+        }),
+    )?;
+    assert_eq!(registered["name"], "pets");
+
+    let scan = |full: bool| {
+        call(
+            addr,
+            "trainfleet.v1.DatasetService/Scan",
+            json!({"name": "pets", "full": full}),
+        )
+    };
+    let first = scan(false)?;
+    assert_eq!(first["changed"], true, "{first}");
+    let v1 = &first["version"];
+    assert_eq!(
+        (v1["number"].as_str(), v1["sampleCount"].as_str()),
+        (Some("1"), Some("80"))
+    );
+    assert_eq!(v1["counts"]["byClass"]["cat"], "40");
+    assert!(
+        v1["manifestUri"].as_str().unwrap().starts_with("file://"),
+        "{v1}"
+    );
+
+    // Nothing changed: same version, nothing new recorded (also with a full re-read).
+    for full in [false, true] {
+        let again = scan(full)?;
+        // Proto3 JSON leaves `false` out.
+        assert!(!again["changed"].as_bool().unwrap_or(false), "{again}");
+        assert_eq!(again["version"]["rootHash"], v1["rootHash"]);
+    }
+
+    // Growth: a new version with the diff.
+    images(&data, "dog", 40..50)?;
+    let grown = scan(false)?;
+    assert_eq!(grown["changed"], true);
+    let v2 = &grown["version"];
+    assert_eq!(
+        (v2["number"].as_str(), v2["added"].as_str()),
+        (Some("2"), Some("10"))
+    );
+
+    let listed = call(
+        addr,
+        "trainfleet.v1.DatasetService/ListVersions",
+        json!({"name": "pets"}),
+    )?;
+    let numbers: Vec<&str> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["2", "1"], "newest first");
+    let latest = call(
+        addr,
+        "trainfleet.v1.DatasetService/GetVersion",
+        json!({"name": "pets", "version": "latest"}),
+    )?;
+    assert_eq!(latest["rootHash"], v2["rootHash"]);
+    let by_root = call(
+        addr,
+        "trainfleet.v1.DatasetService/GetVersion",
+        json!({"name": "pets", "version": v1["rootHash"]}),
+    )?;
+    assert_eq!(by_root["number"], "1");
+
+    // The directory vanishes: the scan fails with the reason and records nothing.
+    std::fs::rename(&data, dir.path().join("moved"))?;
+    let (code, message) = reflect_call(
+        addr,
+        "trainfleet.v1.DatasetService/Scan",
+        &json!({"name": "pets"}).to_string(),
+    )?
+    .expect_err("vanished");
+    assert_eq!(code, "FAILED_PRECONDITION");
+    assert!(
+        message.contains("pets") && message.contains("cannot scan"),
+        "{message}"
+    );
+    let latest = call(
+        addr,
+        "trainfleet.v1.DatasetService/GetVersion",
+        json!({"name": "pets", "version": "latest"}),
+    )?;
+    assert_eq!(latest["number"], "2", "no broken version");
+    Ok(())
+}
+
+#[test]
+fn bad_registrations_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.as_str();
+    let refused = |body: Value| {
+        reflect_call(
+            addr,
+            "trainfleet.v1.DatasetService/Register",
+            &body.to_string(),
+        )
+        .map(|r| r.expect_err("refused"))
+    };
+    let dir_text = dir.path().display().to_string();
+    let (code, message) = refused(json!({"name": "Bad Name", "source": {"directory": dir_text}}))?;
+    assert_eq!(code, "INVALID_ARGUMENT");
+    assert!(message.contains("`name`"), "{message}");
+    let (code, message) =
+        refused(json!({"name": "gone", "source": {"directory": "/nonexistent/x"}}))?;
+    assert_eq!(code, "NOT_FOUND");
+    assert!(message.contains("source.directory"), "{message}");
+    let (code, message) = refused(json!({
+        "name": "neg", "source": {"directory": dir_text}, "policy": {"onGrowthPct": -5}
+    }))?;
+    assert_eq!(code, "INVALID_ARGUMENT");
+    assert!(message.contains("policy.on_growth_pct"), "{message}");
+    let (code, message) = refused(json!({
+        "name": "job", "source": {"directory": dir_text},
+        "policy": {"jobYaml": "model: {arch: resnet9000}\n"}
+    }))?;
+    assert_eq!(code, "INVALID_ARGUMENT");
+    assert!(message.contains("policy.job_yaml:1:"), "{message}");
+    let listed = call(addr, "trainfleet.v1.DatasetService/List", json!({}))?;
+    assert!(
+        listed["datasets"].as_array().is_none_or(Vec::is_empty),
+        "{listed}"
+    );
+    let (code, _) = reflect_call(
+        addr,
+        "trainfleet.v1.DatasetService/Scan",
+        &json!({"name": "unknown"}).to_string(),
+    )?
+    .expect_err("unknown dataset");
+    assert_eq!(code, "NOT_FOUND");
+    Ok(())
+}
