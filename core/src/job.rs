@@ -224,6 +224,18 @@ impl Default for SynthSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSpec {
+    /// The registered dataset this is (set by the coordinator on retrains): models and the
+    /// champion pointer are kept under this name instead of the source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pin an image folder to one version: its manifest's Merkle root. The worker loads exactly
+    /// that version's files, checks each one's sha256, and refuses to train on drifted data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Artifact URI of the pinned version's manifest (every file's path, sha256, label and
+    /// split). Without it the worker re-scans the folder and requires the same root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// A builtin dataset; or leave unset and give `format` and `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
@@ -256,6 +268,9 @@ pub struct DatasetSpec {
 impl Default for DatasetSpec {
     fn default() -> Self {
         Self {
+            name: None,
+            version: None,
+            manifest: None,
             builtin: None,
             format: None,
             path: None,
@@ -552,6 +567,26 @@ impl JobSpec {
                 );
             }
         }
+        if let Some(version) = &d.version {
+            if d.format != Some(LocalFormat::Imagefolder) {
+                return bad(
+                    "dataset.version",
+                    "pins an image folder's version; builtins are pinned by their checksums".into(),
+                );
+            }
+            if version.len() != 64 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(
+                    "dataset.version",
+                    format!("is {version:?}; expected a version's 64-hex-digit root hash"),
+                );
+            }
+        }
+        if d.manifest.is_some() && d.version.is_none() {
+            return bad(
+                "dataset.manifest",
+                "needs `version`: the root hash the manifest must have".into(),
+            );
+        }
         if d.image_size.is_some() && d.format != Some(LocalFormat::Imagefolder) {
             return bad(
                 "dataset.image_size",
@@ -654,8 +689,11 @@ impl JobSpec {
     }
 
     /// The name models of this job's dataset are filed under (the champion is per dataset):
-    /// the builtin's name, or `format:path` for local data.
+    /// the registered name, else the builtin's name, else `format:path` for local data.
     pub fn dataset_key(&self) -> String {
+        if let Some(name) = &self.dataset.name {
+            return name.clone();
+        }
         match (
             self.dataset.builtin,
             self.dataset.format,

@@ -136,14 +136,6 @@ impl Scan {
     }
 }
 
-struct Candidate {
-    path: String,
-    full: PathBuf,
-    label: String,
-    size: u64,
-    mtime_ns: i128,
-}
-
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Dataset {
         path: path.display().to_string(),
@@ -151,19 +143,40 @@ fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Scans an image folder (`root/<class>/<file>.png|jpg|jpeg`) into a manifest, reusing hashes
-/// from `previous` where size and mtime match.
-pub fn scan_imagefolder(
-    root: &Path,
-    previous: Option<&Manifest>,
-    options: ScanOptions,
-) -> Result<Scan> {
+/// A file an image-folder walk found: what a manifest entry is made of, before hashing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Path relative to the root, `<class>/<file>`.
+    pub path: String,
+    /// Path on disk.
+    pub full: PathBuf,
+    /// Class (its directory's name).
+    pub label: String,
+    /// Bytes when listed.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// What an image-folder walk found.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// Usable files, sorted by class, then name.
+    pub files: Vec<Listed>,
+    /// What was left out, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Walks an image folder (`root/<class>/<file>.png|jpg|jpeg`) without reading any file: the
+/// one place that decides which files belong to a dataset, shared by scans and the training
+/// loader so both see the same files.
+pub fn list_imagefolder(root: &Path) -> Result<Listing> {
     let meta = fs::symlink_metadata(root).map_err(|e| io_error(root, "cannot scan", e))?;
     if !meta.is_dir() {
         return Err(io_error(root, "cannot scan", "not a directory"));
     }
     let mut skipped = Vec::new();
-    let mut candidates = Vec::new();
+    let mut files = Vec::new();
     let mut classes: Vec<(String, PathBuf)> = Vec::new();
     for entry in read_dir_sorted(root)? {
         let (name, path, kind) = entry;
@@ -179,7 +192,7 @@ pub fn scan_imagefolder(
         }
     }
     for (label, dir) in classes {
-        let before = candidates.len();
+        let before = files.len();
         for (name, path, kind) in read_dir_sorted(&dir)? {
             let rel = format!("{label}/{}", name.to_string_lossy());
             let Some(name) = usable_name(&name, &path, &mut skipped) else {
@@ -215,7 +228,7 @@ pub fn scan_imagefolder(
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos() as i128);
-            candidates.push(Candidate {
+            files.push(Listed {
                 path: rel_ok,
                 full: path,
                 label: label.clone(),
@@ -223,11 +236,11 @@ pub fn scan_imagefolder(
                 mtime_ns,
             });
         }
-        if candidates.len() == before {
+        if files.len() == before {
             skipped.push((label.clone(), "class has no images; left out".into()));
         }
     }
-    if candidates.is_empty() {
+    if files.is_empty() {
         return Err(io_error(
             root,
             "no usable images",
@@ -238,6 +251,20 @@ pub fn scan_imagefolder(
             ),
         ));
     }
+    Ok(Listing { files, skipped })
+}
+
+/// Scans an image folder (`root/<class>/<file>.png|jpg|jpeg`) into a manifest, reusing hashes
+/// from `previous` where size and mtime match.
+pub fn scan_imagefolder(
+    root: &Path,
+    previous: Option<&Manifest>,
+    options: ScanOptions,
+) -> Result<Scan> {
+    let Listing {
+        files: candidates,
+        skipped,
+    } = list_imagefolder(root)?;
     let known: HashMap<&str, &ManifestFile> = previous
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
@@ -316,6 +343,34 @@ pub fn scan_imagefolder(
         hashed: hashed_count,
         reused,
     })
+}
+
+impl Manifest {
+    /// Checks that the manifest is the version `root` names: its recorded root and the Merkle
+    /// root recomputed over its files both equal `root`.
+    pub fn check_root(&self, root: &str) -> Result<()> {
+        let computed = merkle_root(&self.files);
+        if self.root != root || computed != root {
+            return Err(Error::Dataset {
+                path: format!("manifest of version {}", short(root)),
+                message: format!(
+                    "it records root {} and its files hash to {}; it is not that version",
+                    short(&self.root),
+                    short(&computed)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// sha256 of `bytes`, lower-case hex: the content hash manifests record.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 type DirEntry = (std::ffi::OsString, PathBuf, fs::FileType);

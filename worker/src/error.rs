@@ -56,6 +56,14 @@ pub enum Error {
         /// What was done about it ("the download was deleted", ...).
         action: &'static str,
     },
+    /// The data on disk is not the dataset version the job pinned.
+    #[error("refusing to train on drifted data: {path}: {message}")]
+    Drift {
+        /// The file or directory that differs.
+        path: String,
+        /// How it differs from the pinned version.
+        message: String,
+    },
     /// The job spec is invalid (checked before any work starts).
     #[error(transparent)]
     Spec(#[from] trainfleet_core::Error),

@@ -119,6 +119,7 @@ pub fn verify(dir: &Path, data: &data::DataSettings, samples: usize) -> Result<V
     let subset = data::Split {
         images: dataset.test.images.narrow(0, 0, n as i64),
         labels: dataset.test.labels.narrow(0, 0, n as i64),
+        ids: dataset.test.ids[..n].to_vec(),
     };
     let evaluation = train::evaluate_split(model.as_ref(), &subset, &dataset, Device::Cpu);
     let recorded = artifacts::read_metrics(dir)?.test.correct;
@@ -163,6 +164,16 @@ pub struct PairScores {
     pub challenger_only: u64,
     /// See `challenger_only`.
     pub champion_only: u64,
+    /// Every scored sample's id, in the order both models saw them (written to the eval's
+    /// `samples.json`, not sent in the result).
+    #[serde(skip)]
+    pub sample_ids: Vec<String>,
+    /// Whether the challenger got each sample right.
+    #[serde(skip)]
+    pub challenger_correct: Vec<bool>,
+    /// Whether the champion got each sample right (empty without one).
+    #[serde(skip)]
+    pub champion_correct: Vec<bool>,
 }
 
 /// A saved model, loaded after checking its weights against the card.
@@ -288,5 +299,8 @@ pub fn evaluate_pair(
         champion_recall: champion.as_ref().map(recall).unwrap_or_default(),
         challenger_only,
         champion_only,
+        sample_ids: loaded.test.ids.clone(),
+        champion_correct: champion.map(|c| c.correct).unwrap_or_default(),
+        challenger_correct: challenger_eval.correct,
     })
 }

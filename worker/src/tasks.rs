@@ -139,6 +139,7 @@ impl Finished {
                 permanent: false,
             },
             Error::Spec(_)
+            | Error::Drift { .. }
             | Error::Unsupported(_)
             | Error::Corrupt { .. }
             | Error::Checksum { .. } => Finished::Failure {
@@ -185,6 +186,33 @@ async fn sleep(task: &v1::Task, running: &Running) -> crate::Result<Finished> {
     Ok(Finished::Success(v1::TaskResult::default()))
 }
 
+/// Puts the manifest of the dataset version a job pins into the data cache (filed under its
+/// root, checked to be that version), where the loader reads the file list from.
+async fn fetch_pinned_manifest(ctx: &Context, spec: &JobSpec) -> crate::Result<()> {
+    let (Some(version), Some(uri)) = (&spec.dataset.version, &spec.dataset.manifest) else {
+        return Ok(());
+    };
+    let cache_dir = spec.dataset.cache_dir.as_deref().unwrap_or(&ctx.data.dir);
+    if crate::data::imagefolder::cached_manifest(cache_dir, version)?.is_some() {
+        return Ok(());
+    }
+    let bytes = ctx.artifacts.get_bytes(&ctx.artifacts.key_of(uri)?).await?;
+    let manifest: trainfleet_core::manifest::Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Drift {
+            path: uri.clone(),
+            message: format!("the pinned version's manifest is not readable: {e}"),
+        })?;
+    manifest.check_root(version)?;
+    let path = crate::data::imagefolder::manifest_cache_path(cache_dir, version);
+    let parent = path.parent().expect("under the cache");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    // Written under a temporary name and renamed: a reader never sees half a manifest.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(())
+}
+
 fn run_dir(ctx: &Context, task: &v1::Task) -> PathBuf {
     ctx.work_dir
         .join("runs")
@@ -198,6 +226,7 @@ async fn train(
     ctx: Arc<Context>,
 ) -> crate::Result<Finished> {
     let spec = JobSpec::from_yaml(&task.spec_yaml, "task spec")?;
+    fetch_pinned_manifest(&ctx, &spec).await?;
     let dir = run_dir(&ctx, &task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let prefix = artifacts::run_prefix(&task.job_id, task.attempt);
@@ -399,6 +428,8 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         }
     };
     let challenger = fetch(inputs.challenger.clone(), base.join("challenger")).await?;
+    let spec = JobSpec::from_file(&challenger.join(crate::artifacts::CONFIG))?;
+    fetch_pinned_manifest(&ctx, &spec).await?;
     let champion = match inputs.champion.as_str() {
         "" => None,
         uri => Some(fetch(uri.to_owned(), base.join("champion")).await?),
@@ -410,10 +441,25 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
     .await
     .map_err(|e| Error::Unsupported(format!("the eval thread failed: {e}")))??;
     let _ = std::fs::remove_dir_all(&base);
+    // Which samples were scored, and how each model did on each: the proof that both models
+    // saw the same samples, and what a report needs for its misclassified grid.
+    let samples = serde_json::json!({
+        "dataset_root": scores.dataset_root,
+        "ids": scores.sample_ids,
+        "challenger_correct": scores.challenger_correct,
+        "champion_correct": (!inputs.champion.is_empty()).then_some(&scores.champion_correct),
+    });
+    let key = format!("evals/{}/attempt-{}/samples.json", task.id, task.attempt);
+    let samples_uri = ctx
+        .artifacts
+        .put_bytes(&key, serde_json::to_vec(&samples).expect("json"))
+        .await?;
+    let mut detail = serde_json::to_value(&scores).expect("scores serialise");
+    detail["samples_uri"] = samples_uri.clone().into();
     Ok(Finished::Success(v1::TaskResult {
         metrics: scores.challenger.clone().into_iter().collect(),
-        artifacts: Default::default(),
-        detail_json: serde_json::to_string(&scores).expect("scores serialise"),
+        artifacts: [("samples".to_owned(), samples_uri)].into_iter().collect(),
+        detail_json: detail.to_string(),
     }))
 }
 

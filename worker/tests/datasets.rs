@@ -439,7 +439,9 @@ fn image_folders_load_resized_and_bad_files_are_named() {
         ..spec.clone()
     };
     assert_eq!(
-        imagefolder::load(&grey, root.path()).unwrap().shape,
+        imagefolder::load(&grey, root.path(), root.path())
+            .unwrap()
+            .shape,
         [1, 16, 16]
     );
 
@@ -447,7 +449,7 @@ fn image_folders_load_resized_and_bad_files_are_named() {
         image_size: None,
         ..spec.clone()
     };
-    let err = imagefolder::load(&no_size, root.path())
+    let err = imagefolder::load(&no_size, root.path(), root.path())
         .unwrap_err()
         .to_string();
     assert!(err.contains("set dataset.image_size"), "{err}");
@@ -457,13 +459,113 @@ fn image_folders_load_resized_and_bad_files_are_named() {
         b"\x89PNG\r\n\x1a\nnot really",
     )
     .unwrap();
-    let err = imagefolder::load(&spec, root.path())
+    let err = imagefolder::load(&spec, root.path(), root.path())
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("cat/broken.png") && err.contains("cannot decode image"),
         "{err}"
     );
+}
+
+/// A folder of 2 classes × `per_class` distinct images.
+fn image_folder(root: &Path, per_class: u32) {
+    for (class, shade) in [("cat", 30u8), ("dog", 200)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            write_image(
+                &root.join(class).join(format!("{i:03}.png")),
+                8,
+                8,
+                shade + i as u8,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_pinned_version_loads_exactly_its_files_and_refuses_drift() {
+    use trainfleet_core::manifest::{ScanOptions, Split, scan_imagefolder};
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    image_folder(data.path(), 20);
+    let scan = scan_imagefolder(data.path(), None, ScanOptions::default()).unwrap();
+    let version = scan.manifest.root.clone();
+    let spec = DatasetSpec {
+        format: Some(trainfleet_core::job::LocalFormat::Imagefolder),
+        path: Some(data.path().to_owned()),
+        ..DatasetSpec::default()
+    };
+
+    // Unpinned, the loader sees what a scan sees: the same root, the same test files.
+    let now = imagefolder::load(&spec, data.path(), cache.path()).unwrap();
+    assert_eq!(now.identity.root_sha256, version);
+    let test_files: Vec<String> = scan
+        .manifest
+        .files
+        .iter()
+        .filter(|f| f.split == Split::Test)
+        .map(|f| f.path.clone())
+        .collect();
+    assert!(!test_files.is_empty());
+    assert_eq!(
+        now.test.ids, test_files,
+        "the test split is the manifest's, in path order"
+    );
+
+    // Pinned with the manifest cached: files added later are not part of the version.
+    let pinned = DatasetSpec {
+        version: Some(version.clone()),
+        ..spec.clone()
+    };
+    let cached = imagefolder::manifest_cache_path(cache.path(), &version);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, serde_json::to_vec(&scan.manifest).unwrap()).unwrap();
+    write_image(&data.path().join("dog/999.png"), 8, 8, 7);
+    let ds = imagefolder::load(&pinned, data.path(), cache.path()).unwrap();
+    assert_eq!(ds.identity.root_sha256, version);
+    assert_eq!(ds.train.len() + ds.val.len() + ds.test.len(), 40);
+    assert_eq!(ds.test.ids, test_files);
+
+    // Unpinned, the new file makes it another version; pinned without the manifest, refused.
+    let grown = imagefolder::load(&spec, data.path(), cache.path()).unwrap();
+    assert_ne!(grown.identity.root_sha256, version);
+    let err = imagefolder::load(&pinned, data.path(), tempfile::tempdir().unwrap().path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refusing to train on drifted data") && err.contains(&version[..12]),
+        "{err}"
+    );
+
+    // A file of the version whose bytes changed: refused, naming it.
+    write_image(&data.path().join("cat/003.png"), 8, 8, 99);
+    let err = imagefolder::load(&pinned, data.path(), cache.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cat/003.png") && err.contains("content changed since version"),
+        "{err}"
+    );
+    // One removed: refused too.
+    std::fs::remove_file(data.path().join("cat/004.png")).unwrap();
+    write_image(&data.path().join("cat/003.png"), 8, 8, 33);
+    let err = imagefolder::load(&pinned, data.path(), cache.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cat/004.png") && err.contains("cannot be read now"),
+        "{err}"
+    );
+
+    // A cached manifest that is not the version it is filed under is refused, not trusted.
+    let mut forged = scan.manifest.clone();
+    forged.files.pop();
+    std::fs::write(&cached, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let err = imagefolder::load(&pinned, data.path(), cache.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("it is not that version"), "{err}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use flate2::read::GzDecoder;
 use trainfleet_core::job::DatasetSpec;
 
-use super::{Dataset, assemble, file_sha256, identity};
+use super::{Dataset, assemble, file_sha256, identity, official_items};
 use crate::error::{Error, Result};
 
 const PIXELS: usize = 3 * 32 * 32;
@@ -58,8 +58,6 @@ impl Variant {
     }
 }
 
-type Samples = Vec<(i64, Vec<u8>)>;
-
 /// Loads a CIFAR archive.
 pub fn load(spec: &DatasetSpec, archive: &Path, variant: Variant) -> Result<Dataset> {
     let (mut train, mut test, names) = read_archive(archive, variant)?;
@@ -94,10 +92,8 @@ pub fn load(spec: &DatasetSpec, archive: &Path, variant: Variant) -> Result<Data
         }
     );
     let ident = identity(source, vec![file_sha256(archive)?]);
-    let strip =
-        |v: Vec<(String, i64, Vec<u8>)>| v.into_iter().map(|(_, l, p)| (l, p)).collect::<Samples>();
-    let (train, test) = (strip(train), strip(test));
-    assemble(spec, train, test, [3, 32, 32], classes, ident, false)
+    let items = official_items(spec, train, test);
+    assemble(spec, items, [3, 32, 32], classes, ident)
 }
 
 type Keyed = Vec<(String, i64, Vec<u8>)>;

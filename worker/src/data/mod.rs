@@ -28,13 +28,16 @@ use trainfleet_core::job::{Builtin, DatasetSpec, LocalFormat};
 use crate::error::{Error, Result};
 use split::Assignment;
 
-/// One split: images (u8, N×C×H×W) and labels (i64, N).
+/// One split: images (u8, N×C×H×W), labels (i64, N) and each sample's id.
 #[derive(Debug)]
 pub struct Split {
     /// Pixel data, contiguous.
     pub images: Tensor,
     /// Class indices.
     pub labels: Tensor,
+    /// Sample ids in tensor order: the file path for an image folder, `train/<i>` or
+    /// `test/<i>` for IDX sets, the archive member and record for CIFAR.
+    pub ids: Vec<String>,
 }
 
 impl Split {
@@ -53,6 +56,7 @@ impl Split {
         Split {
             images: self.images.to_device(device),
             labels: self.labels.to_device(device),
+            ids: self.ids.clone(),
         }
     }
 }
@@ -158,7 +162,9 @@ pub fn load_with(
         (None, Some(LocalFormat::Idx), Some(path)) => {
             load_idx_dir(spec, path, path.display().to_string(), Vec::new())
         }
-        (None, Some(LocalFormat::Imagefolder), Some(path)) => imagefolder::load(spec, path),
+        (None, Some(LocalFormat::Imagefolder), Some(path)) => {
+            imagefolder::load(spec, path, &cache_dir)
+        }
         _ => Err(Error::Spec(trainfleet_core::Error::invalid_field(
             "dataset",
             "needs builtin, or format and path",
@@ -254,15 +260,15 @@ pub fn load_idx_dir(
         .collect::<Result<Vec<_>>>()?;
     let identity = identity(source, files);
     let shape = train.shape;
-    assemble(
-        spec,
-        train.samples,
-        test.samples,
-        shape,
-        classes,
-        identity,
-        false,
-    )
+    let ids = |prefix: &str, samples: Vec<(i64, Vec<u8>)>| {
+        samples
+            .into_iter()
+            .enumerate()
+            .map(|(i, (l, px))| (format!("{prefix}/{i}"), l, px))
+            .collect()
+    };
+    let items = official_items(spec, ids("train", train.samples), ids("test", test.samples));
+    assemble(spec, items, shape, classes, identity)
 }
 
 struct Samples {
@@ -335,39 +341,57 @@ fn pair(
     })
 }
 
-/// Splits samples (validation carve, `fraction`, and a test carve when there is no official
-/// test split), packs them into tensors and measures normalisation on the training split.
+/// One sample and the split it goes to.
+struct Item {
+    id: String,
+    label: i64,
+    pixels: Vec<u8>,
+    place: Assignment,
+}
+
+/// Places the samples of a dataset with an official test split: test stays test; validation
+/// and the `fraction` subset are carved from training by content hash.
+fn official_items(
+    spec: &DatasetSpec,
+    train: Vec<(String, i64, Vec<u8>)>,
+    test: Vec<(String, i64, Vec<u8>)>,
+) -> Vec<Item> {
+    let mut items: Vec<Item> = train
+        .into_par_iter()
+        .map(|(id, label, pixels)| {
+            let place = split::assign(
+                &split::item_hash(label, &pixels),
+                0,
+                spec.validation_pct,
+                spec.fraction,
+            );
+            Item {
+                id,
+                label,
+                pixels,
+                place,
+            }
+        })
+        .collect();
+    items.extend(test.into_iter().map(|(id, label, pixels)| Item {
+        id,
+        label,
+        pixels,
+        place: Assignment::Test,
+    }));
+    items
+}
+
+/// Packs placed samples into the three splits and measures normalisation on training.
 fn assemble(
     spec: &DatasetSpec,
-    train: Vec<(i64, Vec<u8>)>,
-    official_test: Vec<(i64, Vec<u8>)>,
+    items: Vec<Item>,
     shape: [usize; 3],
     classes: Vec<String>,
     identity: Identity,
-    carve_test: bool,
 ) -> Result<Dataset> {
-    let test_pct = if carve_test { spec.test_pct } else { 0 };
-    let assignments: Vec<Assignment> = train
-        .par_iter()
-        .map(|(label, bytes)| {
-            split::assign(
-                &split::item_hash(*label, bytes),
-                test_pct,
-                spec.validation_pct,
-                spec.fraction,
-            )
-        })
-        .collect();
-    let pick = |want: Assignment| -> Vec<&(i64, Vec<u8>)> {
-        train
-            .iter()
-            .zip(&assignments)
-            .filter(|(_, a)| **a == want)
-            .map(|(s, _)| s)
-            .collect()
-    };
-    let mut test_items: Vec<&(i64, Vec<u8>)> = official_test.iter().collect();
-    test_items.extend(pick(Assignment::Test));
+    let pick =
+        |want: Assignment| -> Vec<&Item> { items.iter().filter(|i| i.place == want).collect() };
     let train_split = pack(&pick(Assignment::Train), shape);
     if train_split.is_empty() {
         return Err(Error::Unsupported(format!(
@@ -378,7 +402,7 @@ fn assemble(
     let (mean, std) = channel_stats(&train_split.images);
     Ok(Dataset {
         val: pack(&pick(Assignment::Validation), shape),
-        test: pack(&test_items, shape),
+        test: pack(&pick(Assignment::Test), shape),
         train: train_split,
         classes,
         shape,
@@ -388,13 +412,15 @@ fn assemble(
     })
 }
 
-fn pack(items: &[&(i64, Vec<u8>)], shape: [usize; 3]) -> Split {
+fn pack(items: &[&Item], shape: [usize; 3]) -> Split {
     let per = shape.iter().product::<usize>();
     let mut pixels = Vec::with_capacity(items.len() * per);
     let mut labels = Vec::with_capacity(items.len());
-    for (label, bytes) in items {
-        pixels.extend_from_slice(bytes);
-        labels.push(*label);
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        pixels.extend_from_slice(&item.pixels);
+        labels.push(item.label);
+        ids.push(item.id.clone());
     }
     let n = items.len() as i64;
     Split {
@@ -405,6 +431,7 @@ fn pack(items: &[&(i64, Vec<u8>)], shape: [usize; 3]) -> Split {
             shape[2] as i64,
         ]),
         labels: Tensor::from_slice(&labels),
+        ids,
     }
 }
 
