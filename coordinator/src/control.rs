@@ -26,6 +26,10 @@ use trainfleet_core::kv::{KvStore, TxnOp};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_event::Event;
 
+mod retrain;
+
+pub use retrain::{next_scan, retrain_spec, run_ticker};
+
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::gate;
@@ -110,6 +114,8 @@ struct Inner {
     idempotency: HashMap<String, String>,
     waiters: VecDeque<Waiter>,
     watchers: HashMap<String, broadcast::Sender<v1::JobEvent>>,
+    /// Retrain decisions per dataset, oldest first (at most [`retrain::HISTORY`] each).
+    decisions: HashMap<String, VecDeque<records::DecisionRecord>>,
 }
 
 /// The coordinator's jobs, tasks and models.
@@ -188,6 +194,15 @@ impl Control {
                     let dataset: DatasetRecord = decode(&kv.key, &kv.value)?;
                     inner.datasets.insert(dataset.name.clone(), dataset);
                 }
+                Some("decisions") => {
+                    let d: records::DecisionRecord = decode(&kv.key, &kv.value)?;
+                    // Keys sort by sequence number, so each list is built oldest first.
+                    inner
+                        .decisions
+                        .entry(d.dataset.clone())
+                        .or_default()
+                        .push_back(d);
+                }
                 Some("workers") => {
                     let worker: WorkerSnapshot = decode(&kv.key, &kv.value)?;
                     registry.restore(worker);
@@ -240,83 +255,40 @@ impl Control {
                 let job = inner.jobs[existing].to_wire();
                 return Ok(job);
             }
-            let id = new_job_id(now);
-            let (name, kind, role, needs, max_attempts) = match submission {
-                Submission::Train(spec) => {
-                    let needs = Needs {
-                        gpu: spec.needs_gpu(),
-                        min_memory_bytes: spec.resources.min_memory_mb << 20,
-                        slots: spec.resources.slots,
-                    };
-                    (
-                        spec.name.clone(),
-                        JobKind::Train { spec: spec.clone() },
-                        TaskRole::Train,
-                        needs,
-                        spec.max_attempts,
-                    )
-                }
-                Submission::Sleep { name, duration } => (
-                    if name.is_empty() {
+            let new = match submission {
+                Submission::Train(spec) => NewJob::train(*spec, None),
+                Submission::Sleep { name, duration } => NewJob {
+                    name: if name.is_empty() {
                         "sleep".into()
                     } else {
                         name
                     },
-                    JobKind::Sleep { duration },
-                    TaskRole::Sleep,
-                    Needs {
+                    kind: JobKind::Sleep { duration },
+                    role: TaskRole::Sleep,
+                    needs: Needs {
                         slots: 1,
                         ..Default::default()
                     },
-                    1,
-                ),
+                    max_attempts: 1,
+                    idempotency_key: String::new(),
+                    retrain: None,
+                },
                 Submission::Scan { dataset, full } => {
                     if !inner.datasets.contains_key(&dataset) {
                         return Err(no_dataset(&dataset));
                     }
-                    (
-                        format!("scan {dataset}"),
-                        JobKind::Scan { dataset, full },
-                        TaskRole::Scan,
-                        Needs {
-                            slots: 1,
-                            ..Default::default()
-                        },
-                        3,
-                    )
+                    NewJob::scan(dataset, full, false)
                 }
             };
-            let task_id = format!("{id}-{}", role.name());
-            let job = JobRecord {
-                id: id.clone(),
-                name,
-                kind,
-                state: JobState::Queued,
-                attempt: 0,
-                worker_id: String::new(),
-                epochs: Vec::new(),
-                result: None,
-                error: String::new(),
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-                idempotency_key: idempotency_key.clone(),
-                attempts: Vec::new(),
-                checkpoint: None,
-                train_run: None,
-                train_metrics: BTreeMap::new(),
-                champion_id: String::new(),
-                active_task: task_id.clone(),
-                eval_rounds: 0,
-                scanned: None,
-            };
-            if !idempotency_key.is_empty() {
-                inner.idempotency.insert(idempotency_key, id.clone());
-            }
-            inner.jobs.insert(id.clone(), job);
             let mut ops = Vec::new();
-            inner.enqueue(&task_id, &id, role, needs, max_attempts, &mut ops);
-            inner.put_job(&id, &mut ops);
+            let id = inner.create_job(
+                NewJob {
+                    idempotency_key,
+                    ..new
+                },
+                now,
+                &mut ops,
+            );
             let wire = inner.jobs[&id].to_wire();
             let ack = self.journal.record(ops);
             self.dispatch(&mut inner);
@@ -393,7 +365,7 @@ impl Control {
                     let job = inner.jobs.get_mut(id).expect("checked");
                     job.error = format!("{reason} (waiting for worker {worker_id} to stop)");
                 }
-                _ => inner.finish(id, JobState::Cancelled, reason),
+                _ => inner.finish(id, JobState::Cancelled, reason, &mut ops),
             }
             inner.put_job(id, &mut ops);
             (inner.jobs[id].to_wire(), self.journal.record(ops))
@@ -428,7 +400,9 @@ impl Control {
             if let Some(existing) = inner.datasets.get(&record.name) {
                 record.versions = existing.versions.clone();
                 record.created_at = existing.created_at;
+                record.retrain = existing.retrain.clone();
             }
+            record.retrain.next_scan_at = retrain::next_scan(&record, SystemTime::now());
             let ops = vec![TxnOp::Put(
                 records::dataset_key(&record.name),
                 records::encode(&record),
@@ -842,7 +816,7 @@ impl Control {
                     };
                     match role {
                         TaskRole::Sleep => {
-                            inner.finish(&job_id, JobState::Succeeded, String::new());
+                            inner.finish(&job_id, JobState::Succeeded, String::new(), &mut ops);
                         }
                         TaskRole::Train => {
                             inner.record_epochs(&job_id, &detail_json);
@@ -1103,9 +1077,98 @@ struct EvalDetail {
     challenger_only: u64,
     #[serde(default)]
     champion_only: u64,
+    #[serde(default)]
+    samples_uri: String,
+}
+
+/// A job about to be created.
+struct NewJob {
+    name: String,
+    kind: JobKind,
+    role: TaskRole,
+    needs: Needs,
+    max_attempts: u32,
+    idempotency_key: String,
+    retrain: Option<records::RetrainOrigin>,
+}
+
+impl NewJob {
+    fn train(spec: JobSpec, retrain: Option<records::RetrainOrigin>) -> Self {
+        NewJob {
+            name: spec.name.clone(),
+            role: TaskRole::Train,
+            needs: Needs {
+                gpu: spec.needs_gpu(),
+                min_memory_bytes: spec.resources.min_memory_mb << 20,
+                slots: spec.resources.slots,
+            },
+            max_attempts: spec.max_attempts,
+            kind: JobKind::Train {
+                spec: Box::new(spec),
+            },
+            idempotency_key: String::new(),
+            retrain,
+        }
+    }
+
+    fn scan(dataset: String, full: bool, scheduled: bool) -> Self {
+        NewJob {
+            name: format!("scan {dataset}"),
+            kind: JobKind::Scan {
+                dataset,
+                full,
+                scheduled,
+            },
+            role: TaskRole::Scan,
+            needs: Needs {
+                slots: 1,
+                ..Default::default()
+            },
+            max_attempts: 3,
+            idempotency_key: String::new(),
+            retrain: None,
+        }
+    }
 }
 
 impl Inner {
+    /// Creates a job and queues its first task; returns its id.
+    fn create_job(&mut self, new: NewJob, now: SystemTime, ops: &mut Vec<TxnOp>) -> String {
+        let id = new_job_id(now);
+        let task_id = format!("{id}-{}", new.role.name());
+        let job = JobRecord {
+            id: id.clone(),
+            name: new.name,
+            kind: new.kind,
+            state: JobState::Queued,
+            attempt: 0,
+            worker_id: String::new(),
+            epochs: Vec::new(),
+            result: None,
+            error: String::new(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            idempotency_key: new.idempotency_key.clone(),
+            attempts: Vec::new(),
+            checkpoint: None,
+            train_run: None,
+            train_metrics: BTreeMap::new(),
+            champion_id: String::new(),
+            active_task: task_id.clone(),
+            eval_rounds: 0,
+            scanned: None,
+            retrain: new.retrain,
+        };
+        if !new.idempotency_key.is_empty() {
+            self.idempotency.insert(new.idempotency_key, id.clone());
+        }
+        self.jobs.insert(id.clone(), job);
+        self.enqueue(&task_id, &id, new.role, new.needs, new.max_attempts, ops);
+        self.put_job(&id, ops);
+        id
+    }
+
     fn emit(&mut self, (job_id, ev): (String, v1::JobEvent)) {
         if let Some(tx) = self.watchers.get(&job_id)
             && tx.send(ev).is_err()
@@ -1232,6 +1295,7 @@ impl Inner {
         };
         job.attempt = task.attempt;
         job.worker_id = worker_id.to_owned();
+        let first_start = job.started_at.is_none();
         job.started_at.get_or_insert(now);
         job.attempts.push(AttemptRecord {
             role: meta.role,
@@ -1247,7 +1311,7 @@ impl Inner {
             JobKind::Sleep { duration } => {
                 (String::new(), Some(convert::duration(*duration)), None)
             }
-            JobKind::Scan { dataset, full } => {
+            JobKind::Scan { dataset, full, .. } => {
                 let record = self.datasets.get(dataset);
                 let scan = v1::ScanInputs {
                     dataset: dataset.clone(),
@@ -1283,6 +1347,9 @@ impl Inner {
         };
         let state = job.state;
         let job_id = task.job_id.clone();
+        if first_start {
+            self.retrain_started(&job_id, now, ops);
+        }
         self.put_task(task_id, ops);
         self.put_job(&job_id, ops);
         if state != previous_state {
@@ -1421,7 +1488,7 @@ impl Inner {
                 job.worker_id.clear();
                 self.emit(event(&job_id, Event::State(v1::JobState::Queued as i32)));
             }
-            TaskState::Failed { reason } => self.finish(&job_id, JobState::Failed, reason),
+            TaskState::Failed { reason } => self.finish(&job_id, JobState::Failed, reason, ops),
             TaskState::Cancelled => {
                 let reason = self.jobs[&job_id]
                     .error
@@ -1430,7 +1497,7 @@ impl Inner {
                     .filter(|r| !r.is_empty())
                     .unwrap_or("cancelled")
                     .to_owned();
-                self.finish(&job_id, JobState::Cancelled, reason);
+                self.finish(&job_id, JobState::Cancelled, reason, ops);
             }
             TaskState::Leased { .. } | TaskState::Succeeded => {}
         }
@@ -1438,7 +1505,8 @@ impl Inner {
         self.put_job(&job_id, ops);
     }
 
-    fn finish(&mut self, job_id: &str, state: JobState, error: String) {
+    fn finish(&mut self, job_id: &str, state: JobState, error: String, ops: &mut Vec<TxnOp>) {
+        self.retrain_ended(job_id, state == JobState::Succeeded, ops);
         let job = self.jobs.get_mut(job_id).expect("exists");
         job.state = state;
         job.error = error;
@@ -1470,6 +1538,7 @@ impl Inner {
                     job_id,
                     JobState::Failed,
                     format!("the eval task's result is not readable: {e}"),
+                    ops,
                 );
                 return;
             }
@@ -1503,6 +1572,11 @@ impl Inner {
         };
         let decision = gate::decide(&spec.gate, challenger, champion);
         let model_id = format!("m-{}", job_id.trim_start_matches("j-"));
+        let version_number = self
+            .datasets
+            .get(&dataset)
+            .and_then(|d| d.versions.iter().find(|v| v.root == manifest.dataset_root))
+            .map_or(0, |v| v.number);
         let weights = manifest.files.get("model.safetensors");
         let mut metrics = detail.challenger.clone();
         metrics.insert("eval_samples".into(), detail.samples as f64);
@@ -1512,7 +1586,7 @@ impl Inner {
             dataset_version: manifest.dataset_root.clone(),
             job_id: job_id.to_owned(),
             parent_id: current.clone().unwrap_or_default(),
-            config_hash: artifacts::sha256_hex(spec.to_yaml().as_bytes()),
+            config_hash: spec.config_hash(),
             metrics: metrics.clone(),
             artifact_uri: format!("{run}/model.safetensors"),
             artifact_sha256: weights.map(|f| f.sha256.clone()).unwrap_or_default(),
@@ -1520,6 +1594,8 @@ impl Inner {
             gate: decision.clone(),
             created_at: SystemTime::now(),
             labels: spec.labels.clone(),
+            dataset_version_number: version_number,
+            eval_samples_uri: detail.samples_uri.clone(),
         };
         tracing::info!(
             %job_id, %model_id, promoted = decision.promoted, reasons = ?decision.reasons,
@@ -1541,7 +1617,7 @@ impl Inner {
             reasons: decision.reasons,
             run_uri: run.to_owned(),
         });
-        self.finish(job_id, JobState::Succeeded, String::new());
+        self.finish(job_id, JobState::Succeeded, String::new(), ops);
     }
 
     /// A scan finished: record a version if the root changed, and end the job.
@@ -1567,6 +1643,7 @@ impl Inner {
                     job_id,
                     JobState::Failed,
                     format!("the scan task's result is not readable: {e}"),
+                    ops,
                 );
                 return;
             }
@@ -1576,6 +1653,7 @@ impl Inner {
                 job_id,
                 JobState::Failed,
                 format!("dataset `{dataset}` was removed during the scan"),
+                ops,
             );
             return;
         };
@@ -1601,8 +1679,18 @@ impl Inner {
             tracing::info!(%dataset, number, "new dataset version recorded");
         }
         let number = record.versions.last().map_or(0, |v| v.number);
-        self.jobs.get_mut(job_id).expect("exists").scanned = Some((number, new));
-        self.finish(job_id, JobState::Succeeded, String::new());
+        let job = self.jobs.get_mut(job_id).expect("exists");
+        job.scanned = Some((number, new));
+        let trigger = match job.kind {
+            JobKind::Scan {
+                scheduled: true, ..
+            } => retrain::Trigger::Schedule,
+            _ => retrain::Trigger::Scan,
+        };
+        self.finish(job_id, JobState::Succeeded, String::new(), ops);
+        if new {
+            self.consider_retrain(&dataset, number, trigger, "", SystemTime::now(), ops);
+        }
     }
 
     fn set_champion(&mut self, dataset: &str, model_id: &str, reason: &str, ops: &mut Vec<TxnOp>) {
@@ -1643,13 +1731,13 @@ mod tests {
     use super::*;
     use crate::registry::Registration;
 
-    struct Fixture {
-        control: Arc<Control>,
-        registry: Arc<WorkerRegistry>,
+    pub(super) struct Fixture {
+        pub(super) control: Arc<Control>,
+        pub(super) registry: Arc<WorkerRegistry>,
         journal: tokio::task::JoinHandle<()>,
     }
 
-    async fn open(dir: &std::path::Path) -> Fixture {
+    pub(super) async fn open(dir: &std::path::Path) -> Fixture {
         let store = Arc::new(EmbeddedStore::open(&dir.join("state.redb")).unwrap());
         let artifacts = ArtifactStore::open(dir.join("artifacts").to_str().unwrap()).unwrap();
         let registry = Arc::new(WorkerRegistry::new(
@@ -1672,21 +1760,25 @@ mod tests {
         }
     }
 
-    async fn close(f: Fixture) {
+    pub(super) async fn close(f: Fixture) {
         drop(f.control);
         f.journal.await.unwrap();
     }
 
-    fn register(f: &Fixture, id: &str) -> String {
+    pub(super) fn register(f: &Fixture, id: &str) -> String {
+        register_with(f, id, DeviceKind::Cpu)
+    }
+
+    pub(super) fn register_with(f: &Fixture, id: &str, kind: DeviceKind) -> String {
         let session = f
             .registry
             .register(Registration {
                 worker_id: id.into(),
                 host: "h".into(),
                 devices: vec![Device {
-                    kind: DeviceKind::Cpu,
+                    kind,
                     index: 0,
-                    name: "cpu".into(),
+                    name: "device".into(),
                     memory_bytes: 1 << 30,
                     cores: 2,
                 }],

@@ -41,6 +41,10 @@ pub enum Error {
     /// finished job, a report from an attempt that is no longer current).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A compare-and-swap lost: the state changed since the caller looked (another promotion
+    /// won). Read again and decide again.
+    #[error("{0}")]
+    Aborted(String),
     /// The state store cannot be written; this replica is stopping.
     #[error("{0}")]
     Store(String),
@@ -71,6 +75,7 @@ impl From<Error> for tonic::Status {
             Error::NotYetImplemented { .. } => tonic::Status::unimplemented(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::Aborted(_) => tonic::Status::aborted(message),
             Error::Store(_) => tonic::Status::unavailable(message),
             Error::ShuttingDown => tonic::Status::unavailable(message),
             Error::Serve { .. } => tonic::Status::internal(message),

@@ -9,7 +9,8 @@
 //! | `/trainfleet/models/<model_id>`  | [`ModelRecord`] |
 //! | `/trainfleet/champions/<hash>`   | [`ChampionRecord`] (hash: sha256 of the dataset name) |
 //! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`] (last known state) |
-//! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions) |
+//! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions, retrain book) |
+//! | `/trainfleet/decisions/<name>/<seq>` | [`DecisionRecord`] (one retrain decision; seq zero-padded) |
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -44,6 +45,10 @@ pub fn champion_key(dataset: &str) -> Vec<u8> {
 /// Key of a registered dataset.
 pub fn dataset_key(name: &str) -> Vec<u8> {
     format!("{ROOT}datasets/{name}").into_bytes()
+}
+/// Key of a retrain decision.
+pub fn decision_key(dataset: &str, seq: u64) -> Vec<u8> {
+    format!("{ROOT}decisions/{dataset}/{seq:020}").into_bytes()
 }
 /// Key of a worker's last known state.
 pub fn worker_key(id: &str) -> Vec<u8> {
@@ -124,6 +129,9 @@ pub enum JobKind {
         dataset: String,
         /// Re-read every file.
         full: bool,
+        /// Started by the dataset's schedule rather than a request.
+        #[serde(default)]
+        scheduled: bool,
     },
 }
 
@@ -252,6 +260,18 @@ pub struct JobRecord {
     /// For a scan job: the version number it ended on, and whether it recorded a new one.
     #[serde(default)]
     pub scanned: Option<(u64, bool)>,
+    /// For a retrain the policy queued: the dataset and the (root, config hash) key.
+    #[serde(default)]
+    pub retrain: Option<RetrainOrigin>,
+}
+
+/// Why a job exists when the retrain policy queued it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainOrigin {
+    /// The registered dataset.
+    pub dataset: String,
+    /// Idempotency key: version root and job-config hash.
+    pub key: String,
 }
 
 impl JobRecord {
@@ -314,6 +334,12 @@ impl JobRecord {
                 .collect(),
             sleep,
             spec_yaml,
+            name: self.name.clone(),
+            retrain_dataset: self
+                .retrain
+                .as_ref()
+                .map(|r| r.dataset.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -403,6 +429,12 @@ pub struct ModelRecord {
     pub created_at: SystemTime,
     /// Labels of the job.
     pub labels: BTreeMap<String, String>,
+    /// The dataset version's number (0: not a recorded version).
+    #[serde(default)]
+    pub dataset_version_number: u64,
+    /// The eval's samples.json (ids scored and each model's correctness).
+    #[serde(default)]
+    pub eval_samples_uri: String,
 }
 
 impl ModelRecord {
@@ -431,6 +463,8 @@ impl ModelRecord {
             }),
             champion,
             created_at: Some(convert::timestamp(self.created_at)),
+            dataset_version_number: self.dataset_version_number,
+            eval_samples_uri: self.eval_samples_uri.clone(),
         }
     }
 }
@@ -472,6 +506,112 @@ pub struct DatasetRecord {
     pub created_at: SystemTime,
     /// Versions, oldest first.
     pub versions: Vec<VersionRecord>,
+    /// What the retrain policy remembers.
+    #[serde(default)]
+    pub retrain: RetrainBook,
+}
+
+/// A dataset's retrain bookkeeping: what [`trainfleet_core::policy::decide`] needs besides the
+/// champion (which is read from the champion pointer, so a rollback is taken into account).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrainBook {
+    /// When the last retrain started (its train task was first leased).
+    pub last_retrain_at: Option<SystemTime>,
+    /// The retrain queued and not started yet.
+    pub pending: Option<PendingRetrain>,
+    /// Keys of retrains started and not failed: the idempotency record.
+    pub started_keys: Vec<String>,
+    /// A decision postponed by min_interval, taken again at `until`.
+    pub deferred: Option<Deferred>,
+    /// Next scheduled scan.
+    pub next_scan_at: Option<SystemTime>,
+    /// The job of the last scheduled scan.
+    pub scheduled_scan: String,
+    /// Decisions recorded so far (the next one's sequence number).
+    pub decisions: u64,
+}
+
+/// A retrain waiting for a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingRetrain {
+    /// Its job.
+    pub job_id: String,
+    /// The version it will train on (number).
+    pub version: u64,
+    /// Its idempotency key.
+    pub key: String,
+}
+
+/// A postponed decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deferred {
+    /// The version (number).
+    pub version: u64,
+    /// When to decide again.
+    pub until: SystemTime,
+}
+
+/// What the retrain policy decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionOutcome {
+    /// A retrain job was queued.
+    Fired,
+    /// The pending retrain now uses this version.
+    Coalesced,
+    /// No retrain.
+    Skipped,
+    /// Postponed by min_interval.
+    Deferred,
+}
+
+/// One recorded retrain decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Dataset name.
+    pub dataset: String,
+    /// Sequence number within the dataset.
+    pub seq: u64,
+    /// When.
+    pub decided_at: SystemTime,
+    /// What asked: "new version", "manual", "schedule", "scan", "deferred".
+    pub trigger: String,
+    /// Version number and root decided about.
+    pub version: u64,
+    /// See `version`.
+    pub root: String,
+    /// The outcome.
+    pub outcome: DecisionOutcome,
+    /// The rule that decided, in words.
+    pub reason: String,
+    /// The retrain job (fired or coalesced).
+    pub job_id: String,
+    /// When a deferred decision is taken again.
+    pub defer_until: Option<SystemTime>,
+}
+
+impl DecisionRecord {
+    /// The wire form.
+    pub fn to_wire(&self) -> v1::RetrainDecision {
+        use v1::retrain_decision::Outcome;
+        v1::RetrainDecision {
+            dataset: self.dataset.clone(),
+            decided_at: Some(convert::timestamp(self.decided_at)),
+            trigger: self.trigger.clone(),
+            version_number: self.version,
+            version_root: self.root.clone(),
+            outcome: match self.outcome {
+                DecisionOutcome::Fired => Outcome::Fired,
+                DecisionOutcome::Coalesced => Outcome::Coalesced,
+                DecisionOutcome::Skipped => Outcome::Skipped,
+                DecisionOutcome::Deferred => Outcome::Deferred,
+            } as i32,
+            reason: self.reason.clone(),
+            job_id: self.job_id.clone(),
+            defer_until: self.defer_until.map(convert::timestamp),
+        }
+    }
 }
 
 /// One recorded dataset version.
@@ -534,8 +674,8 @@ impl DatasetRecord {
             policy: Some(v1::RetrainPolicy {
                 on_growth_pct: self.policy.on_growth_pct.unwrap_or(0.0),
                 on_content_change: self.policy.on_content_change,
-                schedule: String::new(),
-                time_zone: String::new(),
+                schedule: self.policy.schedule.clone().unwrap_or_default(),
+                time_zone: self.policy.time_zone.clone().unwrap_or_default(),
                 min_interval: Some(convert::duration(self.policy.min_interval)),
                 job_yaml: self.job_yaml.clone(),
             }),
@@ -545,6 +685,14 @@ impl DatasetRecord {
                 .map(|v| v.root.clone())
                 .unwrap_or_default(),
             created_at: Some(convert::timestamp(self.created_at)),
+            pending_retrain_job: self
+                .retrain
+                .pending
+                .as_ref()
+                .map(|p| p.job_id.clone())
+                .unwrap_or_default(),
+            last_retrain_at: self.retrain.last_retrain_at.map(convert::timestamp),
+            next_scan_at: self.retrain.next_scan_at.map(convert::timestamp),
         }
     }
 }

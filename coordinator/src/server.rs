@@ -21,7 +21,7 @@ use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::embedded::EmbeddedStore;
 
-use crate::control::{Control, run_reaper};
+use crate::control::{Control, run_reaper, run_ticker};
 use crate::error::{Error, Result};
 use crate::registry::WorkerRegistry;
 use crate::services::cluster::ClusterApi;
@@ -109,6 +109,7 @@ impl Coordinator {
             control.clone(),
         ));
         let reaper = tokio::spawn(run_reaper(control.clone(), registry, shutdown.clone()));
+        let ticker = tokio::spawn(run_ticker(control.clone(), shutdown.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let names = || PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]);
@@ -170,6 +171,7 @@ impl Coordinator {
             .await;
         shutdown.cancel();
         let _ = reaper.await;
+        let _ = ticker.await;
         // Let the journal write what it holds before returning.
         drop(state);
         drop(control);

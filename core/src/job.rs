@@ -705,6 +705,15 @@ impl JobSpec {
         }
     }
 
+    /// sha256 of the canonical YAML without the dataset version pin: the job configuration's
+    /// identity, which with a version's root makes a retrain's idempotency key.
+    pub fn config_hash(&self) -> String {
+        let mut unpinned = self.clone();
+        unpinned.dataset.version = None;
+        unpinned.dataset.manifest = None;
+        crate::artifacts::sha256_hex(unpinned.to_yaml().as_bytes())
+    }
+
     /// The spec as canonical YAML: what is stored with a job and sent to workers.
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a job spec always serialises")

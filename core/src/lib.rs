@@ -26,6 +26,7 @@ pub mod kv;
 pub mod manifest;
 pub mod policy;
 pub mod process;
+pub mod schedule;
 
 pub use error::{Error, Result};
 

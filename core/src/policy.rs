@@ -29,6 +29,10 @@ pub struct RetrainPolicy {
     /// Least time between two retrains of the dataset.
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// Cron expression (5 fields) of scheduled scans; `None`: scan on request only.
+    pub schedule: Option<String>,
+    /// IANA time zone of `schedule` (`None`: UTC).
+    pub time_zone: Option<String>,
 }
 
 impl Default for RetrainPolicy {
@@ -37,6 +41,8 @@ impl Default for RetrainPolicy {
             on_growth_pct: Some(10.0),
             on_content_change: true,
             min_interval: Duration::ZERO,
+            schedule: None,
+            time_zone: None,
         }
     }
 }

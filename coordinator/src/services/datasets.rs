@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tonic::{Request, Response, Status};
-use trainfleet_core::job::JobSpec;
 use trainfleet_core::policy::RetrainPolicy;
+use trainfleet_core::schedule::Schedule;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::dataset_service_server::DatasetService;
 
@@ -84,10 +84,9 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
         ));
     }
     if !p.schedule.is_empty() {
-        return Err(invalid(
-            "policy.schedule",
-            "scheduled scans are not built yet; scan on request (DatasetService.Scan)",
-        ));
+        Schedule::parse(&p.schedule, &p.time_zone, "policy").map_err(Error::from)?;
+    } else if !p.time_zone.is_empty() {
+        Schedule::parse("0 0 * * *", &p.time_zone, "policy").map_err(Error::from)?;
     }
     let min_interval = p
         .min_interval
@@ -95,10 +94,7 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
         .transpose()
         .map_err(|_| invalid("policy.min_interval", "must not be negative"))?
         .unwrap_or_default();
-    if !p.job_yaml.is_empty() {
-        JobSpec::from_yaml(&p.job_yaml, "policy.job_yaml").map_err(Error::from)?;
-    }
-    Ok(DatasetRecord {
+    let record = DatasetRecord {
         name: req.name,
         directory,
         format,
@@ -106,11 +102,22 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
             on_growth_pct: (p.on_growth_pct > 0.0).then_some(p.on_growth_pct),
             on_content_change: p.on_content_change,
             min_interval,
+            schedule: (!p.schedule.is_empty()).then_some(p.schedule),
+            time_zone: (!p.time_zone.is_empty()).then_some(p.time_zone),
         },
         job_yaml: p.job_yaml,
         created_at: SystemTime::now(),
         versions: Vec::new(),
-    })
+        retrain: Default::default(),
+    };
+    // The job must make a valid retrain once pointed at this dataset (a builtin's fields, say,
+    // are replaced; a model that cannot take image-folder input is refused now, not later).
+    if !record.job_yaml.is_empty()
+        && let Err(why) = crate::control::retrain_spec(&record, None)
+    {
+        return Err(invalid("policy.job_yaml", why));
+    }
+    Ok(record)
 }
 
 #[tonic::async_trait]
@@ -174,6 +181,35 @@ impl DatasetService for DatasetApi {
             } else {
                 next.to_string()
             },
+        }))
+    }
+
+    async fn retrain(
+        &self,
+        request: Request<v1::RetrainRequest>,
+    ) -> Result<Response<v1::RetrainDecision>, Status> {
+        let req = request.into_inner();
+        check_name("name", &req.name)?;
+        Ok(Response::new(
+            self.state
+                .control
+                .retrain(&req.name, &req.version, &req.reason)
+                .await?,
+        ))
+    }
+
+    async fn history(
+        &self,
+        request: Request<v1::DatasetHistoryRequest>,
+    ) -> Result<Response<v1::DatasetHistoryResponse>, Status> {
+        let req = request.into_inner();
+        check_name("name", &req.name)?;
+        let limit = match req.page_size as usize {
+            0 => 50,
+            n => n.min(1000),
+        };
+        Ok(Response::new(v1::DatasetHistoryResponse {
+            decisions: self.state.control.history(&req.name, limit)?,
         }))
     }
 
