@@ -934,8 +934,16 @@ impl Control {
         Ok(inner.models[&id].to_wire(true))
     }
 
-    /// Makes a model its dataset's champion by hand, after re-verifying its artifacts.
-    pub async fn promote(&self, id: &str, reason: &str) -> Result<v1::Model> {
+    /// Makes a model its dataset's champion by hand, after re-verifying its artifacts. With
+    /// `expected` the pointer moves only if it still points there (`Some(None)`: no champion
+    /// yet): checked and moved under one lock, so of two promotions expecting the same
+    /// champion exactly one wins and the other is [`Error::Aborted`].
+    pub async fn promote(
+        &self,
+        id: &str,
+        reason: &str,
+        expected: Option<Option<&str>>,
+    ) -> Result<v1::Model> {
         let run = {
             let inner = self.lock();
             inner
@@ -952,6 +960,7 @@ impl Control {
         let (model, ack) = {
             let mut inner = self.lock();
             let dataset = inner.models[id].dataset.clone();
+            inner.check_champion(&dataset, expected)?;
             let mut ops = Vec::new();
             inner.set_champion(
                 &dataset,
@@ -965,10 +974,17 @@ impl Control {
         Ok(model)
     }
 
-    /// Moves a dataset's champion pointer back to the previous champion.
-    pub async fn rollback(&self, dataset: &str, reason: &str) -> Result<v1::Model> {
+    /// Moves a dataset's champion pointer back to the previous champion (with `expected`, only
+    /// if it still points there, as in [`Control::promote`]).
+    pub async fn rollback(
+        &self,
+        dataset: &str,
+        reason: &str,
+        expected: Option<Option<&str>>,
+    ) -> Result<v1::Model> {
         let (model, ack) = {
             let mut inner = self.lock();
+            inner.check_champion(dataset, expected)?;
             let champion = inner.champions.get_mut(dataset).ok_or_else(|| {
                 Error::NotFound(format!("dataset `{dataset}` has no champion to roll back"))
             })?;
@@ -1191,6 +1207,23 @@ impl Inner {
             };
             ops.push(TxnOp::Put(records::task_key(id), records::encode(&record)));
         }
+    }
+
+    /// The compare half of a compare-and-swap on the champion pointer.
+    fn check_champion(&self, dataset: &str, expected: Option<Option<&str>>) -> Result<()> {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        let current = self.champions.get(dataset).map(|c| c.model_id.as_str());
+        if current == expected {
+            return Ok(());
+        }
+        Err(Error::Aborted(format!(
+            "the champion of `{dataset}` is {} now, not {} as expected: another promotion \
+             moved it first; read it again and decide again",
+            current.unwrap_or("none"),
+            expected.unwrap_or("none")
+        )))
     }
 
     fn is_champion(&self, m: &ModelRecord) -> bool {

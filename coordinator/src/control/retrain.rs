@@ -961,3 +961,155 @@ mod tests {
         close(f).await;
     }
 }
+
+#[cfg(test)]
+mod promotion_tests {
+    //! The champion pointer's compare-and-swap, with runs written to a real artifact store.
+
+    use std::collections::BTreeMap;
+
+    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
+
+    use super::super::tests::{close, open};
+    use super::*;
+
+    /// Writes a run whose weights verify and records its model.
+    async fn model(f: &super::super::tests::Fixture, id: &str) {
+        let store = f.control.artifacts().clone();
+        let prefix = format!("runs/j-{id}/attempt-1");
+        let weights = format!("weights of {id}").into_bytes();
+        let entry = FileEntry {
+            size: weights.len() as u64,
+            sha256: sha256_hex(&weights),
+        };
+        store
+            .put_bytes(&format!("{prefix}/model.safetensors"), weights)
+            .await
+            .unwrap();
+        let manifest = Manifest {
+            job_id: format!("j-{id}"),
+            attempt: 1,
+            files: BTreeMap::from([("model.safetensors".to_owned(), entry)]),
+            dataset_root: String::new(),
+            code_version: String::new(),
+            libtorch_version: String::new(),
+        };
+        store
+            .put_bytes(
+                &format!("{prefix}/{MANIFEST}"),
+                serde_json::to_vec(&manifest).unwrap(),
+            )
+            .await
+            .unwrap();
+        let record = records::ModelRecord {
+            id: id.into(),
+            dataset: "digits".into(),
+            dataset_version: String::new(),
+            job_id: format!("j-{id}"),
+            parent_id: String::new(),
+            config_hash: String::new(),
+            metrics: BTreeMap::new(),
+            artifact_uri: String::new(),
+            artifact_sha256: String::new(),
+            run_uri: store.uri(&prefix),
+            gate: Default::default(),
+            created_at: SystemTime::now(),
+            labels: BTreeMap::new(),
+            dataset_version_number: 0,
+            eval_samples_uri: String::new(),
+        };
+        let ack = f.control.journal.record(vec![TxnOp::Put(
+            records::model_key(id),
+            records::encode(&record),
+        )]);
+        f.control.lock().models.insert(id.into(), record);
+        ack.durable().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_concurrent_promotions_one_wins_and_rollback_restores_the_previous_champion() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        for id in ["m-a", "m-b", "m-c"] {
+            model(&f, id).await;
+        }
+        f.control
+            .promote("m-a", "first", Some(None))
+            .await
+            .expect("no champion yet, as expected");
+        let err = f
+            .control
+            .promote("m-b", "late", Some(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Aborted(_)), "{err}");
+
+        // Two promotions race, both expecting m-a: exactly one moves the pointer.
+        for round in 0..20 {
+            let (b, c) = tokio::join!(
+                f.control.promote("m-b", "race", Some(Some("m-a"))),
+                f.control.promote("m-c", "race", Some(Some("m-a"))),
+            );
+            let winner = match (&b, &c) {
+                (Ok(_), Err(Error::Aborted(m))) => {
+                    assert!(m.contains("is m-b now, not m-a"), "{m}");
+                    "m-b"
+                }
+                (Err(Error::Aborted(m)), Ok(_)) => {
+                    assert!(m.contains("is m-c now, not m-a"), "{m}");
+                    "m-c"
+                }
+                other => panic!("round {round}: exactly one must win: {other:?}"),
+            };
+            assert_eq!(f.control.champion("digits").unwrap().id, winner);
+            // Rollback (expecting the winner) restores m-a for the next round.
+            let back = f
+                .control
+                .rollback("digits", "next round", Some(Some(winner)))
+                .await
+                .unwrap();
+            assert_eq!(back.id, "m-a");
+            assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        }
+        // A rollback expecting a champion that is no longer there changes nothing.
+        let err = f
+            .control
+            .rollback("digits", "stale", Some(Some("m-b")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Aborted(_)), "{err}");
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        let err = f
+            .control
+            .rollback("digits", "nothing left", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+
+        // Weights changed after training: promotion refused, the pointer stays.
+        let store = f.control.artifacts().clone();
+        store
+            .put_bytes(
+                "runs/j-m-c/attempt-1/model.safetensors",
+                b"tampered".to_vec(),
+            )
+            .await
+            .unwrap();
+        let err = f
+            .control
+            .promote("m-c", "tampered", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FailedPrecondition(ref m) if m.contains("did not verify")),
+            "{err}"
+        );
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+
+        // The pointer and its history survive a restart.
+        close(f).await;
+        let f = open(dir.path()).await;
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        close(f).await;
+    }
+}

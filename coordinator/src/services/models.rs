@@ -77,7 +77,10 @@ impl ModelService for ModelApi {
         let req = request.into_inner();
         required("reason", &req.reason)?;
         Ok(Response::new(
-            self.state.control.promote(&req.id, &req.reason).await?,
+            self.state
+                .control
+                .promote(&req.id, &req.reason, expected(&req.expected_champion))
+                .await?,
         ))
     }
 
@@ -91,8 +94,18 @@ impl ModelService for ModelApi {
         Ok(Response::new(
             self.state
                 .control
-                .rollback(&req.dataset, &req.reason)
+                .rollback(&req.dataset, &req.reason, expected(&req.expected_champion))
                 .await?,
         ))
+    }
+}
+
+/// The compare-and-swap condition of a request: `None` (unconditional), `Some(None)` ("none":
+/// only while there is no champion), or `Some(Some(id))`.
+fn expected(text: &str) -> Option<Option<&str>> {
+    match text {
+        "" => None,
+        "none" => Some(None),
+        id => Some(Some(id)),
     }
 }
