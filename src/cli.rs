@@ -49,6 +49,15 @@ enum Command {
     Cancel(commands::jobs::CancelArgs),
     /// List models; champions are marked.
     Models(commands::jobs::ModelsArgs),
+    /// Registered datasets: register, list, scan, versions, history.
+    #[command(subcommand)]
+    Dataset(commands::datasets::DatasetCommand),
+    /// Ask a dataset's retrain policy for a retrain now (idempotency and min_interval apply).
+    Retrain(commands::datasets::RetrainArgs),
+    /// Make a model its dataset's champion by hand.
+    Promote(commands::datasets::PromoteArgs),
+    /// Move a dataset's champion pointer back to the previous champion.
+    Rollback(commands::datasets::RollbackArgs),
 }
 
 /// Parses arguments, runs the command, maps errors to a message and exit code.
@@ -72,6 +81,10 @@ pub fn main() -> ExitCode {
             Command::Jobs(args) => commands::jobs::list(args).await,
             Command::Cancel(args) => commands::jobs::cancel(args).await,
             Command::Models(args) => commands::jobs::models(args).await,
+            Command::Dataset(command) => commands::datasets::run(command).await,
+            Command::Retrain(args) => commands::datasets::retrain(args).await,
+            Command::Promote(args) => commands::datasets::promote(args).await,
+            Command::Rollback(args) => commands::datasets::rollback(args).await,
         }
     });
     match result {

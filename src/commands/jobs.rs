@@ -448,6 +448,9 @@ fn number(name: &str, v: f64) -> String {
 }
 
 fn job_name(job: &v1::Job) -> String {
+    if !job.name.is_empty() {
+        return job.name.clone();
+    }
     job.spec
         .as_ref()
         .map(|s| s.name.clone())
@@ -496,5 +499,7 @@ pub fn job_json(job: &v1::Job) -> serde_json::Value {
             "model_id": r.model_id, "metrics": r.metrics, "promoted": r.promoted,
             "reasons": r.reasons, "artifacts": r.report_uri,
         })),
+        "retrain_dataset": job.retrain_dataset,
+        "spec_yaml": job.spec_yaml,
     })
 }

@@ -1,5 +1,6 @@
 //! One module per CLI verb.
 
+pub mod datasets;
 pub mod jobs;
 pub mod run;
 pub mod workers;

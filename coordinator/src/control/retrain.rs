@@ -88,7 +88,8 @@ pub fn retrain_spec(
             serde_json::Value::from(record.directory.clone())
         )
     };
-    let mut spec = JobSpec::from_yaml(&text, "policy.job_yaml")
+    // Parsed, not validated yet: its dataset is completed first.
+    let mut spec: JobSpec = trainfleet_core::config::parse_yaml(&text, "policy.job_yaml")
         .map_err(|e| format!("the policy's job_yaml is not valid: {e}"))?;
     let d = &mut spec.dataset;
     d.name = Some(record.name.clone());

@@ -1,0 +1,521 @@
+//! Dataset verbs: `dataset register|list|scan|versions|history`, `retrain`, and the champion
+//! pointer's `promote` and `rollback`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use trainfleet_proto::v1;
+use trainfleet_proto::v1::dataset_service_client::DatasetServiceClient;
+use trainfleet_proto::v1::model_service_client::ModelServiceClient;
+
+use crate::cli::Remote;
+use crate::client::{connect, connect_streaming, status_error};
+use crate::table;
+
+/// `trainfleet dataset ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DatasetCommand {
+    /// Register a directory (one sub-directory per class) with its retrain policy, or replace
+    /// the policy of a registered one (its versions stay).
+    Register(RegisterArgs),
+    /// Registered datasets.
+    List(ListArgs),
+    /// Scan now (on a worker); a new version is recorded only when the content changed, and
+    /// the retrain policy is applied to it.
+    Scan(ScanArgs),
+    /// Versions, newest first.
+    Versions(NameArgs),
+    /// Every retrain decision, newest first: fired or not, and why.
+    History(NameArgs),
+}
+
+/// Arguments of `dataset register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Name: 1..=64 characters of [a-z0-9-].
+    name: String,
+    /// The directory (as the coordinator and workers see it).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Retrain when the sample count grew by at least this percentage since the champion's
+    /// version (0 disables).
+    #[arg(long, default_value_t = 10.0)]
+    on_growth_pct: f64,
+    /// Do not retrain when the content changed with the same sample count.
+    #[arg(long)]
+    no_content_change: bool,
+    /// Cron schedule of scans: 5 fields ("0 0 * * *"), or 6 with leading seconds.
+    #[arg(long, default_value = "")]
+    schedule: String,
+    /// IANA time zone of the schedule (default UTC).
+    #[arg(long, default_value = "")]
+    time_zone: String,
+    /// Least time between two retrains, e.g. "1h".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    min_interval: Option<Duration>,
+    /// The job YAML a retrain runs (its `dataset` is set to this dataset and pinned version).
+    #[arg(long)]
+    job: Option<PathBuf>,
+}
+
+/// Arguments of `dataset list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Arguments of `dataset scan`.
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Dataset name.
+    name: String,
+    /// Re-read every file, even those whose size and mtime are unchanged.
+    #[arg(long)]
+    full: bool,
+}
+
+/// Arguments of verbs that take a dataset name.
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Dataset name.
+    name: String,
+}
+
+/// Arguments of `trainfleet retrain`.
+#[derive(Debug, clap::Args)]
+pub struct RetrainArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Dataset name.
+    name: String,
+    /// Version: number or root hash (default: the latest).
+    #[arg(long, default_value = "")]
+    version: String,
+    /// Why, recorded with the decision.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// Arguments of `trainfleet promote`.
+#[derive(Debug, clap::Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// The model.
+    model: String,
+    /// Why (recorded).
+    #[arg(long)]
+    reason: String,
+    /// Only if the champion is this model now ("none": only if there is none).
+    #[arg(long, default_value = "")]
+    expect: String,
+}
+
+/// Arguments of `trainfleet rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// The dataset whose champion moves back.
+    dataset: String,
+    /// Why (recorded).
+    #[arg(long)]
+    reason: String,
+    /// Only if the champion is this model now.
+    #[arg(long, default_value = "")]
+    expect: String,
+}
+
+/// Runs a `dataset` subcommand.
+pub async fn run(command: DatasetCommand) -> anyhow::Result<()> {
+    match command {
+        DatasetCommand::Register(args) => register(args).await,
+        DatasetCommand::List(args) => list(args).await,
+        DatasetCommand::Scan(args) => scan(args).await,
+        DatasetCommand::Versions(args) => versions(args).await,
+        DatasetCommand::History(args) => history(args).await,
+    }
+}
+
+async fn client(endpoint: &str) -> anyhow::Result<DatasetServiceClient<tonic::transport::Channel>> {
+    Ok(DatasetServiceClient::new(connect(endpoint).await?))
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let job_yaml = match &args.job {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the job file {}", path.display()))?,
+        None => String::new(),
+    };
+    let dataset = client(&args.remote.endpoint)
+        .await?
+        .register(v1::RegisterDatasetRequest {
+            name: args.name,
+            source: Some(v1::DatasetSource {
+                location: Some(v1::dataset_source::Location::Directory(
+                    args.dir.display().to_string(),
+                )),
+                format: "imagefolder".into(),
+            }),
+            policy: Some(v1::RetrainPolicy {
+                on_growth_pct: args.on_growth_pct,
+                on_content_change: !args.no_content_change,
+                schedule: args.schedule,
+                time_zone: args.time_zone,
+                min_interval: args
+                    .min_interval
+                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
+                job_yaml,
+            }),
+        })
+        .await
+        .map_err(|s| status_error("Register", s))?
+        .into_inner();
+    if args.remote.json {
+        return print_json(&dataset_json(&dataset));
+    }
+    println!("registered {}", dataset.name);
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let datasets = client(&args.remote.endpoint)
+        .await?
+        .list(v1::ListDatasetsRequest {})
+        .await
+        .map_err(|s| status_error("ListDatasets", s))?
+        .into_inner()
+        .datasets;
+    if args.remote.json {
+        return print_json(&json!(
+            datasets.iter().map(dataset_json).collect::<Vec<_>>()
+        ));
+    }
+    if datasets.is_empty() {
+        println!("no datasets");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            let policy = d.policy.clone().unwrap_or_default();
+            vec![
+                d.name.clone(),
+                source(d),
+                short(&d.latest_version),
+                policy_summary(&policy),
+                d.pending_retrain_job.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table::render(
+            &["DATASET", "SOURCE", "LATEST", "POLICY", "PENDING RETRAIN"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn scan(args: ScanArgs) -> anyhow::Result<()> {
+    // A big scan can take longer than a unary call's usual deadline.
+    let answer = DatasetServiceClient::new(connect_streaming(&args.remote.endpoint).await?)
+        .scan(v1::ScanDatasetRequest {
+            name: args.name.clone(),
+            full: args.full,
+        })
+        .await
+        .map_err(|s| status_error("Scan", s))?
+        .into_inner();
+    let version = answer.version.unwrap_or_default();
+    if args.remote.json {
+        return print_json(&json!({"changed": answer.changed, "version": version_json(&version)}));
+    }
+    if answer.changed {
+        println!(
+            "{}: new version {} ({}): {} samples, +{} -{} ~{}",
+            args.name,
+            version.number,
+            short(&version.root_hash),
+            version.sample_count,
+            version.added,
+            version.removed,
+            version.changed
+        );
+    } else {
+        println!(
+            "{}: unchanged, still version {} ({})",
+            args.name,
+            version.number,
+            short(&version.root_hash)
+        );
+    }
+    Ok(())
+}
+
+async fn versions(args: NameArgs) -> anyhow::Result<()> {
+    let versions = client(&args.remote.endpoint)
+        .await?
+        .list_versions(v1::ListDatasetVersionsRequest {
+            name: args.name,
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|s| status_error("ListVersions", s))?
+        .into_inner()
+        .versions;
+    if args.remote.json {
+        return print_json(&json!(
+            versions.iter().map(version_json).collect::<Vec<_>>()
+        ));
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let splits = v.counts.as_ref().map_or(String::new(), |c| {
+                let mut s: Vec<_> = c.by_split.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                s.sort();
+                s.join(", ")
+            });
+            vec![
+                v.number.to_string(),
+                short(&v.root_hash),
+                v.sample_count.to_string(),
+                format!("+{} -{} ~{}", v.added, v.removed, v.changed),
+                splits,
+                time(&v.created_at),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table::render(
+            &["VERSION", "ROOT", "SAMPLES", "DIFF", "SPLITS", "SCANNED"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn history(args: NameArgs) -> anyhow::Result<()> {
+    let decisions = client(&args.remote.endpoint)
+        .await?
+        .history(v1::DatasetHistoryRequest {
+            name: args.name,
+            page_size: 1000,
+        })
+        .await
+        .map_err(|s| status_error("History", s))?
+        .into_inner()
+        .decisions;
+    if args.remote.json {
+        return print_json(&json!(
+            decisions.iter().map(decision_json).collect::<Vec<_>>()
+        ));
+    }
+    if decisions.is_empty() {
+        println!("no retrain decisions yet");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = decisions
+        .iter()
+        .map(|d| {
+            vec![
+                time(&d.decided_at),
+                d.trigger.clone(),
+                format!("v{} {}", d.version_number, short(&d.version_root)),
+                outcome_name(d.outcome).to_owned(),
+                d.job_id.clone(),
+                d.reason.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table::render(
+            &["DECIDED", "TRIGGER", "VERSION", "OUTCOME", "JOB", "REASON"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `trainfleet retrain`: asks the policy for a retrain now.
+pub async fn retrain(args: RetrainArgs) -> anyhow::Result<()> {
+    let d = client(&args.remote.endpoint)
+        .await?
+        .retrain(v1::RetrainRequest {
+            name: args.name,
+            version: args.version,
+            reason: args.reason,
+        })
+        .await
+        .map_err(|s| status_error("Retrain", s))?
+        .into_inner();
+    if args.remote.json {
+        return print_json(&decision_json(&d));
+    }
+    print_decision(&d);
+    Ok(())
+}
+
+/// One decision as a line a person reads.
+pub fn print_decision(d: &v1::RetrainDecision) {
+    let job = if d.job_id.is_empty() {
+        String::new()
+    } else {
+        format!(" → job {}", d.job_id)
+    };
+    println!(
+        "{} v{}: {}{job}: {}",
+        d.dataset,
+        d.version_number,
+        outcome_name(d.outcome),
+        d.reason
+    );
+}
+
+/// `trainfleet promote`: moves the champion pointer by hand.
+pub async fn promote(args: PromoteArgs) -> anyhow::Result<()> {
+    let model = ModelServiceClient::new(connect(&args.remote.endpoint).await?)
+        .promote(v1::PromoteModelRequest {
+            id: args.model,
+            reason: args.reason,
+            expected_champion: args.expect,
+        })
+        .await
+        .map_err(|s| status_error("Promote", s))?
+        .into_inner();
+    if args.remote.json {
+        return print_json(&json!({"champion": model.id, "dataset": model.dataset}));
+    }
+    println!("{} is now the champion of {}", model.id, model.dataset);
+    Ok(())
+}
+
+/// `trainfleet rollback`: moves the champion pointer back.
+pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let model = ModelServiceClient::new(connect(&args.remote.endpoint).await?)
+        .rollback(v1::RollbackRequest {
+            dataset: args.dataset,
+            reason: args.reason,
+            expected_champion: args.expect,
+        })
+        .await
+        .map_err(|s| status_error("Rollback", s))?
+        .into_inner();
+    if args.remote.json {
+        return print_json(&json!({"champion": model.id, "dataset": model.dataset}));
+    }
+    println!(
+        "rolled back: {} is the champion of {} again",
+        model.id, model.dataset
+    );
+    Ok(())
+}
+
+/// A hash shortened for tables.
+pub fn short(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref().map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// The outcome's lower-case name.
+pub fn outcome_name(outcome: i32) -> &'static str {
+    use v1::retrain_decision::Outcome;
+    match Outcome::try_from(outcome) {
+        Ok(Outcome::Fired) => "fired",
+        Ok(Outcome::Coalesced) => "coalesced",
+        Ok(Outcome::Skipped) => "skipped",
+        Ok(Outcome::Deferred) => "deferred",
+        _ => "unknown",
+    }
+}
+
+fn source(d: &v1::Dataset) -> String {
+    use v1::dataset_source::Location;
+    match d.source.as_ref().and_then(|s| s.location.clone()) {
+        Some(Location::Directory(dir)) => dir,
+        Some(Location::Builtin(b)) => format!("builtin {b}"),
+        Some(Location::ObjectStoreUrl(u)) => u,
+        None => String::new(),
+    }
+}
+
+fn policy_summary(p: &v1::RetrainPolicy) -> String {
+    let mut parts = Vec::new();
+    if p.on_growth_pct > 0.0 {
+        parts.push(format!("growth ≥ {}%", p.on_growth_pct));
+    }
+    if p.on_content_change {
+        parts.push("content change".into());
+    }
+    if !p.schedule.is_empty() {
+        let zone = if p.time_zone.is_empty() {
+            "UTC"
+        } else {
+            &p.time_zone
+        };
+        parts.push(format!("scan \"{}\" {zone}", p.schedule));
+    }
+    if let Some(d) = p.min_interval.and_then(|d| Duration::try_from(d).ok())
+        && !d.is_zero()
+    {
+        parts.push(format!("min {}", humantime::format_duration(d)));
+    }
+    parts.join(", ")
+}
+
+fn dataset_json(d: &v1::Dataset) -> serde_json::Value {
+    let p = d.policy.clone().unwrap_or_default();
+    json!({
+        "name": d.name, "source": source(d), "latest_version": d.latest_version,
+        "pending_retrain_job": d.pending_retrain_job,
+        "last_retrain_at": d.last_retrain_at.map(|t| t.to_string()),
+        "next_scan_at": d.next_scan_at.map(|t| t.to_string()),
+        "policy": {
+            "on_growth_pct": p.on_growth_pct, "on_content_change": p.on_content_change,
+            "schedule": p.schedule, "time_zone": p.time_zone,
+            "min_interval_s": p.min_interval.map(|d| d.seconds),
+            "job_yaml": p.job_yaml,
+        },
+    })
+}
+
+fn version_json(v: &v1::DatasetVersion) -> serde_json::Value {
+    let counts = v.counts.clone().unwrap_or_default();
+    json!({
+        "dataset": v.dataset, "number": v.number, "root": v.root_hash,
+        "samples": v.sample_count, "by_class": counts.by_class, "by_split": counts.by_split,
+        "added": v.added, "removed": v.removed, "changed": v.changed,
+        "manifest_uri": v.manifest_uri, "created_at": time(&v.created_at),
+    })
+}
+
+fn decision_json(d: &v1::RetrainDecision) -> serde_json::Value {
+    json!({
+        "dataset": d.dataset, "decided_at": time(&d.decided_at), "trigger": d.trigger,
+        "version": d.version_number, "root": d.version_root,
+        "outcome": outcome_name(d.outcome), "reason": d.reason, "job_id": d.job_id,
+        "defer_until": d.defer_until.map(|t| t.to_string()),
+    })
+}
