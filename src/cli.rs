@@ -32,6 +32,9 @@ pub struct Remote {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The retrain loop on synth-digits, offline: the data grows from 50 % to 100 %, scheduled
+    /// scans notice, the policy retrains, the gate decides, the champion's lineage at the end.
+    Demo(commands::demo::DemoArgs),
     /// Start a coordinator and a worker in this process (no services needed) and show them
     /// connected.
     Run(commands::run::RunArgs),
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Demo(args) => commands::demo::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
             Command::Workers(args) => commands::workers::run(args).await,
             Command::Submit(args) => commands::jobs::submit(args).await,

@@ -174,3 +174,64 @@ fn run_trains_records_a_champion_compares_a_rerun_and_stops_on_ctrl_c() -> anyho
     assert!(third.contains("champion kept"), "{third}");
     Ok(())
 }
+
+#[test]
+fn demo_grows_the_data_retrains_and_ends_with_the_champions_lineage() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let demo = dir.path().join("demo");
+    let run = || {
+        Command::new(binary("trainfleet"))
+            .args(["demo", "--samples", "400", "--steps", "1", "--epochs", "1"])
+            .args(["--schedule", "* * * * * *", "--dir"])
+            .arg(&demo)
+            .output()
+    };
+    let output = run()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 50 % then 100 %: the first version fires (no champion); the doubling fires on growth.
+    assert!(
+        stdout.contains("200 images): FIRED by schedule: the dataset has no champion yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("400 images): FIRED by schedule: grew 100.0% (200 → 400 samples)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("promoted: first model of its dataset"),
+        "{stdout}"
+    );
+    let lineage = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("lineage"))
+        .expect("the lineage line");
+    assert!(lineage.contains("(v1)"), "{lineage}");
+    assert_eq!(
+        std::fs::read_dir(demo.join("data/digits/3"))?.count(),
+        40,
+        "the folder ends complete"
+    );
+
+    // The demo directory is its own: a rerun starts over; a foreign directory is refused.
+    let again = run()?;
+    assert!(again.status.success());
+    let foreign = dir.path().join("mine");
+    std::fs::create_dir(&foreign)?;
+    std::fs::write(foreign.join("notes.txt"), "keep me")?;
+    let refused = Command::new(binary("trainfleet"))
+        .args(["demo", "--dir"])
+        .arg(&foreign)
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a demo directory"),
+        "{refused:?}"
+    );
+    assert!(foreign.join("notes.txt").exists());
+    Ok(())
+}

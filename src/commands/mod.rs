@@ -1,6 +1,7 @@
 //! One module per CLI verb.
 
 pub mod datasets;
+pub mod demo;
 pub mod jobs;
 pub mod run;
 pub mod workers;

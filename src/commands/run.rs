@@ -43,35 +43,74 @@ pub struct RunArgs {
     serve: bool,
 }
 
+/// A coordinator and a worker running in this process.
+pub struct Embedded {
+    /// The coordinator's address.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    coordinator: tokio::task::JoinHandle<trainfleet_coordinator::Result<()>>,
+    worker: tokio::task::JoinHandle<trainfleet_worker::Result<()>>,
+}
+
+impl Embedded {
+    /// Starts both with their state under `state_dir`, and waits for the worker to register;
+    /// returns the workers as listed.
+    pub async fn start(
+        state_dir: &std::path::Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<(Self, Vec<v1::WorkerInfo>)> {
+        let config = CoordinatorConfig {
+            listen,
+            heartbeat_interval: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(5),
+            data_dir: state_dir.join("state"),
+            artifacts: state_dir.join("artifacts").display().to_string(),
+            ..CoordinatorConfig::default()
+        };
+        config.validate("trainfleet run")?;
+        let coordinator = Coordinator::bind(config).await?;
+        let addr = coordinator.local_addr();
+        let shutdown = CancellationToken::new();
+        let coordinator = tokio::spawn(coordinator.serve(shutdown.clone()));
+        let worker_config = WorkerConfig {
+            coordinator: addr.to_string(),
+            worker_id: Some("local".to_owned()),
+            reconnect_initial: Duration::from_millis(50),
+            data_dir: state_dir.join("data"),
+            artifact_dir: state_dir.join("work"),
+            ..WorkerConfig::default()
+        };
+        let detected = tokio::task::spawn_blocking(devices::detect).await?;
+        let worker = tokio::spawn(Agent::new(worker_config, detected).run(shutdown.clone()));
+        let embedded = Self {
+            addr,
+            shutdown,
+            coordinator,
+            worker,
+        };
+        match wait_for_worker(addr, "local").await {
+            Ok(workers) => Ok((embedded, workers)),
+            Err(e) => {
+                embedded.stop().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the worker and the coordinator (the journal is flushed first).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.worker.await??;
+        self.coordinator.await??;
+        Ok(())
+    }
+}
+
 /// Starts the embedded cluster, waits for the worker, prints it, and stops (or serves).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = CoordinatorConfig {
-        listen: args.listen,
-        heartbeat_interval: Duration::from_secs(1),
-        lease_timeout: Duration::from_secs(5),
-        data_dir: args.state_dir.join("state"),
-        artifacts: args.state_dir.join("artifacts").display().to_string(),
-        ..CoordinatorConfig::default()
-    };
-    config.validate("trainfleet run")?;
-    let coordinator = Coordinator::bind(config).await?;
-    let addr = coordinator.local_addr();
-    let shutdown = CancellationToken::new();
-    let coordinator_task = tokio::spawn(coordinator.serve(shutdown.clone()));
-
-    let worker_config = WorkerConfig {
-        coordinator: addr.to_string(),
-        worker_id: Some("local".to_owned()),
-        reconnect_initial: Duration::from_millis(50),
-        data_dir: args.state_dir.join("data"),
-        artifact_dir: args.state_dir.join("work"),
-        ..WorkerConfig::default()
-    };
-    let detected = tokio::task::spawn_blocking(devices::detect).await?;
-    let worker_task = tokio::spawn(Agent::new(worker_config, detected).run(shutdown.clone()));
-
+    let (embedded, workers) = Embedded::start(&args.state_dir, args.listen).await?;
+    let addr = embedded.addr;
     let outcome = async {
-        let workers = wait_for_worker(addr, "local").await?;
         println!("coordinator listening on {addr} (embedded, standalone)");
         println!("{}", workers_table(&workers));
         if let Some(path) = &args.config {
@@ -87,10 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-
-    shutdown.cancel();
-    worker_task.await??;
-    coordinator_task.await??;
+    embedded.stop().await?;
     outcome
 }
 
