@@ -6,10 +6,10 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup build run test lint fmt clean
+.PHONY: help setup build run train test lint fmt clean
 
 help:
-	@echo "make run    set up, build, show a coordinator + worker connected, train and verify the demo model"
+	@echo "make run    set up, build, then trainfleet demo: the retrain loop on growing synth-digits data"
 	@echo "make test   set up, then fmt check, clippy, and the whole test suite"
 
 setup:
@@ -19,12 +19,13 @@ build: setup
 	@$(ENV) cargo build --workspace --bins
 
 
-# The embedded coordinator and a worker find each other; then the offline demo job trains on
-# this machine and the saved model is verified. (Scheduling that job through the coordinator
-# comes with the scheduler.)
-# Trains synth-digits in the embedded cluster, evaluates it against the champion and records it.
-# Run it twice: the second run is compared with the first run's model on the same test split.
+# The retrain loop on one machine: an embedded coordinator and worker, a synth-digits folder that
+# grows from 50 % to 100 %, scheduled scans, retrains, gate verdicts, the champion's lineage.
 run: build
+	@$(ENV) ./target/debug/trainfleet demo
+
+# One training job through the embedded cluster, compared with the champion of earlier runs.
+train: build
 	@$(ENV) ./target/debug/trainfleet run configs/synth-digits.yaml
 
 test: setup
