@@ -343,3 +343,122 @@ fn growth_retrains_on_the_pinned_version_and_the_gate_guards_the_champion() -> a
     }
     Ok(())
 }
+
+#[test]
+fn builtin_and_object_store_datasets_are_versioned_and_retrained_pinned() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.clone();
+    let addr = addr.as_str();
+    let dirs = format!(
+        "data_dir: {}\nartifact_dir: {}\n",
+        d.join("data").display(),
+        d.join("work").display()
+    );
+    let _worker = start_worker(d, "trainer", addr, &dirs)?;
+
+    // A builtin (the offline generator, small): one version of 400 samples, listed per sample.
+    let job = d.join("synth.yaml");
+    std::fs::write(
+        &job,
+        "name: synth\n\
+         dataset: {synth: {train_samples: 300, test_samples: 100, seed: 5}}\n\
+         model: {arch: cnn, channels: [8], hidden: [16]}\n\
+         training: {epochs: 1, batch_size: 32, device: cpu}\n",
+    )?;
+    ok(
+        d,
+        addr,
+        &[
+            "dataset",
+            "register",
+            "digits",
+            "--builtin",
+            "synth-digits",
+            "--job",
+            job.to_str().unwrap(),
+        ],
+    )?;
+    let out = ok(d, addr, &["dataset", "scan", "digits"])?;
+    assert!(
+        out.contains("new version 1") && out.contains("400 samples"),
+        "{out}"
+    );
+    let again = ok(d, addr, &["dataset", "scan", "digits"])?;
+    assert!(
+        again.contains("unchanged"),
+        "a builtin does not change: {again}"
+    );
+    let decision = json(d, addr, &["dataset", "history", "digits"])?[0].clone();
+    assert_eq!(decision["outcome"], "fired", "{decision}");
+    let trained = wait_job_end(d, addr, decision["job_id"].as_str().unwrap())?;
+    assert_eq!(trained["state"], "succeeded", "{trained}");
+    assert!(
+        trained["spec_yaml"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("version: {}", decision["root"].as_str().unwrap())),
+        "{trained}"
+    );
+    let model = json(d, addr, &["models", "--dataset", "digits"])?[0].clone();
+    assert_eq!(
+        model["dataset_version"], decision["root"],
+        "the model's data root is the version's root"
+    );
+    let bad = cli(
+        d,
+        addr,
+        &["dataset", "register", "x", "--builtin", "imagenet"],
+    )?;
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("source.builtin"),
+        "{bad:?}"
+    );
+
+    // An object-store prefix (file:// here; s3:// the same way): scanned by listing, trained
+    // from a checked copy of the pinned version.
+    let bucket = d.join("bucket").join("shapes");
+    add_images(&bucket, 0..20)?;
+    let url = format!("file://{}", bucket.display());
+    std::fs::write(d.join("job.yaml"), job_yaml(2, 0.01, 7))?;
+    ok(
+        d,
+        addr,
+        &[
+            "dataset",
+            "register",
+            "remote",
+            "--url",
+            &url,
+            "--job",
+            d.join("job.yaml").to_str().unwrap(),
+        ],
+    )?;
+    let out = ok(d, addr, &["dataset", "scan", "remote"])?;
+    assert!(
+        out.contains("new version 1") && out.contains("60 samples"),
+        "{out}"
+    );
+    let decision = json(d, addr, &["dataset", "history", "remote"])?[0].clone();
+    let trained = wait_job_end(d, addr, decision["job_id"].as_str().unwrap())?;
+    assert_eq!(trained["state"], "succeeded", "{trained}");
+    let copy = d
+        .join("data/remote")
+        .join(decision["root"].as_str().unwrap())
+        .join("checker/0007.png");
+    assert_eq!(
+        std::fs::read(copy)?,
+        std::fs::read(bucket.join("checker/0007.png"))?
+    );
+    let gone = cli(
+        d,
+        addr,
+        &["dataset", "register", "y", "--url", "ftp://host/x"],
+    )?;
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("source.object_store_url"),
+        "{gone:?}"
+    );
+    Ok(())
+}

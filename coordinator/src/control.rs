@@ -1354,6 +1354,10 @@ impl Inner {
                         .and_then(|d| d.versions.last())
                         .map(|v| v.manifest_uri.clone())
                         .unwrap_or_default(),
+                    format: record.map(|d| d.format.clone()).unwrap_or_default(),
+                    builtin: record.map(|d| d.builtin.clone()).unwrap_or_default(),
+                    object_store_url: record.map(|d| d.url.clone()).unwrap_or_default(),
+                    dataset_yaml: record.map(retrain::scan_dataset_yaml).unwrap_or_default(),
                 };
                 (String::new(), None, Some(scan))
             }

@@ -494,10 +494,16 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub struct DatasetRecord {
     /// Unique name.
     pub name: String,
-    /// Directory (an image folder) that workers read.
+    /// Directory that workers read (empty for a builtin or an object-store prefix).
     pub directory: String,
-    /// Layout ("imagefolder").
+    /// Layout of the directory or prefix: "imagefolder" or "idx" (empty for a builtin).
     pub format: String,
+    /// A builtin dataset's name.
+    #[serde(default)]
+    pub builtin: String,
+    /// An object-store prefix holding an image folder.
+    #[serde(default)]
+    pub url: String,
     /// When to retrain.
     pub policy: trainfleet_core::policy::RetrainPolicy,
     /// The job to run on a retrain, as YAML (empty: none yet).
@@ -666,9 +672,13 @@ impl DatasetRecord {
         v1::Dataset {
             name: self.name.clone(),
             source: Some(v1::DatasetSource {
-                location: Some(v1::dataset_source::Location::Directory(
-                    self.directory.clone(),
-                )),
+                location: Some(if !self.builtin.is_empty() {
+                    v1::dataset_source::Location::Builtin(self.builtin.clone())
+                } else if !self.url.is_empty() {
+                    v1::dataset_source::Location::ObjectStoreUrl(self.url.clone())
+                } else {
+                    v1::dataset_source::Location::Directory(self.directory.clone())
+                }),
                 format: self.format.clone(),
             }),
             policy: Some(v1::RetrainPolicy {

@@ -52,6 +52,17 @@ pub struct Manifest {
     pub libtorch_version: String,
 }
 
+/// An object found by [`ArtifactStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Key relative to the listed prefix, `/`-separated.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
+    /// Last modification, nanoseconds since the epoch (the incremental-rescan key with `size`).
+    pub modified_ns: i128,
+}
+
 /// One file of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileEntry {
@@ -196,6 +207,33 @@ impl ArtifactStore {
         };
         write_atomically(to, &bytes).await?;
         Ok(entry)
+    }
+
+    /// Every object under `prefix` (`""`: the whole store), with keys relative to `prefix`,
+    /// sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {
+        use futures::TryStreamExt;
+        let path = self.path(prefix)?;
+        let base_parts = path.parts().count();
+        let mut listed: Vec<ListedObject> = self
+            .store
+            .list(Some(&path))
+            .map_ok(|meta| ListedObject {
+                key: meta
+                    .location
+                    .parts()
+                    .skip(base_parts)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                size: meta.size,
+                modified_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0) as i128,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.error(prefix, "cannot list", e))?;
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
     }
 
     /// Whether `key` exists.

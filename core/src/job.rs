@@ -155,6 +155,21 @@ pub enum Builtin {
 }
 
 impl Builtin {
+    /// Every builtin.
+    pub const ALL: [Builtin; 6] = [
+        Builtin::Mnist,
+        Builtin::FashionMnist,
+        Builtin::Kmnist,
+        Builtin::Cifar10,
+        Builtin::Cifar100,
+        Builtin::SynthDigits,
+    ];
+
+    /// The builtin called `name`.
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// The name used in YAML and cache paths.
     pub fn name(self) -> &'static str {
         match self {
@@ -236,6 +251,11 @@ pub struct DatasetSpec {
     /// split). Without it the worker re-scans the folder and requires the same root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// An image folder kept in an object store (`s3://bucket/cats`, `file:///srv/cats`) instead
+    /// of `path`: the worker copies the pinned version's files (checked against the manifest)
+    /// into its data cache and trains on that copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// A builtin dataset; or leave unset and give `format` and `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
@@ -271,6 +291,7 @@ impl Default for DatasetSpec {
             name: None,
             version: None,
             manifest: None,
+            url: None,
             builtin: None,
             format: None,
             path: None,
@@ -549,8 +570,28 @@ impl JobSpec {
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, message: String| Err(Error::invalid_field(field, message));
         let d = &self.dataset;
+        if let Some(url) = &d.url {
+            if d.format != Some(LocalFormat::Imagefolder) || d.path.is_some() {
+                return bad(
+                    "dataset.url",
+                    "is an image folder in an object store: it takes `format: imagefolder` and \
+                     no `path`"
+                        .into(),
+                );
+            }
+            if d.version.is_none() || d.manifest.is_none() {
+                return bad(
+                    "dataset.url",
+                    format!(
+                        "{url} needs `version` and `manifest`: the worker copies exactly that \
+                         version's files (register the prefix as a dataset and retrain it)"
+                    ),
+                );
+            }
+        }
         match (d.builtin, d.format, &d.path) {
             (Some(_), None, None) => {}
+            (None, Some(LocalFormat::Imagefolder), None) if d.url.is_some() => {}
             (Some(b), _, _) => {
                 return bad(
                     "dataset.builtin",
@@ -567,24 +608,25 @@ impl JobSpec {
                 );
             }
         }
-        if let Some(version) = &d.version {
-            if d.format != Some(LocalFormat::Imagefolder) {
-                return bad(
-                    "dataset.version",
-                    "pins an image folder's version; builtins are pinned by their checksums".into(),
-                );
-            }
-            if version.len() != 64 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return bad(
-                    "dataset.version",
-                    format!("is {version:?}; expected a version's 64-hex-digit root hash"),
-                );
-            }
+        if let Some(version) = &d.version
+            && (version.len() != 64 || !version.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(
+                "dataset.version",
+                format!("is {version:?}; expected a version's 64-hex-digit root hash"),
+            );
         }
         if d.manifest.is_some() && d.version.is_none() {
             return bad(
                 "dataset.manifest",
                 "needs `version`: the root hash the manifest must have".into(),
+            );
+        }
+        if d.manifest.is_some() && d.format != Some(LocalFormat::Imagefolder) {
+            return bad(
+                "dataset.manifest",
+                "lists an image folder's files; other datasets are pinned by `version` alone"
+                    .into(),
             );
         }
         if d.image_size.is_some() && d.format != Some(LocalFormat::Imagefolder) {
@@ -701,6 +743,13 @@ impl JobSpec {
         ) {
             (Some(b), _, _) => b.name().to_owned(),
             (None, Some(f), Some(p)) => format!("{}:{}", f.name(), p.display()),
+            (None, Some(f), None) if self.dataset.url.is_some() => {
+                format!(
+                    "{}:{}",
+                    f.name(),
+                    self.dataset.url.as_deref().unwrap_or_default()
+                )
+            }
             _ => "unknown".to_owned(),
         }
     }

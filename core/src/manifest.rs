@@ -299,6 +299,21 @@ pub fn scan_imagefolder(
         hashed_count += usize::from(read);
         files.push(file);
     }
+    Ok(finish_scan(files, hashed_count, skipped, previous, options))
+}
+
+/// A scan result from files already hashed: sorted, counted and diffed against `previous`
+/// (for datasets whose entries are samples rather than files: builtins and IDX sets).
+pub fn finish_scan(
+    mut files: Vec<ManifestFile>,
+    hashed_count: usize,
+    skipped: Vec<(String, String)>,
+    previous: Option<&Manifest>,
+    options: ScanOptions,
+) -> Scan {
+    let known: HashMap<&str, &ManifestFile> = previous
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut class_counts = BTreeMap::new();
     let mut split_counts = BTreeMap::new();
@@ -327,7 +342,7 @@ pub fn scan_imagefolder(
         })
         .unwrap_or_default();
     let reused = files.len() - hashed_count;
-    Ok(Scan {
+    Scan {
         manifest: Manifest {
             root: merkle_root(&files),
             files,
@@ -342,7 +357,102 @@ pub fn scan_imagefolder(
         skipped,
         hashed: hashed_count,
         reused,
-    })
+    }
+}
+
+/// Scans an image folder kept in an object store (`<prefix>/<class>/<file>`): the same rules as
+/// [`scan_imagefolder`], with the object's size and last-modified time as the incremental key.
+/// Objects are downloaded and hashed 16 at a time.
+pub async fn scan_object_store(
+    store: &crate::artifacts::ArtifactStore,
+    previous: Option<&Manifest>,
+    options: ScanOptions,
+) -> Result<Scan> {
+    use futures::{StreamExt, TryStreamExt};
+    let objects = store.list("").await?;
+    let mut skipped = Vec::new();
+    let mut candidates = Vec::new();
+    for object in objects {
+        let parts: Vec<&str> = object.key.split('/').collect();
+        let reason = match parts.as_slice() {
+            [_] => Some("objects at the top level belong to no class"),
+            [class, name] if class.starts_with('.') || name.starts_with('.') => Some("hidden file"),
+            [_, name] => {
+                let ext = Path::new(name)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase);
+                (!ext
+                    .as_deref()
+                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e)))
+                .then_some("not an image (expected png, jpg, jpeg)")
+            }
+            _ => Some("nested directories are not part of a class"),
+        };
+        match reason {
+            Some(why) => skipped.push((object.key.clone(), why.to_owned())),
+            None => candidates.push(object),
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::Dataset {
+            path: store.base().to_owned(),
+            message: format!(
+                "no usable images: expected <class>/<image>.{{{}}}; {} objects skipped",
+                IMAGE_EXTENSIONS.join(","),
+                skipped.len()
+            ),
+        });
+    }
+    let known: HashMap<&str, &ManifestFile> = previous
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    let hashed: Vec<(ManifestFile, bool)> = futures::stream::iter(candidates)
+        .map(|c| {
+            let reuse = (!options.full)
+                .then(|| known.get(c.key.as_str()))
+                .flatten()
+                .filter(|f| f.size == c.size && f.mtime_ns == c.modified_ns)
+                .map(|f| f.sha256.clone());
+            async move {
+                let (sha256, read) = match reuse {
+                    Some(sha) => (sha, false),
+                    None => {
+                        let bytes = store.get_bytes(&c.key).await?;
+                        if bytes.len() as u64 != c.size {
+                            return Err(Error::Dataset {
+                                path: store.uri(&c.key),
+                                message: format!(
+                                    "changed while being scanned: {} bytes when listed, {} when \
+                                     read; scan again",
+                                    c.size,
+                                    bytes.len()
+                                ),
+                            });
+                        }
+                        (sha256_hex(&bytes), true)
+                    }
+                };
+                let label = c.key.split('/').next().unwrap_or_default().to_owned();
+                Ok((
+                    ManifestFile {
+                        split: Split::of(&sha256, options.test_pct, options.validation_pct),
+                        path: c.key,
+                        size: c.size,
+                        mtime_ns: c.modified_ns,
+                        sha256,
+                        label,
+                    },
+                    read,
+                ))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let hashed_count = hashed.iter().filter(|(_, read)| *read).count();
+    let files = hashed.into_iter().map(|(f, _)| f).collect();
+    Ok(finish_scan(files, hashed_count, skipped, previous, options))
 }
 
 impl Manifest {

@@ -160,3 +160,58 @@ fn a_vanished_or_empty_directory_fails_the_scan_naming_it() {
         .to_string();
     assert!(err.contains("no usable images"), "{err}");
 }
+
+#[tokio::test]
+async fn an_object_store_prefix_scans_to_the_same_version_as_the_folder() {
+    use trainfleet_core::artifacts::ArtifactStore;
+    use trainfleet_core::manifest::scan_object_store;
+    let root = tree();
+    write(root.path(), "cat/deep/nested.png", b"nested");
+    write(root.path(), "dog/notes.txt", b"not an image");
+    let url = format!("file://{}", root.path().display());
+    let store = ArtifactStore::open(&url).unwrap();
+    let folder = scan_imagefolder(root.path(), None, ScanOptions::default()).unwrap();
+    let remote = scan_object_store(&store, None, ScanOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        remote.manifest.root, folder.manifest.root,
+        "same files, labels and bytes: same version, wherever they are kept"
+    );
+    assert_eq!(remote.manifest.classes, folder.manifest.classes);
+    let reasons: Vec<(&str, &str)> = remote
+        .skipped
+        .iter()
+        .map(|(p, r)| (p.as_str(), r.as_str()))
+        .collect();
+    assert!(
+        reasons.contains(&(
+            "cat/deep/nested.png",
+            "nested directories are not part of a class"
+        )),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(_, r)| r.starts_with("not an image")),
+        "{reasons:?}"
+    );
+    assert_eq!(remote.hashed, remote.manifest.files.len());
+
+    // A rescan reuses every hash; one changed object is re-read and reported.
+    let again = scan_object_store(&store, Some(&remote.manifest), ScanOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.hashed, again.manifest.root.as_str()),
+        (0, remote.manifest.root.as_str())
+    );
+    let changed = &remote.manifest.files[0].path;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(root.path(), changed, b"different bytes, same name");
+    let third = scan_object_store(&store, Some(&remote.manifest), ScanOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(third.changed, vec![changed.clone()]);
+    assert_eq!(third.hashed, 1);
+    assert_ne!(third.manifest.root, remote.manifest.root);
+}

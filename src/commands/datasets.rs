@@ -38,9 +38,18 @@ pub struct RegisterArgs {
     remote: Remote,
     /// Name: 1..=64 characters of [a-z0-9-].
     name: String,
-    /// The directory (as the coordinator and workers see it).
-    #[arg(long)]
-    dir: PathBuf,
+    /// A directory (as the coordinator and workers see it).
+    #[arg(long, group = "source", required_unless_present_any = ["builtin", "url"])]
+    dir: Option<PathBuf>,
+    /// Layout of the directory or prefix: imagefolder (one sub-directory per class) or idx.
+    #[arg(long, default_value = "imagefolder")]
+    format: String,
+    /// A builtin dataset: mnist, fashion-mnist, kmnist, cifar10, cifar100, synth-digits.
+    #[arg(long, group = "source")]
+    builtin: Option<String>,
+    /// An image folder in an object store: s3://bucket/prefix, file:///srv/prefix, ...
+    #[arg(long, group = "source")]
+    url: Option<String>,
     /// Retrain when the sample count grew by at least this percentage since the champion's
     /// version (0 disables).
     #[arg(long, default_value_t = 10.0)]
@@ -166,10 +175,19 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         .register(v1::RegisterDatasetRequest {
             name: args.name,
             source: Some(v1::DatasetSource {
-                location: Some(v1::dataset_source::Location::Directory(
-                    args.dir.display().to_string(),
-                )),
-                format: "imagefolder".into(),
+                location: Some(match (&args.dir, &args.builtin, &args.url) {
+                    (Some(dir), _, _) => {
+                        v1::dataset_source::Location::Directory(dir.display().to_string())
+                    }
+                    (_, Some(name), _) => v1::dataset_source::Location::Builtin(name.clone()),
+                    (_, _, Some(url)) => v1::dataset_source::Location::ObjectStoreUrl(url.clone()),
+                    _ => anyhow::bail!("give --dir, --builtin or --url"),
+                }),
+                format: if args.builtin.is_some() {
+                    String::new()
+                } else {
+                    args.format.clone()
+                },
             }),
             policy: Some(v1::RetrainPolicy {
                 on_growth_pct: args.on_growth_pct,

@@ -213,6 +213,71 @@ async fn fetch_pinned_manifest(ctx: &Context, spec: &JobSpec) -> crate::Result<(
     Ok(())
 }
 
+/// Opens a dataset's object-store prefix. A `file://` prefix must exist (opening would create
+/// it, and an empty dataset is not what a vanished directory should look like).
+fn open_source(url: &str) -> crate::Result<ArtifactStore> {
+    if let Some(path) = url.strip_prefix("file://")
+        && !Path::new(path).is_dir()
+    {
+        return Err(Error::Spec(trainfleet_core::Error::Dataset {
+            path: url.to_owned(),
+            message: "cannot scan: not a directory".into(),
+        }));
+    }
+    Ok(ArtifactStore::open(url)?)
+}
+
+/// Copies the pinned version of an object-store image folder into the data cache, every file
+/// checked against the manifest's sha256 (files already there and intact are kept).
+async fn copy_remote_version(ctx: &Context, spec: &JobSpec) -> crate::Result<()> {
+    let (Some(url), Some(version)) = (&spec.dataset.url, &spec.dataset.version) else {
+        return Ok(());
+    };
+    let cache_dir = spec.dataset.cache_dir.as_deref().unwrap_or(&ctx.data.dir);
+    let manifest =
+        crate::data::imagefolder::cached_manifest(cache_dir, version)?.ok_or_else(|| {
+            Error::Drift {
+                path: url.clone(),
+                message: format!("no manifest of version {} to copy it by", &version[..12]),
+            }
+        })?;
+    let store = open_source(url)?;
+    let dir = crate::data::remote_copy_dir(cache_dir, version);
+    let mut copied = 0;
+    for file in &manifest.files {
+        let local = dir.join(&file.path);
+        if let Ok(bytes) = std::fs::read(&local)
+            && trainfleet_core::manifest::sha256_hex(&bytes) == file.sha256
+        {
+            continue;
+        }
+        let bytes = store
+            .get_bytes(&file.path)
+            .await
+            .map_err(|e| Error::Drift {
+                path: store.uri(&file.path),
+                message: format!(
+                    "part of version {} but cannot be read now: {e}",
+                    &version[..12]
+                ),
+            })?;
+        if trainfleet_core::manifest::sha256_hex(&bytes) != file.sha256 {
+            return Err(Error::Drift {
+                path: store.uri(&file.path),
+                message: format!("its content changed since version {}", &version[..12]),
+            });
+        }
+        let parent = local.parent().expect("under the copy");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let tmp = local.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &local).map_err(|e| Error::io(&local, e))?;
+        copied += 1;
+    }
+    tracing::info!(%url, version = %&version[..12], copied, files = manifest.files.len(), "object-store version copied");
+    Ok(())
+}
+
 fn run_dir(ctx: &Context, task: &v1::Task) -> PathBuf {
     ctx.work_dir
         .join("runs")
@@ -227,6 +292,7 @@ async fn train(
 ) -> crate::Result<Finished> {
     let spec = JobSpec::from_yaml(&task.spec_yaml, "task spec")?;
     fetch_pinned_manifest(&ctx, &spec).await?;
+    copy_remote_version(&ctx, &spec).await?;
     let dir = run_dir(&ctx, &task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let prefix = artifacts::run_prefix(&task.job_id, task.attempt);
@@ -430,6 +496,7 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
     let challenger = fetch(inputs.challenger.clone(), base.join("challenger")).await?;
     let spec = JobSpec::from_file(&challenger.join(crate::artifacts::CONFIG))?;
     fetch_pinned_manifest(&ctx, &spec).await?;
+    copy_remote_version(&ctx, &spec).await?;
     let champion = match inputs.champion.as_str() {
         "" => None,
         uri => Some(fetch(uri.to_owned(), base.join("champion")).await?),
@@ -466,7 +533,9 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
 /// Scans a dataset directory into a manifest, reusing the previous manifest's hashes, uploads it
 /// and reports the root, counts and diff.
 async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
-    use trainfleet_core::manifest::{Manifest as DatasetManifest, ScanOptions, scan_imagefolder};
+    use trainfleet_core::manifest::{
+        Manifest as DatasetManifest, ScanOptions, finish_scan, scan_imagefolder, scan_object_store,
+    };
     let inputs = task.scan.clone().unwrap_or_default();
     let previous: Option<DatasetManifest> = match inputs.previous_manifest.as_str() {
         "" => None,
@@ -478,20 +547,42 @@ async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
             })?)
         }
     };
-    let dir = PathBuf::from(&inputs.directory);
-    let full = inputs.full;
-    let scanned = tokio::task::spawn_blocking(move || {
-        scan_imagefolder(
-            &dir,
+    let options = ScanOptions {
+        full: inputs.full,
+        ..Default::default()
+    };
+    let scanned = if !inputs.object_store_url.is_empty() {
+        let store = open_source(&inputs.object_store_url)?;
+        scan_object_store(&store, previous.as_ref(), options).await?
+    } else if !inputs.dataset_yaml.is_empty() {
+        // Builtins and IDX sets: the manifest lists samples, loaded as a training job would.
+        let spec: trainfleet_core::job::DatasetSpec = serde_yaml::from_str(&inputs.dataset_yaml)
+            .map_err(|e| Error::Unsupported(format!("the scan's dataset section: {e}")))?;
+        let data = ctx.data.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            let dataset = crate::data::load_with(&spec, &data.dir, &data.downloader)?;
+            crate::data::sample_manifest(&dataset)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("the scan thread failed: {e}")))??;
+        let hashed = manifest.files.len();
+        let options = ScanOptions {
+            test_pct: 0,
+            ..options
+        };
+        finish_scan(
+            manifest.files,
+            hashed,
+            Vec::new(),
             previous.as_ref(),
-            ScanOptions {
-                full,
-                ..Default::default()
-            },
+            options,
         )
-    })
-    .await
-    .map_err(|e| Error::Unsupported(format!("the scan thread failed: {e}")))??;
+    } else {
+        let dir = PathBuf::from(&inputs.directory);
+        tokio::task::spawn_blocking(move || scan_imagefolder(&dir, previous.as_ref(), options))
+            .await
+            .map_err(|e| Error::Unsupported(format!("the scan thread failed: {e}")))??
+    };
     let m = &scanned.manifest;
     let key = format!("datasets/{}/manifests/{}.json", inputs.dataset, m.root);
     let manifest_uri = ctx

@@ -82,25 +82,23 @@ pub fn retrain_spec(
     let text = if value.get("dataset").is_some() {
         record.job_yaml.clone()
     } else {
-        format!(
-            "{}\ndataset: {{format: imagefolder, path: {}}}\n",
-            record.job_yaml.trim_end(),
-            serde_json::Value::from(record.directory.clone())
-        )
+        format!("{}\ndataset: {{}}\n", record.job_yaml.trim_end())
     };
     // Parsed, not validated yet: its dataset is completed first.
     let mut spec: JobSpec = trainfleet_core::config::parse_yaml(&text, "policy.job_yaml")
         .map_err(|e| format!("the policy's job_yaml is not valid: {e}"))?;
-    let d = &mut spec.dataset;
-    d.name = Some(record.name.clone());
-    d.builtin = None;
-    d.format = Some(LocalFormat::Imagefolder);
-    d.path = Some(record.directory.clone().into());
+    point_at(&mut spec.dataset, record);
     // A placeholder pin validates the shape when there is no version yet (registration).
     const PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    let d = &mut spec.dataset;
     d.version = Some(version.map_or(PLACEHOLDER.to_owned(), |v| v.root.clone()));
-    d.manifest = version
-        .map(|v| v.manifest_uri.clone())
+    // Image folders are loaded file by file from the manifest; sample datasets (builtins, IDX)
+    // are checked against the root after loading.
+    d.manifest = (d.format == Some(LocalFormat::Imagefolder))
+        .then(|| match version {
+            Some(v) => v.manifest_uri.clone(),
+            None => "placeholder".to_owned(),
+        })
         .filter(|m| !m.is_empty());
     if spec.name.is_empty() || spec.name == JobSpec::default().name {
         spec.name = format!("retrain {}", record.name);
@@ -108,6 +106,45 @@ pub fn retrain_spec(
     spec.validate()
         .map_err(|e| format!("the policy's job_yaml does not make a valid retrain: {e}"))?;
     Ok(spec)
+}
+
+/// Points a job's dataset section at the registered source (the job's other dataset settings,
+/// such as image size or synth-digits' generator settings, stay).
+fn point_at(d: &mut trainfleet_core::job::DatasetSpec, record: &DatasetRecord) {
+    d.name = Some(record.name.clone());
+    d.builtin = None;
+    d.format = None;
+    d.path = None;
+    d.url = None;
+    if !record.builtin.is_empty() {
+        d.builtin = trainfleet_core::job::Builtin::from_name(&record.builtin);
+    } else if !record.url.is_empty() {
+        d.format = Some(LocalFormat::Imagefolder);
+        d.url = Some(record.url.clone());
+    } else {
+        d.format = Some(if record.format == "idx" {
+            LocalFormat::Idx
+        } else {
+            LocalFormat::Imagefolder
+        });
+        d.path = Some(record.directory.clone().into());
+    }
+}
+
+/// The dataset section a scan of a builtin or IDX dataset loads: the retrain job's, so both see
+/// the same samples (or the defaults when there is no job).
+pub(super) fn scan_dataset_yaml(record: &DatasetRecord) -> String {
+    if record.builtin.is_empty() && record.format != "idx" {
+        return String::new();
+    }
+    let mut d = retrain_spec(record, None)
+        .map(|s| s.dataset)
+        .unwrap_or_default();
+    point_at(&mut d, record);
+    d.version = None;
+    d.manifest = None;
+    d.fraction = 1.0;
+    serde_yaml::to_string(&d).expect("a dataset spec serialises")
 }
 
 impl Inner {
@@ -551,6 +588,8 @@ mod tests {
                 name: "digits".into(),
                 directory: dir.display().to_string(),
                 format: "imagefolder".into(),
+                builtin: String::new(),
+                url: String::new(),
                 policy,
                 job_yaml: JOB.into(),
                 created_at: SystemTime::now(),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tonic::{Request, Response, Status};
+use trainfleet_core::job::Builtin;
 use trainfleet_core::policy::RetrainPolicy;
 use trainfleet_core::schedule::Schedule;
 use trainfleet_proto::v1;
@@ -51,31 +52,59 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
     use v1::dataset_source::Location;
     check_name("name", &req.name)?;
     let source = req.source.ok_or_else(|| invalid("source", "is required"))?;
-    let directory = match source.location {
-        Some(Location::Directory(dir)) if !dir.is_empty() => dir,
-        Some(Location::Builtin(_)) | Some(Location::ObjectStoreUrl(_)) => {
+    let format = |allowed: &[&str]| -> Result<String, Status> {
+        match source.format.as_str() {
+            "" => Ok("imagefolder".to_owned()),
+            f if allowed.contains(&f) => Ok(f.to_owned()),
+            other => Err(invalid(
+                "source.format",
+                format!("is {other:?}; this source takes {}", allowed.join(" or ")),
+            )),
+        }
+    };
+    let (directory, format, builtin, url) = match source.location.clone() {
+        Some(Location::Directory(dir)) if !dir.is_empty() => {
+            let format = format(&["imagefolder", "idx"])?;
+            if !std::path::Path::new(&dir).is_dir() {
+                return Err(Status::not_found(format!(
+                    "`source.directory` is {dir}, which is not a directory (paths are resolved \
+                     on the coordinator, which shares dataset paths with its workers)"
+                )));
+            }
+            (dir, format, String::new(), String::new())
+        }
+        Some(Location::Builtin(name)) => {
+            if Builtin::from_name(&name).is_none() {
+                let names: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                return Err(invalid(
+                    "source.builtin",
+                    format!("is {name:?}; the builtins are {}", names.join(", ")),
+                ));
+            }
+            (String::new(), String::new(), name, String::new())
+        }
+        Some(Location::ObjectStoreUrl(url)) => {
+            let format = format(&["imagefolder"])?;
+            let parsed = url::Url::parse(&url)
+                .map_err(|e| invalid("source.object_store_url", format!("is {url:?}: {e}")))?;
+            if !["s3", "file", "memory", "gs", "az", "abfs"].contains(&parsed.scheme()) {
+                return Err(invalid(
+                    "source.object_store_url",
+                    format!(
+                        "has scheme {:?}; use s3://, gs://, az://, or file:// for a local prefix",
+                        parsed.scheme()
+                    ),
+                ));
+            }
+            (String::new(), format, String::new(), url)
+        }
+        _ => {
             return Err(invalid(
                 "source",
-                "only `directory` sources can be registered and scanned in this version",
-            ));
-        }
-        _ => return Err(invalid("source.directory", "is required")),
-    };
-    let format = match source.format.as_str() {
-        "" | "imagefolder" => "imagefolder".to_owned(),
-        other => {
-            return Err(invalid(
-                "source.format",
-                format!("is {other:?}; only \"imagefolder\" can be scanned in this version"),
+                "needs a `directory`, a `builtin` or an `object_store_url`",
             ));
         }
     };
-    if !std::path::Path::new(&directory).is_dir() {
-        return Err(Status::not_found(format!(
-            "`source.directory` is {directory}, which is not a directory (paths are resolved on \
-             the coordinator, which shares dataset paths with its workers)"
-        )));
-    }
     let p = req.policy.unwrap_or_default();
     if !(p.on_growth_pct.is_finite() && p.on_growth_pct >= 0.0) {
         return Err(invalid(
@@ -98,6 +127,8 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
         name: req.name,
         directory,
         format,
+        builtin,
+        url,
         policy: RetrainPolicy {
             on_growth_pct: (p.on_growth_pct > 0.0).then_some(p.on_growth_pct),
             on_content_change: p.on_content_change,

@@ -10,7 +10,7 @@ use std::path::Path;
 use flate2::read::GzDecoder;
 use trainfleet_core::job::DatasetSpec;
 
-use super::{Dataset, assemble, file_sha256, identity, official_items};
+use super::{Dataset, assemble, file_sha256, identity, official_items, sample_root};
 use crate::error::{Error, Result};
 
 const PIXELS: usize = 3 * 32 * 32;
@@ -91,8 +91,9 @@ pub fn load(spec: &DatasetSpec, archive: &Path, variant: Variant) -> Result<Data
             "cifar100"
         }
     );
-    let ident = identity(source, vec![file_sha256(archive)?]);
+    let mut ident = identity(source, vec![file_sha256(archive)?]);
     let items = official_items(spec, train, test);
+    ident.root_sha256 = sample_root(&items, &classes);
     assemble(spec, items, [3, 32, 32], classes, ident)
 }
 

@@ -27,6 +27,7 @@ use trainfleet_core::job::{Builtin, DatasetSpec, LocalFormat};
 
 use crate::error::{Error, Result};
 use split::Assignment;
+use trainfleet_core::manifest::{Manifest, ManifestFile, Split as ManifestSplit};
 
 /// One split: images (u8, N×C×H×W), labels (i64, N) and each sample's id.
 #[derive(Debug)]
@@ -142,10 +143,42 @@ pub fn load_with(
     cache_dir: &Path,
     downloader: &download::Downloader,
 ) -> Result<Dataset> {
+    let dataset = load_unchecked(spec, cache_dir, downloader)?;
+    if let Some(pin) = &spec.version
+        && dataset.identity.root_sha256 != *pin
+    {
+        return Err(Error::Drift {
+            path: dataset.identity.source.clone(),
+            message: format!(
+                "it is version {} now, the job pins {}",
+                &dataset.identity.root_sha256[..12],
+                &pin[..12.min(pin.len())]
+            ),
+        });
+    }
+    Ok(dataset)
+}
+
+/// Where the pinned version of an object-store image folder is copied to.
+pub fn remote_copy_dir(cache_dir: &Path, version: &str) -> PathBuf {
+    cache_dir.join("remote").join(version)
+}
+
+fn load_unchecked(
+    spec: &DatasetSpec,
+    cache_dir: &Path,
+    downloader: &download::Downloader,
+) -> Result<Dataset> {
     let cache_dir = spec
         .cache_dir
         .clone()
         .unwrap_or_else(|| cache_dir.to_owned());
+    if let (Some(LocalFormat::Imagefolder), None, Some(version)) =
+        (spec.format, &spec.path, &spec.version)
+        && spec.url.is_some()
+    {
+        return imagefolder::load(spec, &remote_copy_dir(&cache_dir, version), &cache_dir);
+    }
     match (spec.builtin, spec.format, &spec.path) {
         (Some(Builtin::SynthDigits), _, _) => {
             let dir = synth::ensure(&cache_dir, &spec.synth)?;
@@ -258,16 +291,17 @@ pub fn load_idx_dir(
         .iter()
         .map(|p| file_sha256(p))
         .collect::<Result<Vec<_>>>()?;
-    let identity = identity(source, files);
+    let mut identity = identity(source, files);
     let shape = train.shape;
     let ids = |prefix: &str, samples: Vec<(i64, Vec<u8>)>| {
         samples
             .into_iter()
             .enumerate()
-            .map(|(i, (l, px))| (format!("{prefix}/{i}"), l, px))
+            .map(|(i, (l, px))| (format!("{prefix}/{i:06}"), l, px))
             .collect()
     };
     let items = official_items(spec, ids("train", train.samples), ids("test", test.samples));
+    identity.root_sha256 = sample_root(&items, &classes);
     assemble(spec, items, shape, classes, identity)
 }
 
@@ -380,6 +414,77 @@ fn official_items(
         place: Assignment::Test,
     }));
     items
+}
+
+/// The version root of a dataset of samples (IDX sets, CIFAR, synth-digits): the manifest
+/// Merkle root over every sample (its id, pixel count, the sha256 of its pixels, its class),
+/// the same leaves a scan of it records, so a job pinned to a version can be checked.
+fn sample_root(items: &[Item], classes: &[String]) -> String {
+    let mut files: Vec<ManifestFile> = items
+        .par_iter()
+        .map(|item| ManifestFile {
+            path: item.id.clone(),
+            size: item.pixels.len() as u64,
+            mtime_ns: 0,
+            sha256: trainfleet_core::manifest::sha256_hex(&item.pixels),
+            label: classes
+                .get(item.label as usize)
+                .cloned()
+                .unwrap_or_else(|| item.label.to_string()),
+            split: match item.place {
+                Assignment::Test => ManifestSplit::Test,
+                Assignment::Validation => ManifestSplit::Validation,
+                Assignment::Train | Assignment::Unused => ManifestSplit::Train,
+            },
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    trainfleet_core::manifest::merkle_root(&files)
+}
+
+/// A manifest of every sample of `dataset` (loaded with `fraction` 1): what a scan of a builtin
+/// or IDX dataset records. Its root is the dataset's identity root.
+pub fn sample_manifest(dataset: &Dataset) -> Result<Manifest> {
+    let mut files = Vec::new();
+    let class_names = &dataset.classes;
+    for (split, kind) in [
+        (&dataset.train, ManifestSplit::Train),
+        (&dataset.val, ManifestSplit::Validation),
+        (&dataset.test, ManifestSplit::Test),
+    ] {
+        let per = dataset.shape.iter().product::<usize>();
+        let pixels: Vec<u8> = Vec::try_from(split.images.flatten(0, -1))?;
+        let labels: Vec<i64> = Vec::try_from(&split.labels)?;
+        files.par_extend(
+            pixels
+                .par_chunks(per.max(1))
+                .zip(labels.par_iter())
+                .zip(split.ids.par_iter())
+                .map(|((px, label), id)| ManifestFile {
+                    path: id.clone(),
+                    size: px.len() as u64,
+                    mtime_ns: 0,
+                    sha256: trainfleet_core::manifest::sha256_hex(px),
+                    label: class_names[*label as usize].clone(),
+                    split: kind,
+                }),
+        );
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut classes = std::collections::BTreeMap::new();
+    let mut splits = std::collections::BTreeMap::new();
+    for f in &files {
+        *classes.entry(f.label.clone()).or_insert(0) += 1;
+        *splits.entry(f.split).or_insert(0) += 1;
+    }
+    Ok(Manifest {
+        root: trainfleet_core::manifest::merkle_root(&files),
+        files,
+        classes,
+        splits,
+        test_pct: 0,
+        validation_pct: 0,
+    })
 }
 
 /// Packs placed samples into the three splits and measures normalisation on training.
