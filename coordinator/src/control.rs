@@ -256,7 +256,12 @@ impl Control {
                 return Ok(job);
             }
             let new = match submission {
-                Submission::Train(spec) => NewJob::train(*spec, None),
+                Submission::Train(mut spec) => {
+                    if spec.names_registered_dataset() {
+                        retrain::resolve_registered(&inner.datasets, &mut spec)?;
+                    }
+                    NewJob::train(*spec, None)
+                }
                 Submission::Sleep { name, duration } => NewJob {
                     name: if name.is_empty() {
                         "sleep".into()

@@ -207,7 +207,7 @@ pub fn job_spec_to_wire(spec: &JobSpec) -> v1::JobSpec {
     v1::JobSpec {
         name: spec.name.clone(),
         dataset: spec.dataset_key(),
-        dataset_version: String::new(),
+        dataset_version: spec.dataset.version.clone().unwrap_or_default(),
         model: Some(v1::ModelSpec {
             arch: text("model", "arch"),
             options,
@@ -274,21 +274,32 @@ pub fn job_spec_from_wire(spec: v1::JobSpec) -> CoreResult<JobSpec> {
     if !spec.name.is_empty() {
         put(&mut root, "name", Value::from(spec.name.clone()));
     }
-    if !spec.dataset_version.is_empty() {
-        return Err(bad(
-            "dataset_version",
-            "pins a registered dataset version; dataset registration is not built yet, so              leave it empty"
-                .into(),
-        ));
-    }
     let mut dataset = Mapping::new();
+    let builtin = trainfleet_core::job::Builtin::from_name(&spec.dataset).is_some();
     match spec.dataset.split_once(':') {
+        _ if !spec.dataset_version.is_empty() && (builtin || spec.dataset.contains(':')) => {
+            return Err(bad(
+                "dataset_version",
+                format!(
+                    "pins a version of a registered dataset; {:?} is a builtin or a path",
+                    spec.dataset
+                ),
+            ));
+        }
         Some((format, path)) if !path.is_empty() => {
             put(&mut dataset, "format", Value::from(format));
             put(&mut dataset, "path", Value::from(path));
         }
+        _ if builtin => put(&mut dataset, "builtin", Value::from(spec.dataset.clone())),
         _ if !spec.dataset.is_empty() => {
-            put(&mut dataset, "builtin", Value::from(spec.dataset.clone()))
+            put(&mut dataset, "name", Value::from(spec.dataset.clone()));
+            if !spec.dataset_version.is_empty() {
+                put(
+                    &mut dataset,
+                    "version",
+                    Value::from(spec.dataset_version.clone()),
+                );
+            }
         }
         _ => {
             return Err(bad(
@@ -588,5 +599,31 @@ mod tests {
         };
         let err = job_spec_from_wire(wire).unwrap_err().to_string();
         assert!(err.contains("structured.training.learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn a_structured_spec_may_name_a_registered_dataset_and_its_version() {
+        let model = Some(v1::ModelSpec {
+            arch: "simple_cnn".into(),
+            ..Default::default()
+        });
+        let wire = v1::JobSpec {
+            dataset: "pets".into(),
+            dataset_version: "3".into(),
+            model: model.clone(),
+            ..Default::default()
+        };
+        let spec = job_spec_from_wire(wire).unwrap();
+        assert!(spec.names_registered_dataset());
+        assert_eq!(spec.dataset.name.as_deref(), Some("pets"));
+        assert_eq!(spec.dataset.version.as_deref(), Some("3"));
+        let pinned_builtin = v1::JobSpec {
+            dataset: "mnist".into(),
+            dataset_version: "3".into(),
+            model,
+            ..Default::default()
+        };
+        let err = job_spec_from_wire(pinned_builtin).unwrap_err().to_string();
+        assert!(err.contains("structured.dataset_version"), "{err}");
     }
 }

@@ -589,6 +589,21 @@ impl JobSpec {
                 );
             }
         }
+        if d.name.is_some() && d.builtin.is_none() && d.format.is_none() && d.path.is_none() {
+            // A registered dataset by name: the coordinator fills in its source and pins the
+            // version (a number, a root hash, or the latest) before the job is queued.
+            if let Some(v) = &d.version
+                && !(v == "latest"
+                    || v.parse::<u64>().is_ok()
+                    || (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())))
+            {
+                return bad(
+                    "dataset.version",
+                    format!("is {v:?}; name a version by number, root hash, or \"latest\""),
+                );
+            }
+            return self.validate_rest();
+        }
         match (d.builtin, d.format, &d.path) {
             (Some(_), None, None) => {}
             (None, Some(LocalFormat::Imagefolder), None) if d.url.is_some() => {}
@@ -603,7 +618,8 @@ impl JobSpec {
                 return bad(
                     "dataset",
                     "needs either `builtin` (mnist, fashion-mnist, kmnist, cifar10, cifar100, \
-                     synth-digits) or both `format` (imagefolder, idx) and `path`"
+                     synth-digits), both `format` (imagefolder, idx) and `path`, or the `name` \
+                     of a registered dataset"
                         .into(),
                 );
             }
@@ -672,6 +688,21 @@ impl JobSpec {
                 "needs train_samples and test_samples of at least 1".into(),
             );
         }
+        self.validate_rest()
+    }
+
+    /// Whether the dataset is a registered one named without its source (the coordinator
+    /// resolves it).
+    pub fn names_registered_dataset(&self) -> bool {
+        let d = &self.dataset;
+        d.name.is_some()
+            && d.builtin.is_none()
+            && d.format.is_none()
+            && d.path.is_none()
+            && d.url.is_none()
+    }
+
+    fn validate_rest(&self) -> Result<()> {
         self.validate_model()?;
         self.validate_training()?;
         self.validate_job()

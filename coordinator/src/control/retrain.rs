@@ -131,6 +131,44 @@ fn point_at(d: &mut trainfleet_core::job::DatasetSpec, record: &DatasetRecord) {
     }
 }
 
+/// Fills in the source of a job that names a registered dataset, pinned to the version it asks
+/// for (a number, a root hash, or the latest), and validates the result.
+pub(super) fn resolve_registered(
+    datasets: &std::collections::BTreeMap<String, DatasetRecord>,
+    spec: &mut JobSpec,
+) -> Result<()> {
+    let name = spec.dataset.name.clone().unwrap_or_default();
+    let record = datasets.get(&name).ok_or_else(|| {
+        Error::NotFound(format!(
+            "`dataset.name` is {name:?}, which is not registered (DatasetService.Register)"
+        ))
+    })?;
+    let wanted = spec.dataset.version.clone().unwrap_or_default();
+    let version = match wanted.as_str() {
+        "" | "latest" => record.versions.last(),
+        text => record
+            .versions
+            .iter()
+            .find(|v| v.root == text || v.number.to_string() == text),
+    }
+    .ok_or_else(|| {
+        if record.versions.is_empty() {
+            Error::FailedPrecondition(format!(
+                "dataset `{name}` has no version yet: scan it first (trainfleet dataset scan {name})"
+            ))
+        } else {
+            Error::NotFound(format!("dataset `{name}` has no version {wanted:?}"))
+        }
+    })?;
+    point_at(&mut spec.dataset, record);
+    spec.dataset.version = Some(version.root.clone());
+    spec.dataset.manifest = (spec.dataset.format == Some(LocalFormat::Imagefolder))
+        .then(|| version.manifest_uri.clone())
+        .filter(|m| !m.is_empty());
+    spec.validate()?;
+    Ok(())
+}
+
 /// The dataset section a scan of a builtin or IDX dataset loads: the retrain job's, so both see
 /// the same samples (or the defaults when there is no job).
 pub(super) fn scan_dataset_yaml(record: &DatasetRecord) -> String {
@@ -976,6 +1014,69 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(retry.outcome, Outcome::Fired as i32, "{}", retry.reason);
+        close(f).await;
+    }
+
+    #[tokio::test]
+    async fn a_job_naming_a_registered_dataset_is_pinned_to_the_version_it_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        register_dataset(&f, dir.path(), RetrainPolicy::default()).await;
+        let by_name = |version: &str| {
+            let v = if version.is_empty() {
+                String::new()
+            } else {
+                format!(", version: \"{version}\"")
+            };
+            Submission::Train(Box::new(
+                JobSpec::from_yaml(
+                    &format!("model: {{arch: simple_cnn}}\ndataset: {{name: digits{v}}}\n"),
+                    "job",
+                )
+                .unwrap(),
+            ))
+        };
+        let err = f
+            .control
+            .submit(by_name(""), String::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FailedPrecondition(ref m) if m.contains("scan it first")),
+            "{err}"
+        );
+        let w = register(&f, "w");
+        scan(&f, &w, 1, 10).await;
+        scan(&f, &w, 2, 20).await;
+        let spec = |job: &v1::Job| JobSpec::from_yaml(&job.spec_yaml, "job").unwrap();
+        let latest = f.control.submit(by_name(""), String::new()).await.unwrap();
+        let latest = spec(&latest);
+        assert_eq!(latest.dataset.version.as_deref(), Some(root(2).as_str()));
+        assert_eq!(latest.dataset.path.as_deref(), Some(dir.path()));
+        assert_eq!(latest.dataset.manifest.as_deref(), Some("file:///m/2.json"));
+        let first = f.control.submit(by_name("1"), String::new()).await.unwrap();
+        assert_eq!(
+            spec(&first).dataset.version.as_deref(),
+            Some(root(1).as_str())
+        );
+        let err = f
+            .control
+            .submit(by_name("9"), String::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound(ref m) if m.contains("no version \"9\"")),
+            "{err}"
+        );
+        let other = Submission::Train(Box::new(
+            JobSpec::from_yaml("model: {arch: simple_cnn}\ndataset: {name: cats}\n", "job")
+                .unwrap(),
+        ));
+        let err = f.control.submit(other, String::new()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound(ref m) if m.contains("not registered")),
+            "{err}"
+        );
         close(f).await;
     }
 
