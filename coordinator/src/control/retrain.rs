@@ -687,6 +687,31 @@ mod tests {
             .unwrap();
     }
 
+    /// Pretends `job_id`'s retrain on version `n` produced the champion (the real path, with
+    /// training and the gate, is tested end to end).
+    fn crown(f: &Fixture, job_id: &str, n: u64) {
+        let mut inner = f.control.lock();
+        let model = records::ModelRecord {
+            id: format!("m-{n}"),
+            dataset: "digits".into(),
+            dataset_version: root(n),
+            job_id: job_id.into(),
+            parent_id: String::new(),
+            config_hash: String::new(),
+            metrics: BTreeMap::new(),
+            artifact_uri: String::new(),
+            artifact_sha256: String::new(),
+            run_uri: String::new(),
+            gate: Default::default(),
+            created_at: SystemTime::now(),
+            labels: BTreeMap::new(),
+            dataset_version_number: n,
+            eval_samples_uri: String::new(),
+        };
+        inner.models.insert(model.id.clone(), model);
+        inner.set_champion("digits", &format!("m-{n}"), "test", &mut Vec::new());
+    }
+
     fn outcomes(f: &Fixture) -> Vec<(String, i32)> {
         let mut h = f.control.history("digits", 100).unwrap();
         h.reverse();
@@ -942,33 +967,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        // Pretend version 1's retrain produced the champion (the real path is end-to-end).
-        {
-            let mut inner = f.control.lock();
-            let job_id = first.job_id.clone();
-            let mut ops = Vec::new();
-            inner.models.insert(
-                "m-1".into(),
-                records::ModelRecord {
-                    id: "m-1".into(),
-                    dataset: "digits".into(),
-                    dataset_version: root(1),
-                    job_id,
-                    parent_id: String::new(),
-                    config_hash: String::new(),
-                    metrics: BTreeMap::new(),
-                    artifact_uri: String::new(),
-                    artifact_sha256: String::new(),
-                    run_uri: String::new(),
-                    gate: Default::default(),
-                    created_at: SystemTime::now(),
-                    labels: BTreeMap::new(),
-                    dataset_version_number: 1,
-                    eval_samples_uri: String::new(),
-                },
-            );
-            inner.set_champion("digits", "m-1", "test", &mut ops);
-        }
+        crown(&f, &first.job_id, 1);
         scan(&f, &w, 2, 1099).await;
         let d = f.control.history("digits", 1).unwrap().remove(0);
         assert_eq!(d.outcome, Outcome::Skipped as i32);
@@ -1076,6 +1075,40 @@ mod tests {
         assert!(
             matches!(err, Error::NotFound(ref m) if m.contains("not registered")),
             "{err}"
+        );
+        close(f).await;
+    }
+
+    #[tokio::test]
+    async fn a_relabel_with_the_same_count_fires_the_content_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        register_dataset(&f, dir.path(), RetrainPolicy::default()).await;
+        let w = register(&f, "w");
+        scan(&f, &w, 1, 500).await;
+        let g = register_with(&f, "g", DeviceKind::Cuda);
+        let first = f
+            .control
+            .poll(
+                "g",
+                &g,
+                1,
+                Duration::from_millis(10),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        crown(&f, &first.job_id, 1);
+        // Same 500 files, one relabelled: another root, the same count.
+        scan(&f, &w, 2, 500).await;
+        let d = f.control.history("digits", 1).unwrap().remove(0);
+        assert_eq!(d.outcome, Outcome::Fired as i32, "{}", d.reason);
+        assert!(
+            d.reason
+                .contains("content changed with the same 500 samples"),
+            "{}",
+            d.reason
         );
         close(f).await;
     }
