@@ -256,6 +256,8 @@ pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
             .map(|m| {
                 json!({
                     "id": m.id, "dataset": m.dataset, "dataset_version": m.dataset_version,
+                    "dataset_version_number": m.dataset_version_number,
+                    "eval_samples_uri": m.eval_samples_uri,
                     "job_id": m.job_id, "parent_id": m.parent_id, "config_hash": m.config_hash,
                     "metrics": m.metrics, "artifact_uri": m.artifact_uri,
                     "artifact_sha256": m.artifact_sha256, "champion": m.champion,
@@ -277,6 +279,10 @@ pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
             vec![
                 m.id.clone(),
                 m.dataset.clone(),
+                match m.dataset_version_number {
+                    0 => "-".to_owned(),
+                    n => format!("v{n}"),
+                },
                 m.metrics
                     .get("accuracy")
                     .map_or("-".into(), |a| format!("{a:.4}")),
@@ -294,7 +300,12 @@ pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
         .collect();
     println!(
         "{}",
-        table::render(&["MODEL", "DATASET", "ACCURACY", "CHAMPION", "GATE"], &rows)
+        table::render(
+            &[
+                "MODEL", "DATASET", "VERSION", "ACCURACY", "CHAMPION", "GATE"
+            ],
+            &rows
+        )
     );
     Ok(())
 }
