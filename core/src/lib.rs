@@ -20,6 +20,7 @@ pub mod artifacts;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod etcd_process;
 pub mod ids;
 pub mod job;
 pub mod kv;

@@ -10,11 +10,13 @@
 //! - Required methods are `range` and `txn`; `get`, `put`, `delete`, `prefix` and
 //!   `compare_and_put` are provided on top.
 //!
-//! Implementations: [`embedded::EmbeddedStore`] (redb, file-backed, ACID). The
-//! [`conformance`] suite runs against every implementation.
+//! Implementations: [`embedded::EmbeddedStore`] (redb, file-backed, ACID) and
+//! [`etcd::EtcdStore`] (a cluster's namespace in etcd). The [`conformance`] suite runs against
+//! both.
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 use crate::Result;
 

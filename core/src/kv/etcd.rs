@@ -1,0 +1,272 @@
+//! [`KvStore`] on etcd: every key under one prefix per cluster, the store's revisions etcd's own.
+//!
+//! A client per endpoint rather than one balanced channel: etcd-client's balanced channel keeps
+//! sending a share of the calls to a member that died. Calls go to the member that answered
+//! last; when one cannot be reached (`UNAVAILABLE`, a transport error) the call moves on to the
+//! next member, so a dead member costs one failed attempt, not a fifth of all calls. A write
+//! retried this way may have applied before the connection broke; the coordinator's writes are
+//! idempotent puts guarded by compares, so applying one twice changes nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Txn as EtcdTxn,
+    TxnOp as EtcdOp,
+};
+use tokio::sync::Mutex;
+
+use super::{Compare, KeyRange, KeyValue, KvStore, Txn, TxnOp, TxnResponse};
+use crate::{Error, Result};
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Client URLs of the members, e.g. `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Every key this store reads or writes starts with this (one cluster's namespace).
+    pub prefix: String,
+    /// Deadline of one call to one member.
+    pub call_timeout: Duration,
+    /// Deadline of connecting to one member.
+    pub connect_timeout: Duration,
+    /// User name and password, when etcd has authentication on.
+    pub user: Option<(String, String)>,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/trainfleet".into(),
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            user: None,
+        }
+    }
+}
+
+struct Member {
+    endpoint: String,
+    client: Mutex<Option<Client>>,
+}
+
+/// The etcd-backed store.
+pub struct EtcdStore {
+    options: EtcdOptions,
+    prefix: Vec<u8>,
+    members: Vec<Member>,
+    preferred: AtomicUsize,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.options.endpoints)
+            .field("prefix", &self.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(what: impl std::fmt::Display) -> Error {
+    Error::Store(format!("etcd: {what}"))
+}
+
+/// Whether a call failed before reaching a member's state machine (so another member may be
+/// tried).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC codes CANCELLED (1: the client's own deadline), UNKNOWN (2: a broken
+        // connection), DEADLINE_EXCEEDED (4), UNAVAILABLE (14: also "leader changed"); compared
+        // by number so that `core` stays free of tonic.
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
+        _ => false,
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the members (those that are down are tried again on use). Fails only when
+    /// the options are unusable or no member answers.
+    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+        if options.endpoints.is_empty() {
+            return Err(Error::invalid_field("etcd.endpoints", "is empty"));
+        }
+        if !options.prefix.starts_with('/') {
+            return Err(Error::invalid_field(
+                "etcd.prefix",
+                format!("is {:?}; it must start with '/'", options.prefix),
+            ));
+        }
+        let mut prefix = options.prefix.clone().into_bytes();
+        if !prefix.ends_with(b"/") {
+            prefix.push(b'/');
+        }
+        let store = Self {
+            members: options
+                .endpoints
+                .iter()
+                .map(|e| Member {
+                    endpoint: e.clone(),
+                    client: Mutex::new(None),
+                })
+                .collect(),
+            prefix,
+            options,
+            preferred: AtomicUsize::new(0),
+        };
+        // One round trip proves the cluster is there (and finds a live member).
+        store.range(KeyRange::key(b"/".to_vec())).await?;
+        Ok(store)
+    }
+
+    /// The client URLs.
+    pub fn endpoints(&self) -> &[String] {
+        &self.options.endpoints
+    }
+
+    /// The full etcd key of `key`.
+    pub fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = self.prefix.clone();
+        full.extend_from_slice(key);
+        full
+    }
+
+    async fn client(&self, index: usize) -> Result<Client> {
+        let member = &self.members[index];
+        let mut slot = member.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.options.connect_timeout)
+            .with_timeout(self.options.call_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        if let Some((user, password)) = &self.options.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let client = Client::connect([member.endpoint.as_str()], Some(options))
+            .await
+            .map_err(|e| store_error(format!("cannot connect to {}: {e}", member.endpoint)))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn forget(&self, index: usize) {
+        *self.members[index].client.lock().await = None;
+    }
+
+    /// Runs `call` on the preferred member, moving on to the others when one is unreachable.
+    async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let n = self.members.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for attempt in 0..2 * n {
+            let index = (first + attempt) % n;
+            let client = match self.client(index).await {
+                Ok(c) => c,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            match call(client).await {
+                Ok(value) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(e) if unreachable(&e) => {
+                    tracing::debug!(endpoint = %self.members[index].endpoint, error = %e, "etcd member unreachable; trying the next");
+                    failures.push(format!("{}: {e}", self.members[index].endpoint));
+                    self.forget(index).await;
+                    if attempt + 1 == n {
+                        // Every member failed once: give a restarting one a moment.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(e) => return Err(store_error(format!("{what}: {e}"))),
+            }
+        }
+        Err(store_error(format!(
+            "{what}: no member answered ({})",
+            failures.join("; ")
+        )))
+    }
+
+    fn to_etcd_txn(&self, txn: &Txn) -> EtcdTxn {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::ModRevision(k, rev) => {
+                    EtcdCompare::mod_revision(self.full_key(k), CompareOp::Equal, *rev)
+                }
+                Compare::Value(k, v) => {
+                    EtcdCompare::value(self.full_key(k), CompareOp::Equal, v.clone())
+                }
+            })
+            .collect();
+        let ops = |ops: &[TxnOp]| -> Vec<EtcdOp> {
+            ops.iter()
+                .map(|op| match op {
+                    TxnOp::Put(k, v) => EtcdOp::put(self.full_key(k), v.clone(), None),
+                    TxnOp::Delete(k) => EtcdOp::delete(self.full_key(k), None),
+                })
+                .collect()
+        };
+        EtcdTxn::new()
+            .when(compares)
+            .and_then(ops(&txn.success))
+            .or_else(ops(&txn.failure))
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for EtcdStore {
+    async fn range(&self, range: KeyRange) -> Result<Vec<KeyValue>> {
+        let start = self.full_key(&range.start);
+        let end = match &range.end {
+            None => None,
+            Some(_) if range.is_unbounded() => KeyRange::prefix(self.prefix.clone()).end,
+            Some(end) => Some(self.full_key(end)),
+        };
+        let response = self
+            .call("range", |mut c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    let options = end.map(|e| GetOptions::new().with_range(e));
+                    c.get(start, options).await
+                }
+            })
+            .await?;
+        let skip = self.prefix.len();
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| KeyValue {
+                key: kv.key()[skip..].to_vec(),
+                value: kv.value().to_vec(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+                version: kv.version(),
+            })
+            .collect())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let response = self
+            .call("txn", |mut c| {
+                let etcd_txn = self.to_etcd_txn(&txn);
+                async move { c.txn(etcd_txn).await }
+            })
+            .await?;
+        Ok(TxnResponse {
+            succeeded: response.succeeded(),
+            revision: response.header().map_or(0, |h| h.revision()),
+        })
+    }
+}
