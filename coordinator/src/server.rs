@@ -30,7 +30,7 @@ use crate::services::jobs::JobApi;
 use crate::services::models::ModelApi;
 use crate::services::pending::SweepApi;
 use crate::services::worker::WorkerApi;
-use crate::state::State;
+use crate::state::{State, Term};
 
 /// A coordinator bound to its address, not yet serving. Binding first lets callers learn the port
 /// (config `listen` with port 0) before any client needs it.
@@ -101,13 +101,12 @@ impl Coordinator {
         )
         .await
         .map_err(|e| startup("loading state", &e))?;
-        let state = Arc::new(State::new(
-            self.config,
-            self.local_addr,
-            shutdown.clone(),
-            registry.clone(),
-            control.clone(),
-        ));
+        let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
+        state.begin_term(Arc::new(Term {
+            control: control.clone(),
+            registry: registry.clone(),
+            stop: shutdown.child_token(),
+        }));
         let reaper = tokio::spawn(run_reaper(control.clone(), registry, shutdown.clone()));
         let ticker = tokio::spawn(run_ticker(control.clone(), shutdown.clone()));
 

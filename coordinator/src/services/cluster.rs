@@ -32,6 +32,7 @@ impl ClusterService for ClusterApi {
         let filter = convert::liveness_filter(request.get_ref().state).map_err(Error::from)?;
         let workers = self
             .state
+            .term()?
             .registry
             .list(filter)
             .into_iter()
@@ -57,6 +58,6 @@ impl ClusterService for ClusterApi {
         &self,
         _request: Request<v1::GetQueueRequest>,
     ) -> Result<Response<v1::GetQueueResponse>, Status> {
-        Ok(Response::new(self.state.control.queue()))
+        Ok(Response::new(self.state.term()?.control.queue()))
     }
 }

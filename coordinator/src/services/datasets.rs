@@ -159,7 +159,7 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<v1::Dataset>, Status> {
         let record = registration(request.into_inner())?;
         Ok(Response::new(
-            self.state.control.register_dataset(record).await?,
+            self.state.term()?.control.register_dataset(record).await?,
         ))
     }
 
@@ -168,7 +168,7 @@ impl DatasetService for DatasetApi {
         _request: Request<v1::ListDatasetsRequest>,
     ) -> Result<Response<v1::ListDatasetsResponse>, Status> {
         Ok(Response::new(v1::ListDatasetsResponse {
-            datasets: self.state.control.datasets(),
+            datasets: self.state.term()?.control.datasets(),
         }))
     }
 
@@ -178,11 +178,8 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<v1::ScanDatasetResponse>, Status> {
         let req = request.into_inner();
         check_name("name", &req.name)?;
-        let (version, changed) = self
-            .state
-            .control
-            .scan(&req.name, req.full, &self.state.shutdown)
-            .await?;
+        let term = self.state.term()?;
+        let (version, changed) = term.control.scan(&req.name, req.full, &term.stop).await?;
         Ok(Response::new(v1::ScanDatasetResponse {
             version: Some(version),
             changed,
@@ -204,7 +201,11 @@ impl DatasetService for DatasetApi {
             0 => 50,
             n => n.min(500),
         };
-        let (versions, next) = self.state.control.versions(&req.name, size, before)?;
+        let (versions, next) = self
+            .state
+            .term()?
+            .control
+            .versions(&req.name, size, before)?;
         Ok(Response::new(v1::ListDatasetVersionsResponse {
             versions,
             next_page_token: if next == 0 {
@@ -223,6 +224,7 @@ impl DatasetService for DatasetApi {
         check_name("name", &req.name)?;
         Ok(Response::new(
             self.state
+                .term()?
                 .control
                 .retrain(&req.name, &req.version, &req.reason)
                 .await?,
@@ -240,7 +242,7 @@ impl DatasetService for DatasetApi {
             n => n.min(1000),
         };
         Ok(Response::new(v1::DatasetHistoryResponse {
-            decisions: self.state.control.history(&req.name, limit)?,
+            decisions: self.state.term()?.control.history(&req.name, limit)?,
         }))
     }
 
@@ -250,7 +252,10 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<v1::DatasetVersion>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.state.control.version(&req.name, &req.version)?,
+            self.state
+                .term()?
+                .control
+                .version(&req.name, &req.version)?,
         ))
     }
 }

@@ -132,13 +132,13 @@ impl JobService for JobApi {
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
         let submission = submission(req)?;
-        let job = self.state.control.submit(submission, key).await?;
+        let job = self.state.term()?.control.submit(submission, key).await?;
         Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
     }
 
     async fn get(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
         Ok(Response::new(
-            self.state.control.get(&request.get_ref().id)?,
+            self.state.term()?.control.get(&request.get_ref().id)?,
         ))
     }
 
@@ -164,7 +164,11 @@ impl JobService for JobApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let (jobs, next_page_token) = self.state.control.list(&states, size, &req.page_token);
+        let (jobs, next_page_token) =
+            self.state
+                .term()?
+                .control
+                .list(&states, size, &req.page_token);
         Ok(Response::new(v1::ListJobsResponse {
             jobs,
             next_page_token,
@@ -177,7 +181,11 @@ impl JobService for JobApi {
     ) -> Result<Response<v1::Job>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.state.control.cancel(&req.id, &req.reason).await?,
+            self.state
+                .term()?
+                .control
+                .cancel(&req.id, &req.reason)
+                .await?,
         ))
     }
 
@@ -185,9 +193,10 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (job, rx) = self.state.control.watch(&request.get_ref().id)?;
+        let term = self.state.term()?;
+        let (job, rx) = term.control.watch(&request.get_ref().id)?;
         let (tx, out) = mpsc::channel(64);
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = term.stop.clone();
         tokio::spawn(async move {
             let now = Some(convert::timestamp(std::time::SystemTime::now()));
             let first = v1::JobEvent {

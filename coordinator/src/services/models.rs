@@ -44,6 +44,7 @@ impl ModelService for ModelApi {
         };
         let (models, next_page_token) =
             self.state
+                .term()?
                 .control
                 .models(&req.dataset, size, &req.page_token);
         Ok(Response::new(v1::ListModelsResponse {
@@ -57,7 +58,7 @@ impl ModelService for ModelApi {
         request: Request<v1::GetModelRequest>,
     ) -> Result<Response<v1::Model>, Status> {
         Ok(Response::new(
-            self.state.control.model(&request.get_ref().id)?,
+            self.state.term()?.control.model(&request.get_ref().id)?,
         ))
     }
 
@@ -67,7 +68,7 @@ impl ModelService for ModelApi {
     ) -> Result<Response<v1::Model>, Status> {
         let dataset = &request.get_ref().dataset;
         required("dataset", dataset)?;
-        Ok(Response::new(self.state.control.champion(dataset)?))
+        Ok(Response::new(self.state.term()?.control.champion(dataset)?))
     }
 
     async fn promote(
@@ -78,6 +79,7 @@ impl ModelService for ModelApi {
         required("reason", &req.reason)?;
         Ok(Response::new(
             self.state
+                .term()?
                 .control
                 .promote(&req.id, &req.reason, expected(&req.expected_champion))
                 .await?,
@@ -93,6 +95,7 @@ impl ModelService for ModelApi {
         required("reason", &req.reason)?;
         Ok(Response::new(
             self.state
+                .term()?
                 .control
                 .rollback(&req.dataset, &req.reason, expected(&req.expected_champion))
                 .await?,

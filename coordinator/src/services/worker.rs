@@ -49,14 +49,14 @@ impl WorkerService for WorkerApi {
             "worker registered"
         );
         let worker_id = registration.worker_id.clone();
-        let session = self.state.registry.register(registration);
-        self.state.control.worker_registered(&worker_id);
+        let session = self.state.term()?.registry.register(registration);
+        self.state.term()?.control.worker_registered(&worker_id);
         Ok(Response::new(v1::RegisterResponse {
             session_id: session.session_id,
             heartbeat_interval: Some(convert::duration(self.state.config.heartbeat_interval)),
             lease_timeout: Some(convert::duration(self.state.config.lease_timeout)),
             coordinator_version: trainfleet_core::VERSION.to_owned(),
-            artifact_store: self.state.control.artifacts().base().to_owned(),
+            artifact_store: self.state.term()?.control.artifacts().base().to_owned(),
         }))
     }
 
@@ -69,15 +69,15 @@ impl WorkerService for WorkerApi {
             .map_err(Error::from)?;
         // Ends at once on shutdown, so that a stopping coordinator is not held up by open
         // long-polls.
-        let task = self
-            .state
+        let term = self.state.term()?;
+        let task = term
             .control
             .poll(
                 &req.worker_id,
                 &req.session_id,
                 req.free_slots,
                 wait,
-                &self.state.shutdown,
+                &term.stop,
             )
             .await?;
         if let Some(task) = &task {
@@ -95,14 +95,11 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let running = req.tasks.iter().map(|t| t.task_id.clone()).collect();
-        let deadline = self.state.registry.heartbeat(
-            &req.worker_id,
-            &req.session_id,
-            req.free_slots,
-            running,
-        )?;
-        let directives = self
-            .state
+        let term = self.state.term()?;
+        let deadline =
+            term.registry
+                .heartbeat(&req.worker_id, &req.session_id, req.free_slots, running)?;
+        let directives = term
             .control
             .heartbeat(&req.worker_id, &req.session_id, req.tasks);
         Ok(Response::new(v1::HeartbeatResponse {
@@ -119,12 +116,11 @@ impl WorkerService for WorkerApi {
         // The session is a bearer token: only the worker that registered may report. A worker
         // whose session ended (declared lost, coordinator restarted) registers again and reports
         // under the new one; the attempt number then decides whether the report still counts.
-        self.state
-            .registry
+        let term = self.state.term()?;
+        term.registry
             .check_session(&req.worker_id, &req.session_id)?;
         let report = convert::report(req.outcome, req.permanent).map_err(Error::from)?;
-        self.state
-            .control
+        term.control
             .complete(&req.worker_id, &req.task_id, req.attempt, report)
             .await?;
         Ok(Response::new(v1::CompleteTaskResponse { accepted: true }))
@@ -229,7 +225,7 @@ mod tests {
         let (api, state, _dir) = api().await;
         let session = register(&api, "w1").await.session_id;
         tokio::time::advance(Duration::from_secs(4)).await;
-        state.registry.expire();
+        state.term().unwrap().registry.expire();
         let beat = v1::HeartbeatRequest {
             worker_id: "w1".into(),
             session_id: session.clone(),
