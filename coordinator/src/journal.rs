@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use trainfleet_core::kv::{KvStore, Txn, TxnOp};
+use trainfleet_core::kv::{KvStore, TxnOp};
 
 /// A commit slower than this is logged: every caller waiting on it waits that long.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
@@ -85,16 +85,15 @@ async fn commit_loop(
 ) {
     let mut batch: Vec<Entry> = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let txns = batch
+        let ops = batch
             .iter_mut()
-            .map(|e| Txn::unconditional(std::mem::take(&mut e.ops)))
+            .map(|e| std::mem::take(&mut e.ops))
             .collect();
         let started = std::time::Instant::now();
         let entries = batch.len();
         let result = store
-            .txn_batch(txns)
+            .apply_batch(ops)
             .await
-            .map(|_| ())
             .map_err(|e| format!("state store write failed: {e}"));
         let took = started.elapsed();
         if took > SLOW_COMMIT {

@@ -41,6 +41,52 @@ pub struct CoordinatorConfig {
     /// Where run artifacts go: a directory (shared with the workers), or an object-store URL
     /// such as `s3://bucket/prefix` (credentials from the usual `AWS_*` variables).
     pub artifacts: String,
+    /// Where coordinator state lives: `embedded` (one file under `data_dir`; one replica) or
+    /// `etcd` (replicas elect a leader; see `etcd`).
+    pub store: StoreKind,
+    /// The etcd cluster, when `store: etcd`.
+    pub etcd: EtcdConfig,
+}
+
+/// Where coordinator state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// A redb file under `data_dir`: one replica, no services needed.
+    #[default]
+    Embedded,
+    /// etcd: replicas campaign for leadership; every write is fenced by the leader's key.
+    Etcd,
+}
+
+/// How a coordinator uses etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the members.
+    pub endpoints: Vec<String>,
+    /// Every key of this cluster starts with this; clusters sharing an etcd use different ones.
+    pub prefix: String,
+    /// TTL of the leader's lease: a leader that cannot renew it within this time steps down,
+    /// and another replica takes over after it expires.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// User name, when etcd has authentication on.
+    pub user: Option<String>,
+    /// Password of `user`; better given as `TRAINFLEET_ETCD_PASSWORD`.
+    pub password: Option<String>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: "/trainfleet/default".to_owned(),
+            lease_ttl: Duration::from_secs(5),
+            user: None,
+            password: None,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +100,8 @@ impl Default for CoordinatorConfig {
             lost_worker_retention: Duration::from_secs(3600),
             data_dir: PathBuf::from(".trainfleet/state"),
             artifacts: ".trainfleet/artifacts".to_owned(),
+            store: StoreKind::default(),
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -92,6 +140,43 @@ impl CoordinatorConfig {
         }
         if self.max_poll_wait.is_zero() {
             return Err(invalid("max_poll_wait", "must be greater than 0".into()));
+        }
+        if self.store == StoreKind::Etcd {
+            if self.etcd.endpoints.is_empty() {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    "needs at least one client URL".into(),
+                ));
+            }
+            if let Some(bad) = self
+                .etcd
+                .endpoints
+                .iter()
+                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    format!("has {bad:?}; use http://host:2379"),
+                ));
+            }
+            if !self.etcd.prefix.starts_with('/') || self.etcd.prefix.len() < 2 {
+                return Err(invalid(
+                    "etcd.prefix",
+                    format!(
+                        "is {:?}; it must start with '/' and name the cluster",
+                        self.etcd.prefix
+                    ),
+                ));
+            }
+            if self.etcd.lease_ttl < Duration::from_secs(1) {
+                return Err(invalid(
+                    "etcd.lease_ttl",
+                    "must be at least 1s (etcd grants whole seconds)".into(),
+                ));
+            }
+            if self.etcd.user.is_some() != self.etcd.password.is_some() {
+                return Err(invalid("etcd.user", "and etcd.password go together".into()));
+            }
         }
         Ok(())
     }

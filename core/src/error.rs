@@ -35,6 +35,9 @@ pub enum Error {
     /// The state store failed (I/O, corruption, a second process holding it).
     #[error("state store: {0}")]
     Store(String),
+    /// A fenced write was refused: this replica's leadership ended (another replica leads).
+    #[error("state store: fenced write refused, this replica no longer leads: {0}")]
+    Fenced(String),
     /// Reading or writing an artifact failed; `uri` names the object.
     #[error("artifact {uri}: {message}")]
     Artifact {

@@ -85,3 +85,46 @@ async fn a_three_member_cluster_keeps_serving_when_a_member_dies() {
             .unwrap();
     assert_eq!(only_first.prefix(b"after/").await.unwrap().len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_apply_only_while_the_fence_key_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1).unwrap();
+    let store = EtcdStore::connect(options(cluster.endpoints(), "/fence"))
+        .await
+        .unwrap();
+    let leader_rev = store.put(b"leader", b"me").await.unwrap();
+    let fenced = store.fenced(store.full_key(b"leader"), leader_rev);
+    fenced.put(b"state", b"1").await.unwrap();
+    assert!(
+        fenced
+            .compare_and_put(b"state", 0, b"x")
+            .await
+            .is_ok_and(|won| !won),
+        "an inner compare that fails is reported as such, not as a lost fence"
+    );
+    fenced
+        .apply_batch(vec![vec![trainfleet_core::kv::TxnOp::Put(
+            b"state".to_vec(),
+            b"2".to_vec(),
+        )]])
+        .await
+        .unwrap();
+
+    // Another replica takes the leader key: the old leader's writes are refused, whole.
+    store.put(b"leader", b"someone else").await.unwrap();
+    let err = fenced.put(b"state", b"stale").await.unwrap_err();
+    assert!(matches!(err, trainfleet_core::Error::Fenced(_)), "{err}");
+    let err = fenced
+        .apply_batch(vec![vec![trainfleet_core::kv::TxnOp::Put(
+            b"other".to_vec(),
+            b"x".to_vec(),
+        )]])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, trainfleet_core::Error::Fenced(_)), "{err}");
+    assert_eq!(store.get(b"state").await.unwrap().unwrap().value, b"2");
+    assert_eq!(store.get(b"other").await.unwrap(), None);
+    // Reads are not fenced.
+    assert_eq!(fenced.get(b"state").await.unwrap().unwrap().value, b"2");
+}

@@ -14,6 +14,7 @@ pub async fn run_all(store: &dyn KvStore) {
     transactions(store).await;
     compare_and_put(store).await;
     batches(store).await;
+    applied_batches(store).await;
 }
 
 /// Runs the concurrency check; needs an `Arc` so that tasks can share the store.
@@ -246,4 +247,30 @@ async fn batches(store: &dyn KvStore) {
         (&b"2"[..], before + 2)
     );
     assert!(store.txn_batch(Vec::new()).await.unwrap().is_empty());
+}
+
+async fn applied_batches(store: &dyn KvStore) {
+    store.put(b"apply/gone", b"x").await.unwrap();
+    let batches = vec![
+        vec![
+            TxnOp::Put(b"apply/a".to_vec(), b"1".to_vec()),
+            TxnOp::Put(b"apply/b".to_vec(), b"1".to_vec()),
+        ],
+        vec![TxnOp::Put(b"apply/a".to_vec(), b"2".to_vec())],
+        vec![TxnOp::Delete(b"apply/gone".to_vec())],
+        // Many keys: more than one etcd transaction holds.
+        (0..250)
+            .map(|i| TxnOp::Put(format!("apply/many/{i:03}").into_bytes(), b"m".to_vec()))
+            .collect(),
+    ];
+    store.apply_batch(batches).await.unwrap();
+    assert_eq!(
+        store.get(b"apply/a").await.unwrap().unwrap().value,
+        b"2",
+        "the last write wins"
+    );
+    assert_eq!(store.get(b"apply/b").await.unwrap().unwrap().value, b"1");
+    assert_eq!(store.get(b"apply/gone").await.unwrap(), None);
+    assert_eq!(store.prefix(b"apply/many/").await.unwrap().len(), 250);
+    store.apply_batch(Vec::new()).await.unwrap();
 }

@@ -51,19 +51,28 @@ struct Member {
     client: Mutex<Option<Client>>,
 }
 
-/// The etcd-backed store.
-pub struct EtcdStore {
+struct Shared {
     options: EtcdOptions,
     prefix: Vec<u8>,
     members: Vec<Member>,
     preferred: AtomicUsize,
 }
 
+/// The etcd-backed store. Clones share the connections; a [`EtcdStore::fenced`] view makes
+/// every write conditional on a leader key.
+#[derive(Clone)]
+pub struct EtcdStore {
+    shared: std::sync::Arc<Shared>,
+    /// (full etcd key, mod revision) that every transaction compares first.
+    fence: Option<(Vec<u8>, i64)>,
+}
+
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
-            .field("endpoints", &self.options.endpoints)
-            .field("prefix", &self.options.prefix)
+            .field("endpoints", &self.shared.options.endpoints)
+            .field("prefix", &self.shared.options.prefix)
+            .field("fenced", &self.fence.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -103,17 +112,20 @@ impl EtcdStore {
             prefix.push(b'/');
         }
         let store = Self {
-            members: options
-                .endpoints
-                .iter()
-                .map(|e| Member {
-                    endpoint: e.clone(),
-                    client: Mutex::new(None),
-                })
-                .collect(),
-            prefix,
-            options,
-            preferred: AtomicUsize::new(0),
+            shared: std::sync::Arc::new(Shared {
+                members: options
+                    .endpoints
+                    .iter()
+                    .map(|e| Member {
+                        endpoint: e.clone(),
+                        client: Mutex::new(None),
+                    })
+                    .collect(),
+                prefix,
+                options,
+                preferred: AtomicUsize::new(0),
+            }),
+            fence: None,
         };
         // One round trip proves the cluster is there (and finds a live member).
         store.range(KeyRange::key(b"/".to_vec())).await?;
@@ -122,27 +134,42 @@ impl EtcdStore {
 
     /// The client URLs.
     pub fn endpoints(&self) -> &[String] {
-        &self.options.endpoints
+        &self.shared.options.endpoints
     }
 
     /// The full etcd key of `key`.
     pub fn full_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut full = self.prefix.clone();
+        let mut full = self.shared.prefix.clone();
         full.extend_from_slice(key);
         full
     }
 
+    /// A view of the store whose every write also requires that `key` (a full etcd key, such
+    /// as a leader key of an election) still has mod revision `revision`: once that leadership
+    /// is lost, every write fails with [`Error::Fenced`] and changes nothing.
+    pub fn fenced(&self, key: Vec<u8>, revision: i64) -> EtcdStore {
+        EtcdStore {
+            shared: self.shared.clone(),
+            fence: Some((key, revision)),
+        }
+    }
+
+    /// A client connected to one member (for elections and leases), the preferred one first.
+    pub async fn any_client(&self) -> Result<Client> {
+        self.call("connect", |c| async move { Ok(c) }).await
+    }
+
     async fn client(&self, index: usize) -> Result<Client> {
-        let member = &self.members[index];
+        let member = &self.shared.members[index];
         let mut slot = member.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.options.connect_timeout)
-            .with_timeout(self.options.call_timeout)
+            .with_connect_timeout(self.shared.options.connect_timeout)
+            .with_timeout(self.shared.options.call_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        if let Some((user, password)) = &self.options.user {
+        if let Some((user, password)) = &self.shared.options.user {
             options = options.with_user(user.clone(), password.clone());
         }
         let client = Client::connect([member.endpoint.as_str()], Some(options))
@@ -153,7 +180,7 @@ impl EtcdStore {
     }
 
     async fn forget(&self, index: usize) {
-        *self.members[index].client.lock().await = None;
+        *self.shared.members[index].client.lock().await = None;
     }
 
     /// Runs `call` on the preferred member, moving on to the others when one is unreachable.
@@ -162,8 +189,8 @@ impl EtcdStore {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let n = self.members.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let n = self.shared.members.len();
+        let first = self.shared.preferred.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
         for attempt in 0..2 * n {
             let index = (first + attempt) % n;
@@ -176,12 +203,13 @@ impl EtcdStore {
             };
             match call(client).await {
                 Ok(value) => {
-                    self.preferred.store(index, Ordering::Relaxed);
+                    self.shared.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
                 }
                 Err(e) if unreachable(&e) => {
-                    tracing::debug!(endpoint = %self.members[index].endpoint, error = %e, "etcd member unreachable; trying the next");
-                    failures.push(format!("{}: {e}", self.members[index].endpoint));
+                    let endpoint = &self.shared.members[index].endpoint;
+                    tracing::debug!(%endpoint, error = %e, "etcd member unreachable; trying the next");
+                    failures.push(format!("{endpoint}: {e}"));
                     self.forget(index).await;
                     if attempt + 1 == n {
                         // Every member failed once: give a restarting one a moment.
@@ -218,20 +246,57 @@ impl EtcdStore {
                 })
                 .collect()
         };
-        EtcdTxn::new()
+        let inner = EtcdTxn::new()
             .when(compares)
             .and_then(ops(&txn.success))
-            .or_else(ops(&txn.failure))
+            .or_else(ops(&txn.failure));
+        match &self.fence {
+            None => inner,
+            // etcd nests transactions: the fence decides whether the inner one runs at all.
+            Some((key, revision)) => EtcdTxn::new()
+                .when([EtcdCompare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *revision,
+                )])
+                .and_then([EtcdOp::txn(inner)]),
+        }
     }
 }
 
+/// Most keys written by one merged transaction (etcd refuses more than `--max-txn-ops`, 128 by
+/// default; a fenced write nests, so stay well below).
+const MAX_MERGED_KEYS: usize = 100;
+
 #[async_trait::async_trait]
 impl KvStore for EtcdStore {
+    async fn apply_batch(&self, batches: Vec<Vec<TxnOp>>) -> Result<()> {
+        // The last write of each key, in first-write order (etcd refuses a key twice in one txn).
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut last: std::collections::HashMap<Vec<u8>, TxnOp> = std::collections::HashMap::new();
+        for op in batches.into_iter().flatten() {
+            let key = match &op {
+                TxnOp::Put(k, _) | TxnOp::Delete(k) => k.clone(),
+            };
+            if last.insert(key.clone(), op).is_none() {
+                order.push(key);
+            }
+        }
+        for chunk in order.chunks(MAX_MERGED_KEYS) {
+            let ops = chunk
+                .iter()
+                .map(|k| last.remove(k).expect("every ordered key has an op"))
+                .collect();
+            self.txn(Txn::unconditional(ops)).await?;
+        }
+        Ok(())
+    }
+
     async fn range(&self, range: KeyRange) -> Result<Vec<KeyValue>> {
         let start = self.full_key(&range.start);
         let end = match &range.end {
             None => None,
-            Some(_) if range.is_unbounded() => KeyRange::prefix(self.prefix.clone()).end,
+            Some(_) if range.is_unbounded() => KeyRange::prefix(self.shared.prefix.clone()).end,
             Some(end) => Some(self.full_key(end)),
         };
         let response = self
@@ -243,7 +308,7 @@ impl KvStore for EtcdStore {
                 }
             })
             .await?;
-        let skip = self.prefix.len();
+        let skip = self.shared.prefix.len();
         Ok(response
             .kvs()
             .iter()
@@ -264,9 +329,29 @@ impl KvStore for EtcdStore {
                 async move { c.txn(etcd_txn).await }
             })
             .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let succeeded = match &self.fence {
+            None => response.succeeded(),
+            Some((key, rev)) => {
+                if !response.succeeded() {
+                    return Err(Error::Fenced(format!(
+                        "{} is no longer at revision {rev}",
+                        String::from_utf8_lossy(key)
+                    )));
+                }
+                match response.op_responses().into_iter().next() {
+                    Some(etcd_client::TxnOpResponse::Txn(inner)) => inner.succeeded(),
+                    _ => {
+                        return Err(store_error(
+                            "a fenced transaction answered without its inner one",
+                        ));
+                    }
+                }
+            }
+        };
         Ok(TxnResponse {
-            succeeded: response.succeeded(),
-            revision: response.header().map_or(0, |h| h.revision()),
+            succeeded,
+            revision,
         })
     }
 }

@@ -159,6 +159,16 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
         Ok(responses)
     }
 
+    /// Applies batches of unconditional writes in order (a key written twice ends with its last
+    /// value): the coordinator's journal commit. By default one [`KvStore::txn_batch`]; etcd
+    /// merges the batches into as few transactions as its limits allow (one write per key),
+    /// so a burst of state changes costs one round trip. Fencing applies as to any write.
+    async fn apply_batch(&self, batches: Vec<Vec<TxnOp>>) -> Result<()> {
+        self.txn_batch(batches.into_iter().map(Txn::unconditional).collect())
+            .await
+            .map(|_| ())
+    }
+
     /// The key, if present.
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         Ok(self.range(KeyRange::key(key)).await?.pop())
