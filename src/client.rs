@@ -5,15 +5,61 @@ use std::time::Duration;
 use anyhow::Context;
 use tonic::transport::Channel;
 
-/// A channel to the coordinator at `endpoint` (`host:port` or a URL), connected eagerly so that
-/// an unreachable coordinator is reported up front, with its address.
+/// A channel to the leading coordinator. `endpoint` is `host:port` or a URL, or several
+/// replicas separated by commas: each is asked who leads (`ClusterService.GetLeader`, which
+/// every replica answers) until one names a leader that answers. Connected eagerly, so that an
+/// unreachable cluster is reported up front, with its addresses.
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    connect_with(endpoint, Some(Duration::from_secs(30))).await
+    connect_leader(endpoint, Some(Duration::from_secs(30))).await
 }
 
 /// Like [`connect`], without a per-call deadline: for streams that last as long as a job.
 pub async fn connect_streaming(endpoint: &str) -> anyhow::Result<Channel> {
-    connect_with(endpoint, None).await
+    connect_leader(endpoint, None).await
+}
+
+async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    use trainfleet_proto::v1;
+    use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
+    let mut failures = Vec::new();
+    // During an election no replica names a leader for a moment: ask again for a few seconds.
+    for round in 0..20 {
+        for endpoint in endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let channel = match connect_with(endpoint, timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    failures.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            let answer = ClusterServiceClient::new(channel.clone())
+                .get_leader(v1::GetLeaderRequest {})
+                .await;
+            match answer.map(tonic::Response::into_inner) {
+                Ok(leader) if leader.is_self => return Ok(channel),
+                Ok(leader) if !leader.address.is_empty() => {
+                    match connect_with(&leader.address, timeout).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => failures.push(format!("{e:#}")),
+                    }
+                }
+                Ok(_) => failures.push(format!("{endpoint}: no leader known yet")),
+                Err(status) => failures.push(format!("{endpoint}: {}", status.message())),
+            }
+        }
+        if round == 0 && failures.iter().all(|f| f.contains("cannot reach")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let [only] = failures.as_slice() {
+        anyhow::bail!("{only}");
+    }
+    anyhow::bail!("no coordinator leader found: {}", failures.join("; "))
 }
 
 async fn connect_with(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {

@@ -17,6 +17,7 @@
 
 pub mod control;
 pub mod convert;
+pub mod election;
 pub mod error;
 pub mod gate;
 pub mod journal;

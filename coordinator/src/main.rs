@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trainfleet_coordinator::Coordinator;
-use trainfleet_core::config::CoordinatorConfig;
+use trainfleet_core::config::{CoordinatorConfig, StoreKind};
 use trainfleet_core::process::{init_tracing, shutdown_signal};
 
 /// The trainfleet control plane: tracks workers, datasets and models; schedules training.
@@ -40,6 +40,24 @@ struct Args {
     /// Once listening, write the bound address to this file (for scripts and tests using port 0).
     #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    /// Where state lives: embedded (one replica) or etcd (replicas elect a leader).
+    #[arg(long, env = "TRAINFLEET_STORE", value_parser = ["embedded", "etcd"])]
+    store: Option<String>,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, env = "TRAINFLEET_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster in etcd, e.g. "/trainfleet/prod".
+    #[arg(long, env = "TRAINFLEET_ETCD_PREFIX")]
+    etcd_prefix: Option<String>,
+    /// TTL of the leader's lease, e.g. "5s".
+    #[arg(long, env = "TRAINFLEET_ETCD_LEASE_TTL", value_parser = humantime::parse_duration)]
+    etcd_lease_ttl: Option<Duration>,
+    /// etcd user (with TRAINFLEET_ETCD_PASSWORD).
+    #[arg(long, env = "TRAINFLEET_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// etcd password; prefer the environment variable to the flag.
+    #[arg(long, env = "TRAINFLEET_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
 }
 
 impl Args {
@@ -71,6 +89,26 @@ impl Args {
         }
         if let Some(v) = self.artifacts {
             config.artifacts = v;
+        }
+        match self.store.as_deref() {
+            Some("etcd") => config.store = StoreKind::Etcd,
+            Some(_) => config.store = StoreKind::Embedded,
+            None => {}
+        }
+        if !self.etcd_endpoints.is_empty() {
+            config.etcd.endpoints = self.etcd_endpoints;
+        }
+        if let Some(v) = self.etcd_prefix {
+            config.etcd.prefix = v;
+        }
+        if let Some(v) = self.etcd_lease_ttl {
+            config.etcd.lease_ttl = v;
+        }
+        if let Some(v) = self.etcd_user {
+            config.etcd.user = Some(v);
+        }
+        if let Some(v) = self.etcd_password {
+            config.etcd.password = Some(v);
         }
         let origin = if overridden {
             format!("{origin} with flag/environment overrides")

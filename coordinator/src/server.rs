@@ -18,10 +18,13 @@ use trainfleet_proto::v1::worker_service_server::WorkerServiceServer;
 use trainfleet_proto::{FILE_DESCRIPTOR_SET, PUBLIC_SERVICES, WORKER_SERVICE};
 
 use trainfleet_core::artifacts::ArtifactStore;
+use trainfleet_core::config::StoreKind;
 use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::embedded::EmbeddedStore;
+use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
 
 use crate::control::{Control, run_reaper, run_ticker};
+use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::registry::WorkerRegistry;
 use crate::services::cluster::ClusterApi;
@@ -79,44 +82,57 @@ impl Coordinator {
             addr: self.local_addr.to_string(),
             source: format!("{what}: {e}").into(),
         };
-        let store: Arc<dyn KvStore> = match self.store {
-            Some(store) => store,
-            None => {
-                let path = self.config.data_dir.join("state.redb");
-                Arc::new(EmbeddedStore::open(&path).map_err(|e| startup("state store", &e))?)
-            }
-        };
         let artifacts = ArtifactStore::open(&self.config.artifacts)
             .map_err(|e| startup("artifact store", &e))?;
-        let registry = Arc::new(WorkerRegistry::new(
-            self.config.lease_timeout,
-            self.config.lost_worker_retention,
-        ));
-        let (control, journal) = Control::load(
-            store,
-            registry.clone(),
-            artifacts,
-            self.config.lease_timeout,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|e| startup("loading state", &e))?;
-        let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
-        state.begin_term(Arc::new(Term {
-            control: control.clone(),
-            registry: registry.clone(),
-            stop: shutdown.child_token(),
-        }));
-        let reaper = tokio::spawn(run_reaper(control.clone(), registry, shutdown.clone()));
-        let ticker = tokio::spawn(run_ticker(control.clone(), shutdown.clone()));
-
         let (health, health_service) = tonic_health::server::health_reporter();
-        let names = || PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]);
-        for name in names() {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
+        let health = Health(health);
+        // Nothing is served until this replica leads (at once in standalone mode).
+        health.set(ServingStatus::NotServing).await;
+        let store_kind = self.config.store;
+        let etcd_config = self.config.etcd.clone();
+        let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
+        let standalone_store: Option<Arc<dyn KvStore>> = match (self.store, store_kind) {
+            (Some(store), _) => Some(store),
+            (None, StoreKind::Embedded) => {
+                let path = state.config.data_dir.join("state.redb");
+                Some(Arc::new(
+                    EmbeddedStore::open(&path).map_err(|e| startup("state store", &e))?,
+                ))
+            }
+            (None, StoreKind::Etcd) => None,
+        };
+        let roles = match standalone_store {
+            // One replica: its term starts before anything is served, and a store that cannot
+            // be loaded stops the start.
+            Some(store) => {
+                let stop = shutdown.child_token();
+                let term = begin_term(&state, store, artifacts, &health, stop, shutdown.clone())
+                    .await
+                    .map_err(|e| startup("loading state", &e))?;
+                tokio::spawn(async move {
+                    term.stop.cancelled().await;
+                    term.end().await;
+                    Ok(())
+                })
+            }
+            None => {
+                let etcd = EtcdStore::connect(EtcdOptions {
+                    endpoints: etcd_config.endpoints.clone(),
+                    prefix: etcd_config.prefix.clone(),
+                    user: etcd_config.user.clone().zip(etcd_config.password.clone()),
+                    ..EtcdOptions::default()
+                })
+                .await
+                .map_err(|e| startup("etcd", &e))?;
+                tokio::spawn(replica(
+                    state.clone(),
+                    etcd,
+                    etcd_config.lease_ttl,
+                    artifacts,
+                    health.clone(),
+                ))
+            }
+        };
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -130,18 +146,16 @@ impl Coordinator {
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-        tracing::info!(addr = %self.local_addr, advertise = %state.advertise_address, "coordinator serving");
+        tracing::info!(addr = %self.local_addr, advertise = %state.advertise_address, store = ?store_kind, "coordinator serving");
         let stop = {
             let shutdown = shutdown.clone();
             let health = health.clone();
+            let state = state.clone();
             async move {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
-                for name in names() {
-                    health
-                        .set_service_status(name, ServingStatus::NotServing)
-                        .await;
-                }
+                state.end_term();
+                health.set(ServingStatus::NotServing).await;
             }
         };
         let served = tonic::transport::Server::builder()
@@ -169,16 +183,11 @@ impl Coordinator {
             )
             .await;
         shutdown.cancel();
-        let _ = reaper.await;
-        let _ = ticker.await;
-        // Let the journal write what it holds before returning.
-        drop(state);
-        drop(control);
-        if tokio::time::timeout(std::time::Duration::from_secs(10), journal)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the state journal did not drain within 10 s");
+        // The term ends, its journal drains, and a leader resigns.
+        match roles.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the replica's role loop failed"),
+            Err(e) => tracing::error!(error = %e, "the replica's role loop panicked"),
+            Ok(Ok(())) => {}
         }
         served.map_err(|e| Error::Serve {
             addr: self.local_addr.to_string(),
@@ -187,4 +196,176 @@ impl Coordinator {
         tracing::info!("coordinator stopped");
         Ok(())
     }
+}
+
+/// The health service's statuses, all set together: every public service and the worker
+/// service serve only while this replica leads (a Kubernetes readiness probe on any of them, or
+/// on "", routes traffic to the leader).
+#[derive(Clone)]
+struct Health(tonic_health::server::HealthReporter);
+
+impl Health {
+    async fn set(&self, status: ServingStatus) {
+        for name in PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]) {
+            self.0.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// A term being served: what has to be stopped when it ends.
+struct RunningTerm {
+    state: Arc<State>,
+    health: Health,
+    stop: CancellationToken,
+    control: Arc<Control>,
+    journal: tokio::task::JoinHandle<()>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts leading over `store`: loads everything, starts the reaper and the ticker, serves.
+/// `stop` ends the term; a failed journal write fires `fatal`.
+async fn begin_term(
+    state: &Arc<State>,
+    store: Arc<dyn KvStore>,
+    artifacts: ArtifactStore,
+    health: &Health,
+    stop: CancellationToken,
+    fatal: CancellationToken,
+) -> Result<RunningTerm> {
+    let config = &state.config;
+    let registry = Arc::new(WorkerRegistry::new(
+        config.lease_timeout,
+        config.lost_worker_retention,
+    ));
+    let (control, journal) = Control::load(
+        store,
+        registry.clone(),
+        artifacts,
+        config.lease_timeout,
+        fatal,
+    )
+    .await?;
+    let loops = vec![
+        tokio::spawn(run_reaper(control.clone(), registry.clone(), stop.clone())),
+        tokio::spawn(run_ticker(control.clone(), stop.clone())),
+    ];
+    state.begin_term(Arc::new(Term {
+        control: control.clone(),
+        registry,
+        stop: stop.clone(),
+    }));
+    health.set(ServingStatus::Serving).await;
+    Ok(RunningTerm {
+        state: state.clone(),
+        health: health.clone(),
+        stop,
+        control,
+        journal,
+        loops,
+    })
+}
+
+impl RunningTerm {
+    /// Stops serving, waits for the background loops, and lets the journal drain (a deposed
+    /// leader's writes are refused by the fence).
+    async fn end(self) {
+        self.stop.cancel();
+        self.health.set(ServingStatus::NotServing).await;
+        self.state.end_term();
+        for l in self.loops {
+            let _ = l.await;
+        }
+        drop(self.control);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.journal)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the state journal did not drain within 10 s");
+        }
+    }
+}
+
+/// A replica of an etcd-backed cluster: campaigns, leads a fenced term until its lease is lost
+/// (or a write is refused by the fence), then campaigns again; a follower keeps the leader's
+/// address current for redirects. On shutdown a leader resigns, so another takes over at once.
+async fn replica(
+    state: Arc<State>,
+    etcd: EtcdStore,
+    ttl: std::time::Duration,
+    artifacts: ArtifactStore,
+    health: Health,
+) -> Result<()> {
+    let shutdown = state.shutdown.clone();
+    let election = Election::new(etcd.clone(), state.advertise_address.clone(), ttl);
+    let watcher = tokio::spawn({
+        let (election, state, shutdown) = (election.clone(), state.clone(), shutdown.clone());
+        async move {
+            loop {
+                if !state.is_leader()
+                    && let Ok(leader) = election.leader().await
+                {
+                    state.set_leader(leader.unwrap_or_default());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    });
+    loop {
+        let leadership = match election.campaign(&shutdown).await {
+            Ok(l) => l,
+            Err(Error::ShuttingDown) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "campaign stopped");
+                break;
+            }
+        };
+        tracing::info!(key = %String::from_utf8_lossy(&leadership.key), revision = leadership.revision, "elected leader");
+        let fenced: Arc<dyn KvStore> =
+            Arc::new(etcd.fenced(leadership.key.clone(), leadership.revision));
+        let stop = shutdown.child_token();
+        let lost = leadership.lost.clone();
+        let relay = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = lost.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
+        match begin_term(
+            &state,
+            fenced,
+            artifacts.clone(),
+            &health,
+            stop.clone(),
+            stop.clone(),
+        )
+        .await
+        {
+            Ok(term) => {
+                stop.cancelled().await;
+                term.end().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not lead (loading state failed); stepping down");
+                stop.cancel();
+            }
+        }
+        let _ = relay.await;
+        if shutdown.is_cancelled() && !leadership.lost.is_cancelled() {
+            leadership.resign().await;
+            break;
+        }
+        leadership.abandon();
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tracing::warn!("stepped down; campaigning again");
+    }
+    watcher.abort();
+    Ok(())
 }

@@ -102,8 +102,24 @@ impl Agent {
     }
 
     /// Talks to the coordinator until `shutdown` fires, reconnecting as often as needed.
+    ///
+    /// `coordinator` may list several replicas (`a:50051,b:50051`) or name one Service address.
+    /// Sessions go to the leader: a follower answers UNAVAILABLE naming it (in metadata), and
+    /// the next session goes there at once; an unreachable replica sends the next attempt to
+    /// the next one in the list.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let endpoint = endpoint(&self.config.coordinator)?;
+        let targets: Vec<String> = self
+            .config
+            .coordinator
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        for t in &targets {
+            endpoint(t)?;
+        }
+        let mut next = 0;
+        let mut leader_hint: Option<String> = None;
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         let gpus = self
             .devices
@@ -118,6 +134,10 @@ impl Agent {
             "worker starting"
         );
         loop {
+            let target = leader_hint
+                .take()
+                .unwrap_or_else(|| targets[next % targets.len()].clone());
+            let endpoint = endpoint(&target)?;
             let outcome = tokio::select! {
                 r = self.session(&endpoint, &mut backoff) => r,
                 _ = shutdown.cancelled() => break,
@@ -127,6 +147,12 @@ impl Agent {
                 Ok(never) => match never {},
                 Err(err) => err,
             };
+            if let Some(leader) = leader_of(&err).filter(|l| *l != target) {
+                tracing::info!(follower = %target, %leader, "following the coordinator leader");
+                leader_hint = Some(leader);
+                continue;
+            }
+            next += 1;
             let delay = backoff.next_delay();
             tracing::warn!(
                 coordinator = %self.config.coordinator,
@@ -408,6 +434,18 @@ impl Agent {
             libtorch_version: crate::LIBTORCH_VERSION.to_owned(),
             labels: self.config.labels.clone().into_iter().collect(),
         }
+    }
+}
+
+/// The leader a follower named when it refused a call.
+fn leader_of(err: &Error) -> Option<String> {
+    match err {
+        Error::Rpc(_, status) if status.code() == tonic::Code::Unavailable => status
+            .metadata()
+            .get("trainfleet-leader")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        _ => None,
     }
 }
 

@@ -45,11 +45,25 @@ impl ClusterService for ClusterApi {
         &self,
         _request: Request<v1::GetLeaderRequest>,
     ) -> Result<Response<v1::GetLeaderResponse>, Status> {
+        let is_self = self.state.is_leader();
+        let mode = match self.state.config.store {
+            trainfleet_core::config::StoreKind::Embedded => "standalone",
+            trainfleet_core::config::StoreKind::Etcd if is_self => "etcd-leader",
+            trainfleet_core::config::StoreKind::Etcd => "etcd-follower",
+        };
         Ok(Response::new(v1::GetLeaderResponse {
-            leader_id: self.state.id.clone(),
-            address: self.state.advertise_address.clone(),
-            is_self: true,
-            mode: "standalone".to_owned(),
+            leader_id: if is_self {
+                self.state.id.clone()
+            } else {
+                String::new()
+            },
+            address: if is_self {
+                self.state.advertise_address.clone()
+            } else {
+                self.state.leader()
+            },
+            is_self,
+            mode: mode.to_owned(),
             uptime: Some(convert::duration(self.state.started.elapsed())),
         }))
     }

@@ -154,9 +154,36 @@ impl EtcdStore {
         }
     }
 
-    /// A client connected to one member (for elections and leases), the preferred one first.
-    pub async fn any_client(&self) -> Result<Client> {
-        self.call("connect", |c| async move { Ok(c) }).await
+    /// A new client for long calls (an election campaign blocks until it wins, so it has no
+    /// request deadline), connected to the first member that answers, the preferred one first.
+    pub async fn session_client(&self) -> Result<Client> {
+        let n = self.shared.members.len();
+        let first = self.shared.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let index = (first + i) % n;
+            let endpoint = &self.shared.members[index].endpoint;
+            let mut options = ConnectOptions::new()
+                .with_connect_timeout(self.shared.options.connect_timeout)
+                .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+            if let Some((user, password)) = &self.shared.options.user {
+                options = options.with_user(user.clone(), password.clone());
+            }
+            match Client::connect([endpoint.as_str()], Some(options)).await {
+                Ok(mut client) => match client.status().await {
+                    Ok(_) => {
+                        self.shared.preferred.store(index, Ordering::Relaxed);
+                        return Ok(client);
+                    }
+                    Err(e) => failures.push(format!("{endpoint}: {e}")),
+                },
+                Err(e) => failures.push(format!("{endpoint}: {e}")),
+            }
+        }
+        Err(store_error(format!(
+            "no member answered ({})",
+            failures.join("; ")
+        )))
     }
 
     async fn client(&self, index: usize) -> Result<Client> {

@@ -1,0 +1,260 @@
+//! Leader election among coordinator replicas, through etcd's election API.
+//!
+//! A replica grants itself a lease, keeps it alive in the background, and campaigns with its
+//! advertise address as the value. Campaign returns once this replica's key is the oldest under
+//! the election name; the replica leads only after the first keep-alive that succeeds *after*
+//! that (so a lease that expired while the campaign was answered is not mistaken for a live
+//! one). The leader key and its revision become the fence of every write it makes.
+//!
+//! Keeping the lease: one keep-alive every `ttl / 3`; a failed one is retried through another
+//! member at once. If no renewal has succeeded for `ttl / 2`, leadership is given up at once
+//! (`lost` fires): the lease is still valid on etcd's side for another half TTL or so, so the
+//! old leader stops before any other replica can be elected, and a leader that was frozen
+//! (SIGSTOP, a long GC-like pause) notices on its first wake-up. Whatever it still tries to
+//! write is refused by the fence.
+
+use std::time::Duration;
+
+use etcd_client::{Client, LeaderKey, ResignOptions};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trainfleet_core::kv::etcd::EtcdStore;
+use trainfleet_core::kv::{KeyRange, KvStore};
+
+use crate::error::{Error, Result};
+
+/// Key (under the cluster prefix) of the election.
+pub const ELECTION: &str = "election";
+
+/// One replica's candidacy.
+#[derive(Debug, Clone)]
+pub struct Election {
+    store: EtcdStore,
+    value: String,
+    ttl: Duration,
+}
+
+/// Leadership won; dropping it does not resign (call [`Leadership::resign`]).
+pub struct Leadership {
+    /// The leader key (a full etcd key) and its revision: the fence of every write.
+    pub key: Vec<u8>,
+    /// See `key`.
+    pub revision: i64,
+    /// Fires when the lease could not be renewed in time.
+    pub lost: CancellationToken,
+    leader: LeaderKey,
+    lease: i64,
+    client: Client,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+fn etcd_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("etcd election: {what}: {e}"))
+}
+
+impl Election {
+    /// A candidacy announcing `value` (this replica's advertise address).
+    pub fn new(store: EtcdStore, value: String, ttl: Duration) -> Self {
+        Self { store, value, ttl }
+    }
+
+    /// The election's full etcd key.
+    pub fn name(&self) -> Vec<u8> {
+        self.store.full_key(ELECTION.as_bytes())
+    }
+
+    /// The current leader's address, if any replica leads (read from the election's keys: the
+    /// oldest one wins).
+    pub async fn leader(&self) -> Result<Option<String>> {
+        let mut prefix = ELECTION.as_bytes().to_vec();
+        prefix.push(b'/');
+        let keys = self
+            .store
+            .range(KeyRange::prefix(prefix))
+            .await
+            .map_err(|e| etcd_error("reading the leader", e))?;
+        Ok(keys
+            .into_iter()
+            .min_by_key(|kv| kv.create_revision)
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    /// Campaigns until this replica leads (retrying through other members when one fails), or
+    /// until `shutdown`.
+    pub async fn campaign(&self, shutdown: &CancellationToken) -> Result<Leadership> {
+        loop {
+            let attempt = tokio::select! {
+                r = self.try_campaign() => r,
+                _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
+            };
+            match attempt {
+                Ok(leadership) => return Ok(leadership),
+                Err(e) => {
+                    tracing::warn!(error = %e, "campaign failed; campaigning again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                        _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_campaign(&self) -> Result<Leadership> {
+        let mut client = self
+            .store
+            .session_client()
+            .await
+            .map_err(|e| etcd_error("connecting", e))?;
+        let ttl_secs = self.ttl.as_secs().max(1) as i64;
+        let lease = client
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(|e| etcd_error("granting a lease", e))?
+            .id();
+        let lost = CancellationToken::new();
+        let (renewed_tx, mut renewed) = watch::channel(Instant::now());
+        let keeper = tokio::spawn(keep_alive(
+            self.store.clone(),
+            client.clone(),
+            lease,
+            self.ttl,
+            lost.clone(),
+            renewed_tx,
+        ));
+        let campaign = async {
+            let response = client
+                .campaign(self.name(), self.value.clone(), lease)
+                .await
+                .map_err(|e| etcd_error("campaigning", e))?;
+            let leader = response
+                .leader()
+                .cloned()
+                .ok_or_else(|| etcd_error("campaigning", "the answer has no leader key"))?;
+            // Lead only after a renewal that happened after winning.
+            let won = Instant::now();
+            tokio::time::timeout(self.ttl, renewed.wait_for(|t| *t > won))
+                .await
+                .map_err(|_| etcd_error("first keep-alive", "no renewal within the TTL"))?
+                .map_err(|_| etcd_error("first keep-alive", "the keeper stopped"))?;
+            Ok::<_, Error>(leader)
+        };
+        let outcome = tokio::select! {
+            r = campaign => r,
+            _ = lost.cancelled() => Err(etcd_error("campaigning", "the lease was lost")),
+        };
+        match outcome {
+            Ok(leader) => Ok(Leadership {
+                key: leader.key().to_vec(),
+                revision: leader.rev(),
+                lost,
+                leader,
+                lease,
+                client,
+                keeper,
+            }),
+            Err(e) => {
+                keeper.abort();
+                let _ = client.lease_revoke(lease).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("revision", &self.revision)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leadership {
+    /// Gives leadership up now (SIGTERM): resigns and revokes the lease, so that another
+    /// replica is elected without waiting for the TTL.
+    pub async fn resign(mut self) {
+        self.keeper.abort();
+        let resigned = self
+            .client
+            .resign(Some(ResignOptions::new().with_leader(self.leader.clone())))
+            .await;
+        let revoked = self.client.lease_revoke(self.lease).await;
+        match (resigned, revoked) {
+            (Ok(_), Ok(_)) => tracing::info!("resigned leadership"),
+            (r, v) => {
+                tracing::warn!(resign = ?r.err(), revoke = ?v.err(), "resigning failed; the lease will expire")
+            }
+        }
+    }
+
+    /// Stops renewing (after the lease was lost); the lease expires by itself.
+    pub fn abandon(self) {
+        self.keeper.abort();
+    }
+}
+
+/// Renews `lease` every `ttl / 3`; fires `lost` when no renewal succeeded for `ttl / 2`.
+async fn keep_alive(
+    store: EtcdStore,
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    lost: CancellationToken,
+    renewed: watch::Sender<Instant>,
+) {
+    let every = ttl / 3;
+    let give_up = ttl / 2;
+    let mut last_ok = Instant::now();
+    let mut channel = None;
+    loop {
+        if last_ok.elapsed() >= give_up {
+            tracing::warn!(elapsed = ?last_ok.elapsed(), "leader lease not renewed in time; stepping down");
+            lost.cancel();
+            return;
+        }
+        if channel.is_none() {
+            match client.lease_keep_alive(lease).await {
+                Ok(c) => channel = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease keep-alive stream failed; trying another member");
+                    if let Ok(c) = store.session_client().await {
+                        client = c;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let (keeper, stream) = channel.as_mut().expect("just set");
+        let renewal = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        let deadline = give_up.saturating_sub(last_ok.elapsed());
+        match tokio::time::timeout(deadline, renewal).await {
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                last_ok = Instant::now();
+                let _ = renewed.send(last_ok);
+            }
+            Ok(Ok(Some(_))) => {
+                tracing::warn!("the leader lease expired; stepping down");
+                lost.cancel();
+                return;
+            }
+            other => {
+                tracing::warn!(outcome = ?other.map(|r| r.map(|_| ())), "lease renewal failed; retrying through another member");
+                channel = None;
+                if let Ok(c) = store.session_client().await {
+                    client = c;
+                }
+                continue;
+            }
+        }
+        // Sleep until the next renewal; a frozen process wakes up late and gives up at the top.
+        tokio::time::sleep(every).await;
+    }
+}
