@@ -36,8 +36,12 @@ async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::R
                     continue;
                 }
             };
+            // A replica that accepts connections but does not answer (frozen, overloaded) must not
+            // hold the search up for a whole call deadline.
+            let mut probe = tonic::Request::new(v1::GetLeaderRequest {});
+            probe.set_timeout(Duration::from_secs(2));
             let answer = ClusterServiceClient::new(channel.clone())
-                .get_leader(v1::GetLeaderRequest {})
+                .get_leader(probe)
                 .await;
             match answer.map(tonic::Response::into_inner) {
                 Ok(leader) if leader.is_self => return Ok(channel),

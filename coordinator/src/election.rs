@@ -6,12 +6,12 @@
 //! that (so a lease that expired while the campaign was answered is not mistaken for a live
 //! one). The leader key and its revision become the fence of every write it makes.
 //!
-//! Keeping the lease: one keep-alive every `ttl / 3`; a failed one is retried through another
-//! member at once. If no renewal has succeeded for `ttl / 2`, leadership is given up at once
-//! (`lost` fires): the lease is still valid on etcd's side for another half TTL or so, so the
-//! old leader stops before any other replica can be elected, and a leader that was frozen
-//! (SIGSTOP, a long GC-like pause) notices on its first wake-up. Whatever it still tries to
-//! write is refused by the fence.
+//! Keeping the lease: one keep-alive every `ttl / 4`; a failed one is retried through another
+//! member at once. If no renewal *sent* in the last `2/3 ttl` has succeeded, leadership is given
+//! up at once (`lost` fires). etcd renewed the lease no earlier than that request was sent, so it
+//! stays valid for at least another third of the TTL: the old leader stops before any other
+//! replica can be elected, and a leader that was frozen (SIGSTOP, a long pause) notices on its
+//! first wake-up. Whatever it still tries to write is refused by the fence.
 
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ pub struct Leadership {
     lease: i64,
     client: Client,
     keeper: tokio::task::JoinHandle<()>,
+    store: EtcdStore,
 }
 
 fn etcd_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -108,13 +109,15 @@ impl Election {
             .await
             .map_err(|e| etcd_error("connecting", e))?;
         let ttl_secs = self.ttl.as_secs().max(1) as i64;
-        let lease = client
-            .lease_grant(ttl_secs, None)
+        // The session client has no request deadline (a campaign blocks); a grant must not.
+        let lease = tokio::time::timeout(self.ttl, client.lease_grant(ttl_secs, None))
             .await
+            .map_err(|_| etcd_error("granting a lease", "no answer within the TTL"))?
             .map_err(|e| etcd_error("granting a lease", e))?
             .id();
         let lost = CancellationToken::new();
         let (renewed_tx, mut renewed) = watch::channel(Instant::now());
+        let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());
         let keeper = tokio::spawn(keep_alive(
             self.store.clone(),
             client.clone(),
@@ -122,6 +125,7 @@ impl Election {
             self.ttl,
             lost.clone(),
             renewed_tx,
+            renew_now.clone(),
         ));
         let campaign = async {
             let response = client
@@ -132,8 +136,9 @@ impl Election {
                 .leader()
                 .cloned()
                 .ok_or_else(|| etcd_error("campaigning", "the answer has no leader key"))?;
-            // Lead only after a renewal that happened after winning.
+            // Lead only after a renewal that happened after winning (asked for at once).
             let won = Instant::now();
+            renew_now.notify_one();
             tokio::time::timeout(self.ttl, renewed.wait_for(|t| *t > won))
                 .await
                 .map_err(|_| etcd_error("first keep-alive", "no renewal within the TTL"))?
@@ -153,6 +158,7 @@ impl Election {
                 lease,
                 client,
                 keeper,
+                store: self.store.clone(),
             }),
             Err(e) => {
                 keeper.abort();
@@ -176,19 +182,31 @@ impl std::fmt::Debug for Leadership {
 impl Leadership {
     /// Gives leadership up now (SIGTERM): resigns and revokes the lease, so that another
     /// replica is elected without waiting for the TTL.
-    pub async fn resign(mut self) {
+    pub async fn resign(self) {
         self.keeper.abort();
-        let resigned = self
-            .client
-            .resign(Some(ResignOptions::new().with_leader(self.leader.clone())))
-            .await;
-        let revoked = self.client.lease_revoke(self.lease).await;
-        match (resigned, revoked) {
-            (Ok(_), Ok(_)) => tracing::info!("resigned leadership"),
-            (r, v) => {
-                tracing::warn!(resign = ?r.err(), revoke = ?v.err(), "resigning failed; the lease will expire")
+        // The campaign's member may have died since; then resign through another one.
+        let mut clients = vec![self.client.clone()];
+        if let Ok(other) = self.store.session_client().await {
+            clients.push(other);
+        }
+        let mut failures = Vec::new();
+        for mut client in clients {
+            let resign = async {
+                client
+                    .resign(Some(ResignOptions::new().with_leader(self.leader.clone())))
+                    .await?;
+                client.lease_revoke(self.lease).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), resign).await {
+                Ok(Ok(_)) => {
+                    tracing::info!("resigned leadership");
+                    return;
+                }
+                Ok(Err(e)) => failures.push(e.to_string()),
+                Err(_) => failures.push("timed out".to_owned()),
             }
         }
+        tracing::warn!(?failures, "resigning failed; the lease will expire");
     }
 
     /// Stops renewing (after the lease was lost); the lease expires by itself.
@@ -197,7 +215,8 @@ impl Leadership {
     }
 }
 
-/// Renews `lease` every `ttl / 3`; fires `lost` when no renewal succeeded for `ttl / 2`.
+/// Renews `lease` every `ttl / 4`; fires `lost` when no renewal sent in the last `2/3 ttl`
+/// succeeded.
 async fn keep_alive(
     store: EtcdStore,
     mut client: Client,
@@ -205,9 +224,11 @@ async fn keep_alive(
     ttl: Duration,
     lost: CancellationToken,
     renewed: watch::Sender<Instant>,
+    renew_now: std::sync::Arc<tokio::sync::Notify>,
 ) {
-    let every = ttl / 3;
-    let give_up = ttl / 2;
+    let every = ttl / 4;
+    let give_up = ttl * 2 / 3;
+    // When the last successful renewal was sent (the lease was granted just before this).
     let mut last_ok = Instant::now();
     let mut channel = None;
     loop {
@@ -230,6 +251,7 @@ async fn keep_alive(
             }
         }
         let (keeper, stream) = channel.as_mut().expect("just set");
+        let sent = Instant::now();
         let renewal = async {
             keeper.keep_alive().await?;
             stream.message().await
@@ -237,8 +259,8 @@ async fn keep_alive(
         let deadline = give_up.saturating_sub(last_ok.elapsed());
         match tokio::time::timeout(deadline, renewal).await {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
-                last_ok = Instant::now();
-                let _ = renewed.send(last_ok);
+                last_ok = sent;
+                let _ = renewed.send(Instant::now());
             }
             Ok(Ok(Some(_))) => {
                 tracing::warn!("the leader lease expired; stepping down");
@@ -254,7 +276,11 @@ async fn keep_alive(
                 continue;
             }
         }
-        // Sleep until the next renewal; a frozen process wakes up late and gives up at the top.
-        tokio::time::sleep(every).await;
+        // Sleep until the next renewal (or an early one is asked for); a frozen process wakes up
+        // late and gives up at the top.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = renew_now.notified() => {}
+        }
     }
 }

@@ -120,6 +120,7 @@ impl Coordinator {
                     endpoints: etcd_config.endpoints.clone(),
                     prefix: etcd_config.prefix.clone(),
                     user: etcd_config.user.clone().zip(etcd_config.password.clone()),
+                    call_timeout: etcd_config.call_timeout,
                     ..EtcdOptions::default()
                 })
                 .await

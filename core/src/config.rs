@@ -71,6 +71,10 @@ pub struct EtcdConfig {
     /// and another replica takes over after it expires.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Deadline of one call to one member; a call that times out is retried on the next member
+    /// (an etcd member that lost its raft leader can hold a request for seconds).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
     /// User name, when etcd has authentication on.
     pub user: Option<String>,
     /// Password of `user`; better given as `TRAINFLEET_ETCD_PASSWORD`.
@@ -83,6 +87,7 @@ impl Default for EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             prefix: "/trainfleet/default".to_owned(),
             lease_ttl: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(2),
             user: None,
             password: None,
         }

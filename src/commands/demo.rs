@@ -18,7 +18,7 @@ use trainfleet_proto::v1::dataset_service_client::DatasetServiceClient;
 use trainfleet_proto::v1::model_service_client::ModelServiceClient;
 use trainfleet_worker::data::synth;
 
-use crate::client::{connect, connect_streaming, status_error};
+use crate::client::{connect, status_error};
 use crate::commands::datasets::{outcome_name, short};
 use crate::commands::jobs::{describe, watch};
 use crate::commands::run::Embedded;
@@ -269,8 +269,7 @@ async fn follow(
                 decision.reason
             );
             if decision.outcome == v1::retrain_decision::Outcome::Fired as i32 {
-                let done =
-                    watch(connect_streaming(endpoint).await?, &decision.job_id, false).await?;
+                let done = watch(endpoint, &decision.job_id, false).await?;
                 for line in describe(&done).lines().filter(|l| {
                     l.contains("model ") || l.contains("promoted") || l.contains("error")
                 }) {

@@ -96,8 +96,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let channel = connect(&args.remote.endpoint).await?;
     let job = submit_spec(channel, spec, args.idempotency_key).await?;
     if args.watch {
-        let channel = connect_streaming(&args.remote.endpoint).await?;
-        let done = watch(channel, &job.id, args.remote.json).await?;
+        let done = watch(&args.remote.endpoint, &job.id, args.remote.json).await?;
         return finished(&done, args.remote.json);
     }
     if args.remote.json {
@@ -128,8 +127,7 @@ pub async fn submit_spec(
 
 /// `watch`: follows a job until it ends.
 pub async fn watch_cmd(args: JobArgs) -> anyhow::Result<()> {
-    let channel = connect_streaming(&args.remote.endpoint).await?;
-    let done = watch(channel, &args.id, args.remote.json).await?;
+    let done = watch(&args.remote.endpoint, &args.id, args.remote.json).await?;
     finished(&done, args.remote.json)
 }
 
@@ -312,12 +310,23 @@ pub async fn models(args: ModelsArgs) -> anyhow::Result<()> {
 
 /// Follows a job's events with progress bars (or JSON lines) until it ends; returns the final
 /// job.
-pub async fn watch(channel: Channel, id: &str, json: bool) -> anyhow::Result<v1::Job> {
-    let mut stream = JobServiceClient::new(channel)
-        .watch(v1::WatchJobRequest { id: id.to_owned() })
-        .await
-        .map_err(|s| status_error("Watch", s))?
-        .into_inner();
+///
+/// The watch survives a coordinator failover: when the stream breaks with UNAVAILABLE (the
+/// leader stepped down or died), the leader is found again and the watch resumes there (the new
+/// stream starts with the job's current state).
+pub async fn watch(endpoint: &str, id: &str, json: bool) -> anyhow::Result<v1::Job> {
+    let open = || async {
+        let channel = connect_streaming(endpoint).await?;
+        anyhow::Ok(
+            JobServiceClient::new(channel)
+                .watch(v1::WatchJobRequest { id: id.to_owned() })
+                .await
+                .map_err(|s| status_error("Watch", s))?
+                .into_inner(),
+        )
+    };
+    let mut stream = open().await?;
+    let mut reconnects = 0;
     let bars = MultiProgress::new();
     // Bars draw only on a terminal; elsewhere (CI logs, pipes) the same lines are printed plainly.
     let say = |line: String| {
@@ -341,11 +350,27 @@ pub async fn watch(channel: Channel, id: &str, json: bool) -> anyhow::Result<v1:
             .progress_chars("=> "),
     );
     batches.set_prefix("batches");
-    while let Some(event) = stream
-        .message()
-        .await
-        .map_err(|s| status_error("Watch", s))?
-    {
+    loop {
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                anyhow::bail!("the coordinator ended the watch of {id} before the job finished")
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && reconnects < 20 => {
+                reconnects += 1;
+                say(format!(
+                    "{id}: the coordinator is unavailable ({}); following the leader",
+                    s.message()
+                ));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match open().await {
+                    Ok(s) => stream = s,
+                    Err(e) => say(format!("{id}: {e:#}")),
+                }
+                continue;
+            }
+            Err(s) => return Err(status_error("Watch", s)),
+        };
         if json && let Some(line) = event_json(&event) {
             println!("{line}");
         }
@@ -379,7 +404,6 @@ pub async fn watch(channel: Channel, id: &str, json: bool) -> anyhow::Result<v1:
             _ => {}
         }
     }
-    anyhow::bail!("the coordinator ended the watch of {id} before the job finished")
 }
 
 /// Prints a finished job's summary; an error when it did not succeed.

@@ -19,7 +19,7 @@ use trainfleet_worker::{Agent, devices};
 
 use trainfleet_proto::v1::job_service_client::JobServiceClient;
 
-use crate::client::{connect, connect_streaming, status_error};
+use crate::client::{connect, status_error};
 use crate::commands::jobs::{finished, submit_spec, watch};
 use crate::commands::workers::workers_table;
 
@@ -143,7 +143,7 @@ async fn run_job(addr: SocketAddr, path: &std::path::Path) -> anyhow::Result<()>
     )
     .await?;
     println!("job {} queued", job.id);
-    let follow = watch(connect_streaming(&endpoint).await?, &job.id, false);
+    let follow = watch(&endpoint, &job.id, false);
     tokio::pin!(follow);
     let done = tokio::select! {
         done = &mut follow => done?,

@@ -1,0 +1,402 @@
+//! Coordinator high availability end to end: real etcd members (Debian's `etcd-server`), three
+//! coordinator replicas and workers, all started by the test on loopback ports and stopped by
+//! PID. Leadership is read from each replica (`ClusterService.GetLeader`); jobs, the champion
+//! and what the replicas wrote are read through the CLI and etcd itself.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+use trainfleet_core::etcd_process::EtcdCluster;
+use trainfleet_core::kv::KvStore;
+use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
+use trainfleet_proto::v1;
+use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
+
+/// The leader's lease TTL in these tests.
+const TTL: Duration = Duration::from_secs(3);
+
+/// The tests of this file run one at a time: each starts etcd members, replicas and workers,
+/// and on a 2-core machine two of them at once would measure each other's load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Cluster {
+    dir: std::path::PathBuf,
+    etcd: EtcdCluster,
+    replicas: Vec<Option<CoordinatorProc>>,
+    addrs: Vec<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start(dir: &Path, members: usize, replicas: usize) -> anyhow::Result<Self> {
+        let etcd = EtcdCluster::start(dir, members)?;
+        let endpoints = etcd.endpoints().join(",");
+        let ttl = format!("{}s", TTL.as_secs());
+        let mut started = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..replicas {
+            let c = start_coordinator(
+                dir,
+                &format!("coordinator{i}"),
+                "127.0.0.1:0",
+                &[
+                    "--heartbeat-interval",
+                    "200ms",
+                    "--lease-timeout",
+                    "5s",
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &endpoints,
+                    "--etcd-prefix",
+                    "/ha-test",
+                    "--etcd-lease-ttl",
+                    &ttl,
+                ],
+            )?;
+            addrs.push(c.addr.clone());
+            started.push(Some(c));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            etcd,
+            replicas: started,
+            addrs,
+            runtime: tokio::runtime::Runtime::new()?,
+        })
+    }
+
+    /// What replica `i` says about leadership: (is it the leader, the leader's address).
+    fn ask(&self, i: usize) -> Option<(bool, String)> {
+        self.replicas[i].as_ref()?;
+        let addr = format!("http://{}", self.addrs[i]);
+        self.runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .ok()?
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .ok()?;
+            let answer = ClusterServiceClient::new(channel)
+                .get_leader(v1::GetLeaderRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            Some((answer.is_self, answer.address))
+        })
+    }
+
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.replicas.len())
+            .filter(|&i| self.ask(i).is_some_and(|(is_self, _)| is_self))
+            .collect()
+    }
+
+    /// Waits until exactly one replica leads; returns it.
+    fn wait_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        self.wait_leader_other_than(usize::MAX, timeout)
+    }
+
+    /// Waits until exactly one replica leads and it is not `old`.
+    fn wait_leader_other_than(&self, old: usize, timeout: Duration) -> anyhow::Result<usize> {
+        wait_for(timeout, "one (new) leader", || {
+            match self.leaders().as_slice() {
+                [one] if *one != old => Some(*one),
+                _ => None,
+            }
+        })
+    }
+
+    /// The live replicas' addresses, comma-separated (what a worker or the CLI is given).
+    fn endpoints(&self) -> String {
+        (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].is_some())
+            .map(|i| self.addrs[i].clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn proc(&self, i: usize) -> &Proc {
+        &self.replicas[i].as_ref().expect("running").proc
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].take() {
+            c.proc.kill();
+        }
+    }
+
+    fn worker(&self, name: &str) -> anyhow::Result<Proc> {
+        let config = format!(
+            "data_dir: {}\nartifact_dir: {}\n",
+            self.dir.join("data").display(),
+            self.dir.join(format!("work-{name}")).display()
+        );
+        start_worker(&self.dir, name, &self.endpoints(), &config)
+    }
+
+    fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(binary("trainfleet"))
+            .args(args)
+            .env("TRAINFLEET_ENDPOINT", self.endpoints())
+            .current_dir(&self.dir)
+            .output()?)
+    }
+
+    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "trainfleet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// A raw view of this cluster's keys in etcd.
+    fn etcd_store(&self) -> EtcdStore {
+        self.runtime
+            .block_on(EtcdStore::connect(EtcdOptions {
+                endpoints: self.etcd.endpoints(),
+                prefix: "/ha-test".into(),
+                ..EtcdOptions::default()
+            }))
+            .expect("etcd reachable")
+    }
+}
+
+fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
+    format!(
+        "name: {name}\n\
+         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
+         model: {{arch: simple_cnn}}\n\
+         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
+    )
+}
+
+fn submit(cluster: &Cluster, name: &str, yaml: &str) -> anyhow::Result<String> {
+    let path = cluster.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    let job = cluster.json(&["submit", path.to_str().unwrap()])?;
+    Ok(job["id"].as_str().unwrap_or_default().to_owned())
+}
+
+fn wait_job(cluster: &Cluster, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    wait_for(timeout, &format!("job {id} to end"), || {
+        let job = cluster.json(&["status", id]).ok()?;
+        ["succeeded", "failed", "cancelled"]
+            .contains(&job["state"].as_str().unwrap_or(""))
+            .then_some(job)
+    })
+}
+
+#[test]
+fn a_killed_leader_is_replaced_within_the_ttl_and_its_job_completes_once() -> anyhow::Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 3, 3)?;
+    let first = cluster.wait_leader(Duration::from_secs(20))?;
+    let _a = cluster.worker("worker-a")?;
+    let _b = cluster.worker("worker-b")?;
+
+    let id = submit(&cluster, "failover", &job_yaml("failover", 4, 3))?;
+    wait_for(Duration::from_secs(120), "the job's first epoch", || {
+        let job = cluster.json(&["status", &id]).ok()?;
+        job["epochs"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+            .then_some(())
+    })?;
+
+    // kill -9 the leader mid-training.
+    let killed = Instant::now();
+    cluster.kill(first);
+    let second = cluster.wait_leader_other_than(first, TTL + Duration::from_secs(8))?;
+    let took = killed.elapsed();
+    assert_ne!(second, first);
+    assert!(
+        took <= TTL + Duration::from_secs(2),
+        "a new leader serves within the lease TTL + 2 s: {took:?}"
+    );
+
+    let job = wait_job(&cluster, &id, Duration::from_secs(180))?;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+    let completed = |task: &str| {
+        attempts
+            .iter()
+            .filter(|a| a["task"].as_str().is_some_and(|t| t.ends_with(task)))
+            .filter(|a| a["outcome"] == "succeeded")
+            .count()
+    };
+    assert_eq!(completed("train"), 1, "the training completed once: {job}");
+    assert_eq!(completed("eval"), 1, "the eval completed once: {job}");
+    let epochs: Vec<u64> = job["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4], "every epoch once: {job}");
+    let model = job["result"]["model_id"].as_str().unwrap().to_owned();
+    let models = cluster.json(&["models"])?;
+    assert_eq!(models[0]["id"], model.as_str());
+    assert_eq!(
+        models[0]["champion"], true,
+        "the pointer names it: {models}"
+    );
+    // The pointer in etcd is the new leader's write.
+    let store = cluster.etcd_store();
+    let champions = cluster
+        .runtime
+        .block_on(store.prefix(b"/trainfleet/champions/"))?;
+    assert_eq!(champions.len(), 1);
+    let pointer: Value = serde_json::from_slice(&champions[0].value)?;
+    assert_eq!(pointer["model_id"], model.as_str());
+    Ok(())
+}
+
+#[test]
+fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), 1, 2)?;
+    let old = cluster.wait_leader(Duration::from_secs(20))?;
+    let new = 1 - old;
+    // A job no worker can take (it needs a GPU): it stays queued, in the old leader's memory.
+    let gpu_job = job_yaml("waits", 1, 1).replace(
+        "model: {arch: simple_cnn}",
+        "model: {arch: simple_cnn}\nresources: {gpu: true}",
+    );
+    let id = submit(&cluster, "waits", &gpu_job)?;
+
+    // Freeze the leader past its lease: the other replica takes over.
+    cluster.proc(old).signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    wait_for(
+        TTL + Duration::from_secs(8),
+        "the other replica to lead",
+        || cluster.ask(new).is_some_and(|(me, _)| me).then_some(()),
+    )?;
+    // The new leader changes state: the job is cancelled there.
+    let out = cluster.cli(&["cancel", &id, "--reason", "by the new leader"])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(frozen.elapsed() > TTL);
+
+    // Thaw the old leader and at once ask it (and only it) to write: whatever it tries is
+    // refused, by its own step-down or by the fence in etcd.
+    cluster.proc(old).signal(libc::SIGCONT);
+    let late = std::process::Command::new(binary("trainfleet"))
+        .args(["submit", "--sleep", "1s"])
+        .env("TRAINFLEET_ENDPOINT", &cluster.addrs[old])
+        .output()?;
+    let late_text = String::from_utf8_lossy(&late.stderr).into_owned();
+    // The CLI follows the leader when the old one already knows it is a follower; either way
+    // the job lands (at most once) through the new leader, or the old one's write is refused.
+    if !late.status.success() {
+        assert!(
+            late_text.contains("Unavailable") || late_text.contains("no longer leads"),
+            "{late_text}"
+        );
+    }
+
+    // It rejoins as a follower that names the new leader.
+    wait_for(Duration::from_secs(10), "the old leader to follow", || {
+        cluster
+            .ask(old)
+            .filter(|(me, leader)| !me && *leader == cluster.addrs[new])
+    })?;
+    assert_eq!(cluster.leaders(), vec![new]);
+
+    // etcd holds the new leader's view: the job is cancelled, not requeued or resurrected by
+    // the old leader's late writes.
+    let store = cluster.etcd_store();
+    let key = format!("/trainfleet/jobs/{id}");
+    let record = cluster
+        .runtime
+        .block_on(store.get(key.as_bytes()))?
+        .expect("the job record");
+    let job: Value = serde_json::from_slice(&record.value)?;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(
+        cluster.proc(old).log_text().contains("stepping down"),
+        "the old leader noticed: {}",
+        cluster.proc(old).log_text()
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_hands_over_well_under_the_ttl() -> anyhow::Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 1, 2)?;
+    let first = cluster.wait_leader(Duration::from_secs(20))?;
+    let _worker = cluster.worker("worker")?;
+    let out = cluster.cli(&["submit", "--sleep", "100ms", "--watch"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM: the leader resigns; the other replica leads well before the TTL would expire.
+    let sent = Instant::now();
+    cluster.proc(first).signal(libc::SIGTERM);
+    let second = cluster.wait_leader_other_than(first, Duration::from_secs(10))?;
+    let took = sent.elapsed();
+    assert_ne!(second, first);
+    assert!(
+        took < TTL,
+        "hand-over in {took:?}, under the {TTL:?} TTL\n--- old leader\n{}\n--- new leader\n{}",
+        cluster.proc(first).log_text(),
+        cluster.proc(second).log_text()
+    );
+    let code = cluster.replicas[first]
+        .as_mut()
+        .unwrap()
+        .proc
+        .wait_exit(Duration::from_secs(10))?;
+    assert_eq!(code, Some(0));
+    cluster.replicas[first] = None;
+    // The worker follows; work goes on.
+    let out = cluster.cli(&["submit", "--sleep", "100ms", "--watch"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dead_etcd_member_changes_nothing() -> anyhow::Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 3, 2)?;
+    cluster.wait_leader(Duration::from_secs(20))?;
+    let _worker = cluster.worker("worker")?;
+    cluster.etcd.members[0].kill();
+    for round in 0..3 {
+        let out = cluster.cli(&["submit", "--sleep", "100ms", "--watch"])?;
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let jobs = cluster.json(&["jobs"])?;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(3), "{jobs}");
+    Ok(())
+}
