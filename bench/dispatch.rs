@@ -18,6 +18,9 @@
 //!
 //! Prints one JSON object. `bench/dispatch.sh` builds and runs it.
 
+#[path = "common.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use common::{channel, register};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_service_client::JobServiceClient;
 use trainfleet_proto::v1::worker_service_client::WorkerServiceClient;
@@ -93,34 +97,6 @@ fn summary(mut samples: Vec<Duration>) -> serde_json::Value {
         "p99_ms": percentile(&samples, 0.99),
         "max_ms": percentile(&samples, 1.0),
     })
-}
-
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
-}
-
-async fn register(client: &mut WorkerServiceClient<Channel>, id: &str) -> anyhow::Result<String> {
-    Ok(client
-        .register(v1::RegisterRequest {
-            worker_id: id.to_owned(),
-            host: "bench".into(),
-            devices: vec![v1::Device {
-                kind: v1::DeviceKind::Cpu as i32,
-                name: "bench cpu".into(),
-                memory_bytes: 1 << 30,
-                cores: 1,
-                index: 0,
-            }],
-            slots: 1,
-            version: "bench".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .session_id)
 }
 
 /// One worker: poll, note when the task arrived, complete it, poll again. Heartbeats keep it alive.
