@@ -95,6 +95,27 @@ impl Cluster {
         })
     }
 
+    /// The health status replica `i` reports for `service` ("" for the server as a whole).
+    fn health(&self, i: usize, service: &str) -> Option<i32> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let addr = format!("http://{}", self.addrs[i]);
+        self.runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .ok()?;
+            Some(answer.into_inner().status)
+        })
+    }
+
     fn leaders(&self) -> Vec<usize> {
         (0..self.replicas.len())
             .filter(|&i| self.ask(i).is_some_and(|(is_self, _)| is_self))
@@ -350,6 +371,30 @@ fn sigterm_hands_over_well_under_the_ttl() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Readiness: only the leader serves (a Kubernetes Service routes to it alone).
+    const SERVING: i32 = 1;
+    const NOT_SERVING: i32 = 2;
+    for service in [
+        "",
+        "trainfleet.v1.JobService",
+        "trainfleet.v1.WorkerService",
+    ] {
+        assert_eq!(cluster.health(first, service), Some(SERVING), "{service}");
+        assert_eq!(
+            cluster.health(1 - first, service),
+            Some(NOT_SERVING),
+            "{service}"
+        );
+    }
+    // A follower refuses public calls with UNAVAILABLE, naming the leader.
+    let follower = reflect_call(
+        &cluster.addrs[1 - first],
+        "trainfleet.v1.JobService/List",
+        "{}",
+    )?
+    .expect_err("a follower does not serve jobs");
+    assert_eq!(follower.0, "UNAVAILABLE", "{follower:?}");
+    assert!(follower.1.contains(&cluster.addrs[first]), "{follower:?}");
 
     // SIGTERM: the leader resigns; the other replica leads well before the TTL would expire.
     let sent = Instant::now();
