@@ -29,7 +29,7 @@ as_root() {
 }
 
 # --- Debian packages ---------------------------------------------------------------------------
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server g++ make pkg-config python3-venv npm)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl g++ make pkg-config python3-venv npm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -46,6 +46,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v protoc >/dev/null || die "protoc not found after installing protobuf-compiler"
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+command -v openssl >/dev/null || die "openssl not found (the etcd TLS test makes its certificates with it)"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then rerun"
 
 # --- Python: libtorch and the reflection client -----------------------------------------------

@@ -58,6 +58,15 @@ struct Args {
     /// etcd password; prefer the environment variable to the flag.
     #[arg(long, env = "TRAINFLEET_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
+    /// CA of the etcd members' certificates (PEM): TLS to etcd, with https:// endpoints.
+    #[arg(long, env = "TRAINFLEET_ETCD_CA_FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// Client certificate for etcd (PEM), with --etcd-key-file.
+    #[arg(long, env = "TRAINFLEET_ETCD_CERT_FILE", requires = "etcd_ca_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TRAINFLEET_ETCD_KEY_FILE", requires = "etcd_ca_file")]
+    etcd_key_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -109,6 +118,14 @@ impl Args {
         }
         if let Some(v) = self.etcd_password {
             config.etcd.password = Some(v);
+        }
+        if let Some(ca_file) = self.etcd_ca_file {
+            config.etcd.tls = Some(trainfleet_core::kv::etcd::EtcdTls {
+                ca_file,
+                cert_file: self.etcd_cert_file,
+                key_file: self.etcd_key_file,
+                server_name: None,
+            });
         }
         let origin = if overridden {
             format!("{origin} with flag/environment overrides")

@@ -121,6 +121,7 @@ impl Coordinator {
                     prefix: etcd_config.prefix.clone(),
                     user: etcd_config.user.clone().zip(etcd_config.password.clone()),
                     call_timeout: etcd_config.call_timeout,
+                    tls: etcd_config.tls.clone(),
                     ..EtcdOptions::default()
                 })
                 .await

@@ -79,6 +79,8 @@ pub struct EtcdConfig {
     pub user: Option<String>,
     /// Password of `user`; better given as `TRAINFLEET_ETCD_PASSWORD`.
     pub password: Option<String>,
+    /// TLS to etcd (PEM files); the endpoints are then `https://`.
+    pub tls: Option<crate::kv::etcd::EtcdTls>,
 }
 
 impl Default for EtcdConfig {
@@ -90,6 +92,7 @@ impl Default for EtcdConfig {
             call_timeout: Duration::from_secs(2),
             user: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -177,6 +180,18 @@ impl CoordinatorConfig {
                 return Err(invalid(
                     "etcd.lease_ttl",
                     "must be at least 1s (etcd grants whole seconds)".into(),
+                ));
+            }
+            if self.etcd.tls.is_some()
+                && let Some(plain) = self
+                    .etcd
+                    .endpoints
+                    .iter()
+                    .find(|e| e.starts_with("http://"))
+            {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    format!("has {plain:?}, but etcd.tls is set: use https://"),
                 ));
             }
             if self.etcd.user.is_some() != self.etcd.password.is_some() {

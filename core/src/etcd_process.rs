@@ -59,6 +59,101 @@ pub struct EtcdCluster {
     /// The members, in start order.
     pub members: Vec<EtcdMember>,
     initial_cluster: String,
+    tls: Option<TestCerts>,
+}
+
+/// A throwaway CA with a server certificate (for 127.0.0.1 and localhost) and a client
+/// certificate, made with the `openssl` command, for TLS tests.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// See `server_cert`.
+    pub server_key: PathBuf,
+    /// Client certificate and key, signed by the CA.
+    pub client_cert: PathBuf,
+    /// See `client_cert`.
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Makes them under `dir`.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Store(format!("certs dir: {e}")))?;
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| Error::Store(format!("cannot run openssl: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(Error::Store(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        let ext = dir.join("san.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .map_err(|e| Error::Store(format!("certs: {e}")))?;
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=trainfleet test CA",
+        ])?;
+        for who in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ])?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ])?;
+        }
+        Ok(Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        })
+    }
 }
 
 fn free_ports(n: usize) -> Result<Vec<u16>> {
@@ -94,11 +189,18 @@ impl EtcdCluster {
     /// Starts `n` members with their data under `dir`, and waits until every one reports
     /// healthy (a leader is elected).
     pub fn start(dir: &Path, n: usize) -> Result<Self> {
+        Self::start_with(dir, n, None)
+    }
+
+    /// Like [`EtcdCluster::start`], serving clients over TLS with `certs` and requiring client
+    /// certificates.
+    pub fn start_with(dir: &Path, n: usize, certs: Option<TestCerts>) -> Result<Self> {
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let ports = free_ports(2 * n)?;
         let mut members: Vec<EtcdMember> = (0..n)
             .map(|i| EtcdMember {
                 name: format!("etcd{i}"),
-                client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                client_url: format!("{scheme}://127.0.0.1:{}", ports[2 * i]),
                 peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
                 data_dir: dir.join(format!("etcd{i}")),
                 log: dir.join(format!("etcd{i}.log")),
@@ -113,6 +215,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members: Vec::new(),
             initial_cluster,
+            tls: certs,
         };
         for member in &mut members {
             cluster.spawn(member, "new")?;
@@ -127,7 +230,18 @@ impl EtcdCluster {
             .map_err(|e| Error::Store(format!("etcd data dir: {e}")))?;
         let log = std::fs::File::create(&member.log)
             .map_err(|e| Error::Store(format!("etcd log: {e}")))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(certs) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&certs.server_cert)
+                .arg("--key-file")
+                .arg(&certs.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -163,7 +277,16 @@ impl EtcdCluster {
             &self.members
         };
         for &i in which {
-            while !healthy(&members[i].client_url) {
+            // Over TLS, /health needs a client certificate: a TCP connect has to do (callers
+            // retry their first call while the members elect a leader).
+            let ready = |url: &str| {
+                if self.tls.is_some() {
+                    TcpStream::connect(url.trim_start_matches("https://")).is_ok()
+                } else {
+                    healthy(url)
+                }
+            };
+            while !ready(&members[i].client_url) {
                 if Instant::now() > deadline {
                     return Err(Error::Store(format!(
                         "etcd member {} not healthy after {timeout:?}: {}",

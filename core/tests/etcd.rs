@@ -128,3 +128,79 @@ async fn fenced_writes_apply_only_while_the_fence_key_is_unchanged() {
     // Reads are not fenced.
     assert_eq!(fenced.get(b"state").await.unwrap().unwrap().value, b"2");
 }
+
+/// Connects, retrying while a fresh cluster elects its leader.
+async fn connect_patiently(options: EtcdOptions) -> trainfleet_core::Result<EtcdStore> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match EtcdStore::connect(options.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates_and_password_authentication() {
+    use trainfleet_core::etcd_process::TestCerts;
+    use trainfleet_core::kv::etcd::EtcdTls;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(&dir.path().join("certs")).unwrap();
+    let cluster = EtcdCluster::start_with(dir.path(), 1, Some(certs.clone())).unwrap();
+    assert!(cluster.endpoints()[0].starts_with("https://"));
+    let tls = EtcdTls {
+        ca_file: certs.ca.clone(),
+        cert_file: Some(certs.client_cert.clone()),
+        key_file: Some(certs.client_key.clone()),
+        server_name: None,
+    };
+    let secure = |user: Option<(&str, &str)>| EtcdOptions {
+        tls: Some(tls.clone()),
+        user: user.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        ..options(cluster.endpoints(), "/tls")
+    };
+    let store = connect_patiently(secure(None)).await.unwrap();
+    conformance::run_all(&store).await;
+
+    // Without a client certificate the member refuses the connection.
+    let no_identity = EtcdOptions {
+        tls: Some(EtcdTls {
+            cert_file: None,
+            key_file: None,
+            ..tls.clone()
+        }),
+        ..options(cluster.endpoints(), "/tls")
+    };
+    assert!(EtcdStore::connect(no_identity).await.is_err());
+    // A missing CA file is named.
+    let err = EtcdStore::connect(EtcdOptions {
+        tls: Some(EtcdTls {
+            ca_file: dir.path().join("nope.pem"),
+            ..tls.clone()
+        }),
+        ..options(cluster.endpoints(), "/tls")
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("etcd.tls.ca_file") && err.contains("nope.pem"),
+        "{err}"
+    );
+
+    // Turn authentication on (root user, as etcd requires), then only the password works.
+    let mut admin = store.session_client().await.unwrap();
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let authed = connect_patiently(secure(Some(("root", "s3cret"))))
+        .await
+        .unwrap();
+    authed.put(b"auth/k", b"v").await.unwrap();
+    assert_eq!(authed.get(b"auth/k").await.unwrap().unwrap().value, b"v");
+    let wrong = EtcdStore::connect(secure(Some(("root", "wrong")))).await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+    let anonymous = EtcdStore::connect(secure(None)).await;
+    assert!(anonymous.is_err(), "no credentials, no access");
+}

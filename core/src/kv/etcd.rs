@@ -32,6 +32,58 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// User name and password, when etcd has authentication on.
     pub user: Option<(String, String)>,
+    /// TLS to the members (their endpoints are `https://`).
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS settings: PEM files.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA that signed the members' certificates.
+    pub ca_file: std::path::PathBuf,
+    /// A client certificate, when the members require one (`--client-cert-auth`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the members' certificates carry, when it is not the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+impl EtcdTls {
+    /// Reads the files into the client's TLS settings.
+    fn load(&self) -> Result<etcd_client::TlsOptions> {
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                Error::invalid_field(
+                    format!("etcd.tls.{field}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+        };
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(read("ca_file", &self.ca_file)?),
+        );
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("cert_file", cert)?,
+                    read("key_file", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::invalid_field(
+                    "etcd.tls.cert_file",
+                    "and etcd.tls.key_file go together",
+                ));
+            }
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
+    }
 }
 
 impl Default for EtcdOptions {
@@ -42,6 +94,7 @@ impl Default for EtcdOptions {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             user: None,
+            tls: None,
         }
     }
 }
@@ -53,6 +106,7 @@ struct Member {
 
 struct Shared {
     options: EtcdOptions,
+    tls: Option<etcd_client::TlsOptions>,
     prefix: Vec<u8>,
     members: Vec<Member>,
     preferred: AtomicUsize,
@@ -111,8 +165,10 @@ impl EtcdStore {
         if !prefix.ends_with(b"/") {
             prefix.push(b'/');
         }
+        let tls = options.tls.as_ref().map(EtcdTls::load).transpose()?;
         let store = Self {
             shared: std::sync::Arc::new(Shared {
+                tls,
                 members: options
                     .endpoints
                     .iter()
@@ -169,6 +225,9 @@ impl EtcdStore {
             if let Some((user, password)) = &self.shared.options.user {
                 options = options.with_user(user.clone(), password.clone());
             }
+            if let Some(tls) = &self.shared.tls {
+                options = options.with_tls(tls.clone());
+            }
             match Client::connect([endpoint.as_str()], Some(options)).await {
                 Ok(mut client) => match client.status().await {
                     Ok(_) => {
@@ -198,6 +257,9 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some((user, password)) = &self.shared.options.user {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.shared.tls {
+            options = options.with_tls(tls.clone());
         }
         let client = Client::connect([member.endpoint.as_str()], Some(options))
             .await
