@@ -3,7 +3,8 @@
 # second run checks and returns in a few seconds.
 #
 #   - Debian packages: protoc (tonic/etcd-client code generation), etcd-server (tests, local
-#     clusters), a C++ toolchain (torch-sys compiles its C++ shim), python3-venv.
+#     clusters), openssl (test certificates), a C++ toolchain (torch-sys compiles its C++ shim),
+#     python3-venv.
 #   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against) and the
 #     Python gRPC reflection client used by the end-to-end tests.
 #   - .tools: `buf` from npm, a second reflection client (`buf curl`, grpcurl-style).
