@@ -262,6 +262,14 @@ fn a_killed_leader_is_replaced_within_the_ttl_and_its_job_completes_once() -> an
             .count()
     };
     assert_eq!(completed("train"), 1, "the training completed once: {job}");
+    let train_attempts = attempts
+        .iter()
+        .filter(|a| a["task"].as_str().is_some_and(|t| t.ends_with("train")))
+        .count();
+    assert_eq!(
+        train_attempts, 1,
+        "the worker kept training through the failover and delivered to the new leader: {job}"
+    );
     assert_eq!(completed("eval"), 1, "the eval completed once: {job}");
     let epochs: Vec<u64> = job["epochs"]
         .as_array()
