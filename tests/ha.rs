@@ -303,6 +303,26 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     let cluster = Cluster::start(dir.path(), 1, 2)?;
     let old = cluster.wait_leader(Duration::from_secs(20))?;
     let new = 1 - old;
+    let worker = cluster.worker("worker")?;
+    // Two models of one dataset: the first becomes the champion; the second cannot pass its
+    // gate (min_delta 0.99) and stays a plain model.
+    let first = submit(&cluster, "m1", &job_yaml("m1", 1, 1))?;
+    let m1 = wait_job(&cluster, &first, Duration::from_secs(120))?["result"]["model_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let second = submit(
+        &cluster,
+        "m2",
+        &format!("{}gate: {{min_delta: 0.99}}\n", job_yaml("m2", 1, 2)),
+    )?;
+    let m2 = wait_job(&cluster, &second, Duration::from_secs(120))?;
+    assert_eq!(m2["result"]["promoted"], false, "{m2}");
+    let m2 = m2["result"]["model_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    drop(worker);
     // A job no worker can take (it needs a GPU): it stays queued, in the old leader's memory.
     let gpu_job = job_yaml("waits", 1, 1).replace(
         "model: {arch: simple_cnn}",
@@ -310,7 +330,8 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     );
     let id = submit(&cluster, "waits", &gpu_job)?;
 
-    // Freeze the leader past its lease: the other replica takes over.
+    // Freeze the leader past its lease: the other replica takes over, promotes m2 by hand and
+    // cancels the job.
     cluster.proc(old).signal(libc::SIGSTOP);
     let frozen = Instant::now();
     wait_for(
@@ -318,27 +339,23 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
         "the other replica to lead",
         || cluster.ask(new).is_some_and(|(me, _)| me).then_some(()),
     )?;
-    // The new leader changes state: the job is cancelled there.
+    let out = cluster.cli(&["promote", &m2, "--reason", "new leader", "--expect", &m1])?;
+    assert!(out.status.success(), "{out:?}");
     let out = cluster.cli(&["cancel", &id, "--reason", "by the new leader"])?;
     assert!(out.status.success(), "{out:?}");
     assert!(frozen.elapsed() > TTL);
 
-    // Thaw the old leader and at once ask it (and only it) to write: whatever it tries is
+    // Thaw the old leader and at once ask it, and only it, to write what its stale memory
+    // allows: m1 (its champion) promoted again, which would put the pointer back. It is
     // refused, by its own step-down or by the fence in etcd.
     cluster.proc(old).signal(libc::SIGCONT);
-    let late = std::process::Command::new(binary("trainfleet"))
-        .args(["submit", "--sleep", "1s"])
-        .env("TRAINFLEET_ENDPOINT", &cluster.addrs[old])
-        .output()?;
-    let late_text = String::from_utf8_lossy(&late.stderr).into_owned();
-    // The CLI follows the leader when the old one already knows it is a follower; either way
-    // the job lands (at most once) through the new leader, or the old one's write is refused.
-    if !late.status.success() {
-        assert!(
-            late_text.contains("Unavailable") || late_text.contains("no longer leads"),
-            "{late_text}"
-        );
-    }
+    let late = reflect_call(
+        &cluster.addrs[old],
+        "trainfleet.v1.ModelService/Promote",
+        &serde_json::json!({"id": m1, "reason": "late"}).to_string(),
+    )?;
+    let (code, message) = late.expect_err("the old leader's late write is refused");
+    assert_eq!(code, "UNAVAILABLE", "{message}");
 
     // It rejoins as a follower that names the new leader.
     wait_for(Duration::from_secs(10), "the old leader to follow", || {
@@ -348,9 +365,14 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     })?;
     assert_eq!(cluster.leaders(), vec![new]);
 
-    // etcd holds the new leader's view: the job is cancelled, not requeued or resurrected by
-    // the old leader's late writes.
+    // etcd holds the new leader's writes: the pointer names m2 and the job is cancelled.
     let store = cluster.etcd_store();
+    let pointer = cluster
+        .runtime
+        .block_on(store.prefix(b"/trainfleet/champions/"))?;
+    assert_eq!(pointer.len(), 1);
+    let pointer: Value = serde_json::from_slice(&pointer[0].value)?;
+    assert_eq!(pointer["model_id"], m2.as_str(), "{pointer}");
     let key = format!("/trainfleet/jobs/{id}");
     let record = cluster
         .runtime
@@ -358,6 +380,15 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
         .expect("the job record");
     let job: Value = serde_json::from_slice(&record.value)?;
     assert_eq!(job["state"], "cancelled", "{job}");
+    let champion = cluster.json(&["models"])?;
+    assert!(
+        champion
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == m2.as_str() && m["champion"] == true),
+        "{champion}"
+    );
     assert!(
         cluster.proc(old).log_text().contains("stepping down"),
         "the old leader noticed: {}",
