@@ -160,6 +160,7 @@ impl Control {
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
         let mut inner = Inner::default();
         let mut tasks = Vec::new();
+        let mut champion_revisions = HashMap::new();
         for kv in store
             .prefix(records::ROOT.as_bytes())
             .await
@@ -187,6 +188,7 @@ impl Control {
                     inner.models.insert(model.id.clone(), model);
                 }
                 Some("champions") => {
+                    champion_revisions.insert(kv.key.clone(), kv.mod_revision);
                     let champion: ChampionRecord = decode(&kv.key, &kv.value)?;
                     inner.champions.insert(champion.dataset.clone(), champion);
                 }
@@ -220,7 +222,8 @@ impl Control {
             champions = inner.champions.len(),
             "state restored"
         );
-        let (journal, handle) = Journal::start(store, fatal);
+        let guarded = champion_revisions;
+        let (journal, handle) = Journal::start(store, fatal, guarded);
         let control = Arc::new(Self {
             lease_timeout,
             registry,
