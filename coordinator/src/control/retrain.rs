@@ -650,10 +650,20 @@ mod tests {
             )
             .await
             .unwrap();
-        let task = f
-            .control
+        let task = lease(f, "w", session).await;
+        assert_eq!(
+            task.kind,
+            v1::TaskKind::Scan as i32,
+            "the CPU worker never gets the retrain"
+        );
+        report_scan(f, &task, n, samples, &format!("file:///m/{n}.json")).await;
+    }
+
+    /// Leases the next task to worker `id` (session `session`) at once.
+    async fn lease(f: &Fixture, id: &str, session: &str) -> v1::Task {
+        f.control
             .poll(
-                "w",
+                id,
                 session,
                 1,
                 Duration::from_millis(10),
@@ -661,16 +671,15 @@ mod tests {
             )
             .await
             .unwrap()
-            .expect("the scan task");
-        assert_eq!(
-            task.kind,
-            v1::TaskKind::Scan as i32,
-            "the CPU worker never gets the retrain"
-        );
+            .expect("a task to lease")
+    }
+
+    /// Completes scan `task` (held by worker "w") as a worker would: version `n` of `samples`
+    /// files, its manifest at `manifest_uri`.
+    async fn report_scan(f: &Fixture, task: &v1::Task, n: u64, samples: u64, manifest_uri: &str) {
         let detail = serde_json::json!({
             "root": root(n), "samples": samples, "by_class": {}, "by_split": {},
-            "added": 0, "removed": 0, "changed": 0,
-            "manifest_uri": format!("file:///m/{n}.json"),
+            "added": samples, "removed": 0, "changed": 0, "manifest_uri": manifest_uri,
         });
         f.control
             .complete(
@@ -761,18 +770,7 @@ mod tests {
 
         // A GPU worker starts it; asking again for the same version trains nothing more.
         let g = register_with(&f, "g", DeviceKind::Cuda);
-        let task = f
-            .control
-            .poll(
-                "g",
-                &g,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let task = lease(&f, "g", &g).await;
         assert_eq!(task.job_id, jobs[0].id);
         let again = f.control.retrain("digits", "5", "test").await.unwrap();
         assert_eq!(again.outcome, Outcome::Skipped as i32);
@@ -812,17 +810,7 @@ mod tests {
         scan(&f, &w, 1, 1000).await;
         // Start the first retrain now, so the next one must wait an hour.
         let g = register_with(&f, "g", DeviceKind::Cuda);
-        f.control
-            .poll(
-                "g",
-                &g,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        lease(&f, "g", &g).await;
         let started = f.control.lock().datasets["digits"]
             .retrain
             .last_retrain_at
@@ -905,35 +893,8 @@ mod tests {
 
         // The scheduled scan finds a new version: the decision says it came from the schedule.
         let w = register(&f, "w");
-        let task = f
-            .control
-            .poll(
-                "w",
-                &w,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        let detail = serde_json::json!({
-            "root": root(1), "samples": 10, "by_class": {}, "by_split": {},
-            "added": 10, "removed": 0, "changed": 0, "manifest_uri": "",
-        });
-        f.control
-            .complete(
-                "w",
-                &task.id,
-                1,
-                Report::Success {
-                    metrics: BTreeMap::new(),
-                    artifacts: BTreeMap::new(),
-                    detail_json: detail.to_string(),
-                },
-            )
-            .await
-            .unwrap();
+        let task = lease(&f, "w", &w).await;
+        report_scan(&f, &task, 1, 10, "").await;
         assert_eq!(outcomes(&f), [("schedule".into(), Outcome::Fired as i32)]);
         close(f).await;
     }
@@ -955,18 +916,7 @@ mod tests {
         let w = register(&f, "w");
         scan(&f, &w, 1, 1000).await;
         let g = register_with(&f, "g", DeviceKind::Cuda);
-        let first = f
-            .control
-            .poll(
-                "g",
-                &g,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let first = lease(&f, "g", &g).await;
         crown(&f, &first.job_id, 1);
         scan(&f, &w, 2, 1099).await;
         let d = f.control.history("digits", 1).unwrap().remove(0);
@@ -982,18 +932,7 @@ mod tests {
         assert!(d.reason.contains("10.0%"), "{}", d.reason);
 
         // The retrain fails on its worker: the key is given back and the version can be retried.
-        let task = f
-            .control
-            .poll(
-                "g",
-                &g,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let task = lease(&f, "g", &g).await;
         assert_eq!(task.job_id, d.job_id);
         f.control
             .complete(
@@ -1087,18 +1026,7 @@ mod tests {
         let w = register(&f, "w");
         scan(&f, &w, 1, 500).await;
         let g = register_with(&f, "g", DeviceKind::Cuda);
-        let first = f
-            .control
-            .poll(
-                "g",
-                &g,
-                1,
-                Duration::from_millis(10),
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let first = lease(&f, "g", &g).await;
         crown(&f, &first.job_id, 1);
         // Same 500 files, one relabelled: another root, the same count.
         scan(&f, &w, 2, 500).await;
