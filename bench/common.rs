@@ -1,5 +1,13 @@
-//! Pieces the benchmark programs share: a loopback channel and a synthetic worker's
-//! registration (the real WorkerService calls a worker makes, without a worker process).
+//! Pieces the benchmark programs share: a loopback channel, a synthetic worker's registration
+//! (the real WorkerService calls a worker makes, without a worker process), a child process
+//! stopped by PID, and a coordinator's address file.
+
+// Each benchmark binary includes this file (`#[path]`) and uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use trainfleet_proto::v1;
@@ -36,4 +44,33 @@ pub async fn register(
         .await?
         .into_inner()
         .session_id)
+}
+
+/// A child process stopped by PID (SIGTERM, then waited for) when dropped.
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with the PID of a child not reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// The address a coordinator started with `--addr-file path` bound (waits up to 20 s).
+pub fn wait_addr(path: &Path) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        if let Ok(a) = std::fs::read_to_string(path)
+            && !a.is_empty()
+        {
+            return Ok(a);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "no coordinator address in {} after 20 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -23,13 +23,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use common::{channel, register};
+use common::{Stopped, channel, register, wait_addr};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use trainfleet_proto::v1;
@@ -62,16 +62,6 @@ struct Args {
     /// Extra workers registered for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     registered: usize,
-}
-
-/// Stops the coordinator by PID when the benchmark ends, however it ends.
-struct Coordinator(Child);
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -272,21 +262,9 @@ async fn main() -> anyhow::Result<()> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", args.coordinator.display()))?;
-    let coordinator = Coordinator(child);
+    let coordinator = Stopped(child);
     let pid = coordinator.0.id();
-    let started = Instant::now();
-    let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file)
-            && !a.is_empty()
-        {
-            break a;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "coordinator did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = wait_addr(&addr_file)?;
     let rss_idle = rss_kib(pid)?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use common::{channel, register};
+use common::{channel, register, wait_addr};
 use trainfleet_core::etcd_process::EtcdCluster;
 use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
@@ -98,16 +98,7 @@ impl Replica {
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.binary.display()))?,
         );
-        let started = Instant::now();
-        self.addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&self.addr_file)
-                && !a.is_empty()
-            {
-                break a;
-            }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "no address");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        self.addr = wait_addr(&self.addr_file)?;
         Ok(())
     }
 

@@ -12,12 +12,16 @@
 //! fails at decoding right after its lease, which frees the worker for the next round (what is
 //! measured ends at the lease). Prints one JSON object; `bench/retrain_latency.sh` runs it.
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use common::{Stopped, wait_addr};
 use tonic::transport::{Channel, Endpoint};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::dataset_service_client::DatasetServiceClient;
@@ -40,16 +44,6 @@ struct Args {
     /// Bytes per file.
     #[arg(long, default_value_t = 4096)]
     file_size: usize,
-}
-
-/// A child process stopped by PID (SIGTERM, then waited for) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
 }
 
 fn write_files(root: &Path, range: std::ops::Range<usize>, size: usize) -> anyhow::Result<()> {
@@ -102,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let log = |name: &str| -> anyhow::Result<Stdio> {
         Ok(std::fs::File::create(dir.path().join(name))?.into())
     };
-    let _coordinator = Proc(
+    let _coordinator = Stopped(
         Command::new(&args.coordinator)
             .args(["--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
@@ -114,19 +108,7 @@ async fn main() -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("cannot start {}", args.coordinator.display()))?,
     );
-    let started = Instant::now();
-    let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file)
-            && !a.is_empty()
-        {
-            break a;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "no coordinator address"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = wait_addr(&addr_file)?;
     let config = dir.path().join("worker.yaml");
     std::fs::write(
         &config,
@@ -136,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
             dir.path().join("work").display()
         ),
     )?;
-    let _worker = Proc(
+    let _worker = Stopped(
         Command::new(&args.worker)
             .arg("--config")
             .arg(&config)
