@@ -84,6 +84,18 @@ fn wait_job_end(dir: &Path, addr: &str, id: &str) -> anyhow::Result<Value> {
     )
 }
 
+/// A coordinator and one worker, their state and caches under `d`.
+fn cluster(d: &Path) -> anyhow::Result<(CoordinatorProc, Proc)> {
+    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
+    let dirs = format!(
+        "data_dir: {}\nartifact_dir: {}\n",
+        d.join("data").display(),
+        d.join("work").display()
+    );
+    let worker = start_worker(d, "trainer", &coordinator.addr, &dirs)?;
+    Ok((coordinator, worker))
+}
+
 fn job_yaml(epochs: u32, learning_rate: f64, seed: u64) -> String {
     format!(
         "name: shapes-cnn\n\
@@ -100,15 +112,8 @@ fn growth_retrains_on_the_pinned_version_and_the_gate_guards_the_champion() -> a
     let d = dir.path();
     let data = d.join("shapes");
     add_images(&data, 0..40)?;
-    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
-    let addr = coordinator.addr.clone();
-    let addr = addr.as_str();
-    let dirs = format!(
-        "data_dir: {}\nartifact_dir: {}\n",
-        d.join("data").display(),
-        d.join("work").display()
-    );
-    let _worker = start_worker(d, "trainer", addr, &dirs)?;
+    let (coordinator, _worker) = cluster(d)?;
+    let addr = coordinator.addr.as_str();
     let job = d.join("job.yaml");
     std::fs::write(&job, job_yaml(4, 0.01, 7))?;
     let register = |job: &Path| {
@@ -348,15 +353,8 @@ fn growth_retrains_on_the_pinned_version_and_the_gate_guards_the_champion() -> a
 fn builtin_and_object_store_datasets_are_versioned_and_retrained_pinned() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
-    let addr = coordinator.addr.clone();
-    let addr = addr.as_str();
-    let dirs = format!(
-        "data_dir: {}\nartifact_dir: {}\n",
-        d.join("data").display(),
-        d.join("work").display()
-    );
-    let _worker = start_worker(d, "trainer", addr, &dirs)?;
+    let (coordinator, _worker) = cluster(d)?;
+    let addr = coordinator.addr.as_str();
 
     // A builtin (the offline generator, small): one version of 400 samples, listed per sample.
     let job = d.join("synth.yaml");
