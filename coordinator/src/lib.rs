@@ -1,17 +1,20 @@
 //! The trainfleet coordinator: the control plane. It never links libtorch, so it builds in
 //! seconds and runs anywhere.
 //!
-//! - [`server`]: binds the listener and serves every service, health and reflection.
+//! - [`server`]: binds the listener and serves every service, health and reflection; runs the
+//!   replica's role (standalone, or leader/follower over etcd through [`election`]).
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
 //! - [`registry`]: workers, their sessions and liveness (heartbeat deadlines, the reaper).
 //! - [`scheduler`]: the task queue, leases, attempts (the fencing token), requeue on worker
 //!   loss, cancellation. Pure; [`control`] drives it.
-//! - [`control`]: jobs, tasks, models and champions over the scheduler; every change journaled
-//!   to the KV store ([`journal`]: write-behind with group commit), rebuilt from it on start.
+//! - [`control`]: jobs, tasks, models, champions and datasets over the scheduler, and the
+//!   retrain loop; every change journaled to the KV store ([`journal`]: write-behind with group
+//!   commit, compare-and-swap on champion pointers), rebuilt from it when a term starts.
 //! - [`records`]: what is stored under which key.
 //! - [`gate`]: the promotion rule.
 //! - [`convert`]: the one place wire types become domain types (and back), with validation.
-//! - [`state`]: what the services of one replica share.
+//! - [`state`]: what the services of one replica share, and the current term (none on a
+//!   follower).
 //! - [`error`]: the error enum and its mapping to gRPC status codes.
 #![warn(missing_docs)]
 
