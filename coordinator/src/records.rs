@@ -8,7 +8,7 @@
 //! | `/trainfleet/tasks/<task_id>`    | [`TaskRecord`]  |
 //! | `/trainfleet/models/<model_id>`  | [`ModelRecord`] |
 //! | `/trainfleet/champions/<hash>`   | [`ChampionRecord`] (hash: sha256 of the dataset name) |
-//! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`] (last known state) |
+//! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`](crate::registry::WorkerSnapshot) (last known state) |
 //! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions, retrain book) |
 //! | `/trainfleet/decisions/<name>/<seq>` | [`DecisionRecord`] (one retrain decision; seq zero-padded) |
 
