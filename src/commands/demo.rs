@@ -15,6 +15,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::dataset_service_client::DatasetServiceClient;
+use trainfleet_proto::v1::job_service_client::JobServiceClient;
 use trainfleet_proto::v1::model_service_client::ModelServiceClient;
 use trainfleet_worker::data::synth;
 
@@ -209,6 +210,28 @@ async fn play(
         .register(register(String::new()))
         .await
         .map_err(|s| status_error("Register", s))?;
+    // A scheduled scan that started before may still run; let it finish.
+    let mut jobs = JobServiceClient::new(connect(endpoint).await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let active = jobs
+            .list(v1::ListJobsRequest {
+                states: vec![
+                    v1::JobState::Queued as i32,
+                    v1::JobState::Training as i32,
+                    v1::JobState::Evaluating as i32,
+                ],
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| status_error("ListJobs", s))?
+            .into_inner()
+            .jobs;
+        if active.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     summary(endpoint).await
 }
 
