@@ -32,7 +32,6 @@ pub use retrain::{next_scan, retrain_spec, run_ticker};
 
 use crate::convert;
 use crate::error::{Error, Result};
-use crate::gate;
 use crate::journal::{Ack, Journal};
 use crate::records::{
     self, AttemptRecord, ChampionRecord, Checkpoint, DatasetRecord, JobKind, JobOutcome, JobRecord,
@@ -40,6 +39,7 @@ use crate::records::{
 };
 use crate::registry::{WorkerRegistry, WorkerSnapshot};
 use crate::scheduler::{Needs, Outcome, Refused, Scheduler, TaskState};
+use trainfleet_core::gate;
 
 /// Longest sleep a sleep job may ask for.
 pub const MAX_SLEEP: Duration = Duration::from_secs(3600);

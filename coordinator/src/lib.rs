@@ -11,7 +11,6 @@
 //!   retrain loop; every change journaled to the KV store ([`journal`]: write-behind with group
 //!   commit, compare-and-swap on champion pointers), rebuilt from it when a term starts.
 //! - [`records`]: what is stored under which key.
-//! - [`gate`]: the promotion rule.
 //! - [`convert`]: the one place wire types become domain types (and back), with validation.
 //! - [`state`]: what the services of one replica share, and the current term (none on a
 //!   follower).
@@ -22,7 +21,6 @@ pub mod control;
 pub mod convert;
 pub mod election;
 pub mod error;
-pub mod gate;
 pub mod journal;
 pub mod records;
 pub mod registry;

@@ -369,36 +369,7 @@ pub struct TaskRecord {
     pub meta: TaskMeta,
 }
 
-/// The gate's decision, as stored with a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct GateRecord {
-    /// The verdict.
-    pub promoted: bool,
-    /// Each rule's outcome in words.
-    pub reasons: Vec<String>,
-    /// Metric compared.
-    pub metric: String,
-    /// Both values on the identical split.
-    pub challenger_value: f64,
-    /// See `challenger_value`; 0 without a champion.
-    pub champion_value: f64,
-    /// Champion compared against; empty for a first model.
-    pub champion_id: String,
-    /// McNemar's exact test, when the gate asked for it.
-    #[serde(default)]
-    pub mcnemar: Option<Mcnemar>,
-}
-
-/// McNemar's exact test on the paired per-sample correctness.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Mcnemar {
-    /// Samples only the challenger classified correctly.
-    pub challenger_only: u64,
-    /// Samples only the champion classified correctly.
-    pub champion_only: u64,
-    /// Two-sided p-value.
-    pub p_value: f64,
-}
+pub use trainfleet_core::gate::{GateRecord, Mcnemar};
 
 /// A trained model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

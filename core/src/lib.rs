@@ -5,6 +5,7 @@
 //! - [`config`]: coordinator and worker settings from YAML (unknown keys rejected with
 //!   file:line:column), validated before anything starts.
 //! - [`device`]: the compute devices a worker reports.
+//! - [`gate`]: the promotion rule (pure: the coordinator decides with it, reports show it).
 //! - [`job`]: the training job spec (dataset, model, training) and its validation.
 //! - [`kv`]: the key-value store trait behind coordinator state, its embedded (redb)
 //!   implementation and the conformance suite every implementation passes.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod etcd_process;
+pub mod gate;
 pub mod ids;
 pub mod job;
 pub mod kv;

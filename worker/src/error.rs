@@ -70,6 +70,10 @@ pub enum Error {
     /// The job asks for something this worker cannot do (a missing GPU, say).
     #[error("{0}")]
     Unsupported(String),
+
+    /// A report or one of its charts could not be made (never fails a run: see `report`).
+    #[error("report: {0}")]
+    Report(String),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

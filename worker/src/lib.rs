@@ -23,6 +23,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod tasks;
 pub mod train;
 

@@ -42,6 +42,12 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
     /// Whether each sample (in split order) was classified correctly.
     pub correct: Vec<bool>,
+    /// The predicted class of each sample, in split order (not saved: reports use it).
+    #[serde(skip)]
+    pub predicted: Vec<i64>,
+    /// The softmax probability of each prediction, when the model was run (not saved).
+    #[serde(skip)]
+    pub confidence: Vec<f32>,
 }
 
 /// Scores `model` on `split` in order, in batches of `batch_size`, without gradients.
@@ -59,10 +65,11 @@ pub fn evaluate(
     }
     // Batches go to the normaliser's (the model's) device, wherever the split is kept.
     let device = normalizer.device();
-    let (loss_sum, predictions, top5_hits) = tch::no_grad(|| {
+    let (loss_sum, predictions, confidences, top5_hits) = tch::no_grad(|| {
         let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
         let mut top5_hits = Tensor::zeros([], (Kind::Int64, device));
         let mut predictions = Vec::new();
+        let mut confidences = Vec::new();
         let mut start = 0;
         while start < n {
             let len = batch_size.min(n - start);
@@ -79,17 +86,27 @@ pub fn evaluate(
                     .any_dim(1, false)
                     .sum(Kind::Int64);
             }
-            predictions.push(logits.argmax(1, false));
+            let (confidence, predicted) = logits.softmax(1, Kind::Float).max_dim(1, false);
+            predictions.push(predicted);
+            confidences.push(confidence);
             start += len;
         }
-        (loss_sum, Tensor::cat(&predictions, 0), top5_hits)
+        (
+            loss_sum,
+            Tensor::cat(&predictions, 0),
+            Tensor::cat(&confidences, 0),
+            top5_hits,
+        )
     });
     let predicted =
         Vec::<i64>::try_from(predictions.to_device(tch::Device::Cpu)).unwrap_or_default();
     let truth = Vec::<i64>::try_from(split.labels.to_device(tch::Device::Cpu)).unwrap_or_default();
     let loss = f64::try_from(loss_sum).unwrap_or(f64::NAN) / n as f64;
     let top5 = (k > 5).then(|| i64::try_from(top5_hits).unwrap_or(0) as f64 / n as f64);
-    from_predictions(&truth, &predicted, loss, top5, classes)
+    let mut evaluation = from_predictions(&truth, &predicted, loss, top5, classes);
+    evaluation.confidence =
+        Vec::<f32>::try_from(confidences.to_device(tch::Device::Cpu)).unwrap_or_default();
+    evaluation
 }
 
 /// Builds an evaluation from true and predicted labels.
@@ -154,6 +171,8 @@ pub fn from_predictions(
         per_class,
         confusion,
         correct,
+        predicted: predicted.to_vec(),
+        confidence: Vec::new(),
     }
 }
 
