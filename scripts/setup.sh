@@ -4,9 +4,10 @@
 #
 #   - Debian packages: protoc (tonic/etcd-client code generation), etcd-server (tests, local
 #     clusters), openssl (test certificates), a C++ toolchain (torch-sys compiles its C++ shim),
-#     python3-venv.
-#   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against) and the
-#     Python gRPC reflection client used by the end-to-end tests.
+#     python3-venv, chromium (the report test opens a report in it, offline).
+#   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against), the
+#     Python gRPC reflection client used by the end-to-end tests, and MLflow (the tracking
+#     server the MLflow test records runs in).
 #   - .tools: `buf` from npm, a second reflection client (`buf curl`, grpcurl-style).
 #
 # Rust itself is expected (https://rustup.rs); everything else comes from here.
@@ -16,7 +17,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 TORCH_VERSION=2.13.0
-PY_PACKAGES=("torch==${TORCH_VERSION}" "safetensors==0.8.0" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1")
+PY_PACKAGES=("torch==${TORCH_VERSION}" "safetensors==0.8.0" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1" "mlflow==3.17.2")
 BUF_VERSION=1.75.0
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
@@ -30,7 +31,7 @@ as_root() {
 }
 
 # --- Debian packages ---------------------------------------------------------------------------
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl g++ make pkg-config python3-venv npm)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl g++ make pkg-config python3-venv npm chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -48,6 +49,7 @@ fi
 command -v protoc >/dev/null || die "protoc not found after installing protobuf-compiler"
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 command -v openssl >/dev/null || die "openssl not found (the etcd TLS test makes its certificates with it)"
+command -v chromium >/dev/null || die "chromium not found (the report test renders a report in it)"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then rerun"
 
 # --- Python: libtorch and the reflection client -----------------------------------------------

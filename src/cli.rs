@@ -52,6 +52,10 @@ enum Command {
     Cancel(commands::jobs::CancelArgs),
     /// List models; champions are marked.
     Models(commands::jobs::ModelsArgs),
+    /// Training runs as experiments: list, show (params, epochs, system, artifact hashes),
+    /// compare (a table and an HTML page with the curves overlaid).
+    #[command(subcommand)]
+    Runs(commands::runs::RunsCommand),
     /// Registered datasets: register, list, scan, versions, history.
     #[command(subcommand)]
     Dataset(commands::datasets::DatasetCommand),
@@ -85,6 +89,7 @@ pub fn main() -> ExitCode {
             Command::Jobs(args) => commands::jobs::list(args).await,
             Command::Cancel(args) => commands::jobs::cancel(args).await,
             Command::Models(args) => commands::jobs::models(args).await,
+            Command::Runs(command) => commands::runs::run(command).await,
             Command::Dataset(command) => commands::datasets::run(command).await,
             Command::Retrain(args) => commands::datasets::retrain(args).await,
             Command::Promote(args) => commands::datasets::promote(args).await,

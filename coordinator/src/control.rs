@@ -828,9 +828,17 @@ impl Control {
                         }
                         TaskRole::Train => {
                             inner.record_epochs(&job_id, &detail_json);
+                            let record = inner.run_record(
+                                &job_id,
+                                &run,
+                                manifest.as_ref(),
+                                &detail_json,
+                                worker_id,
+                            );
                             let job = inner.jobs.get_mut(&job_id).expect("exists");
                             job.train_run = Some(run);
                             job.train_metrics = metrics;
+                            job.run = Some(record);
                             inner.enqueue_eval(&job_id, &mut ops);
                         }
                         TaskRole::Eval => {
@@ -1103,6 +1111,14 @@ struct EvalDetail {
     champion_only: u64,
     #[serde(default)]
     samples_uri: String,
+    #[serde(default)]
+    report_uri: String,
+    #[serde(default)]
+    report_error: String,
+    #[serde(default)]
+    mlflow_run_id: String,
+    #[serde(default)]
+    tracking_error: String,
 }
 
 /// A job about to be created.
@@ -1183,6 +1199,7 @@ impl Inner {
             eval_rounds: 0,
             scanned: None,
             retrain: new.retrain,
+            run: None,
         };
         if !new.idempotency_key.is_empty() {
             self.idempotency.insert(new.idempotency_key, id.clone());
@@ -1264,6 +1281,29 @@ impl Inner {
         self.put_task(task_id, ops);
     }
 
+    /// The registered dataset version a job pinned, and the version before it (for reports).
+    fn version_refs(&self, job_id: &str) -> (Option<v1::VersionRef>, Option<v1::VersionRef>) {
+        let Some(spec) = self.jobs.get(job_id).and_then(|j| j.spec()) else {
+            return (None, None);
+        };
+        let (Some(root), Some(dataset)) = (
+            spec.dataset.version.as_deref(),
+            self.datasets.get(&spec.dataset_key()),
+        ) else {
+            return (None, None);
+        };
+        let Some(at) = dataset.versions.iter().position(|v| v.root == root) else {
+            return (None, None);
+        };
+        let wire = |v: &records::VersionRecord| v1::VersionRef {
+            number: v.number,
+            root: v.root.clone(),
+            samples: v.samples,
+        };
+        let previous = at.checked_sub(1).map(|p| wire(&dataset.versions[p]));
+        (Some(wire(&dataset.versions[at])), previous)
+    }
+
     /// Queues the eval task of a job whose training succeeded, against the current champion.
     fn enqueue_eval(&mut self, job_id: &str, ops: &mut Vec<TxnOp>) {
         let job = self.jobs.get_mut(job_id).expect("exists");
@@ -1319,6 +1359,10 @@ impl Inner {
         meta.session = session.to_owned();
         meta.leased_at = Some(now);
         let meta = meta.clone();
+        let (dataset_version, previous_version) = match meta.role {
+            TaskRole::Eval => self.version_refs(&task.job_id),
+            _ => (None, None),
+        };
         let job = self
             .jobs
             .get_mut(&task.job_id)
@@ -1347,6 +1391,7 @@ impl Inner {
             started_at: now,
             finished_at: None,
         });
+        let champion_id = job.champion_id.clone();
         let (spec_yaml, sleep, scan) = match &job.kind {
             JobKind::Train { spec } => (spec.to_yaml(), None, None),
             JobKind::Sleep { duration } => {
@@ -1370,6 +1415,13 @@ impl Inner {
                 (String::new(), None, Some(scan))
             }
         };
+        let eval = (meta.role == TaskRole::Eval).then(|| v1::EvalInputs {
+            challenger: meta.challenger.clone(),
+            champion: meta.champion.clone(),
+            champion_id,
+            dataset_version,
+            previous_version,
+        });
         let wire = v1::Task {
             id: task_id.to_owned(),
             job_id: task.job_id.clone(),
@@ -1383,10 +1435,7 @@ impl Inner {
                 slots: task.needs.slots,
             }),
             sleep,
-            eval: (meta.role == TaskRole::Eval).then(|| v1::EvalInputs {
-                challenger: meta.challenger.clone(),
-                champion: meta.champion.clone(),
-            }),
+            eval,
             resume_epoch: resume.map_or(0, |c| c.epoch),
             scan,
         };
@@ -1504,6 +1553,61 @@ impl Inner {
         }
         for e in events {
             self.emit(e);
+        }
+    }
+
+    /// What a finished training run was, from its verified manifest and its result's detail.
+    fn run_record(
+        &self,
+        job_id: &str,
+        run_uri: &str,
+        manifest: Option<&artifacts::Manifest>,
+        detail_json: &str,
+        worker_id: &str,
+    ) -> records::RunRecord {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct System {
+            device: String,
+            threads: i32,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Detail {
+            system: System,
+            load_seconds: f64,
+            train_seconds: f64,
+        }
+        let detail: Detail = serde_json::from_str(detail_json).unwrap_or_default();
+        let root = manifest.map(|m| m.dataset_root.clone()).unwrap_or_default();
+        let dataset_version = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.spec())
+            .and_then(|spec| self.datasets.get(&spec.dataset_key()))
+            .and_then(|d| d.versions.iter().find(|v| v.root == root))
+            .map_or(0, |v| v.number);
+        records::RunRecord {
+            device: detail.system.device,
+            threads: detail.system.threads,
+            trainfleet_version: manifest.map(|m| m.code_version.clone()).unwrap_or_default(),
+            libtorch_version: manifest
+                .map(|m| m.libtorch_version.clone())
+                .unwrap_or_default(),
+            dataset_root: root,
+            dataset_version,
+            artifact_sha256: manifest
+                .map(|m| {
+                    m.files
+                        .iter()
+                        .map(|(name, f)| (name.clone(), f.sha256.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            run_uri: run_uri.to_owned(),
+            load_seconds: detail.load_seconds,
+            train_seconds: detail.train_seconds,
+            worker_id: worker_id.to_owned(),
         }
     }
 
@@ -1641,6 +1745,7 @@ impl Inner {
             labels: spec.labels.clone(),
             dataset_version_number: version_number,
             eval_samples_uri: detail.samples_uri.clone(),
+            report_uri: detail.report_uri.clone(),
         };
         tracing::info!(
             %job_id, %model_id, promoted = decision.promoted, reasons = ?decision.reasons,
@@ -1661,6 +1766,10 @@ impl Inner {
             promoted: decision.promoted,
             reasons: decision.reasons,
             run_uri: run.to_owned(),
+            report_uri: detail.report_uri,
+            report_error: detail.report_error,
+            mlflow_run_id: detail.mlflow_run_id,
+            tracking_error: detail.tracking_error,
         });
         self.finish(job_id, JobState::Succeeded, String::new(), ops);
     }

@@ -243,6 +243,10 @@ pub fn job_spec_to_wire(spec: &JobSpec) -> v1::JobSpec {
         }),
         max_attempts: spec.max_attempts,
         labels: spec.labels.clone().into_iter().collect(),
+        tracking: (!spec.tracking.is_empty()).then(|| v1::TrackingSpec {
+            mlflow_uri: spec.tracking.mlflow_uri.clone().unwrap_or_default(),
+            experiment: spec.tracking.experiment.clone().unwrap_or_default(),
+        }),
     }
 }
 
@@ -390,6 +394,16 @@ pub fn job_spec_from_wire(spec: v1::JobSpec) -> CoreResult<JobSpec> {
     }
     if spec.max_attempts != 0 {
         put(&mut root, "max_attempts", Value::from(spec.max_attempts));
+    }
+    if let Some(t) = spec.tracking {
+        let mut tracking = Mapping::new();
+        if !t.mlflow_uri.is_empty() {
+            put(&mut tracking, "mlflow_uri", Value::from(t.mlflow_uri));
+        }
+        if !t.experiment.is_empty() {
+            put(&mut tracking, "experiment", Value::from(t.experiment));
+        }
+        put(&mut root, "tracking", Value::Mapping(tracking));
     }
     if !spec.labels.is_empty() {
         let labels: Mapping = spec

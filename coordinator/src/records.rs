@@ -212,6 +212,18 @@ pub struct JobOutcome {
     pub reasons: Vec<String>,
     /// The run directory.
     pub run_uri: String,
+    /// The run's HTML report; empty when none could be made.
+    #[serde(default)]
+    pub report_uri: String,
+    /// Why there is no report.
+    #[serde(default)]
+    pub report_error: String,
+    /// The MLflow run it was recorded as.
+    #[serde(default)]
+    pub mlflow_run_id: String,
+    /// What could not be recorded in MLflow.
+    #[serde(default)]
+    pub tracking_error: String,
 }
 
 /// A job.
@@ -263,6 +275,36 @@ pub struct JobRecord {
     /// For a retrain the policy queued: the dataset and the (root, config hash) key.
     #[serde(default)]
     pub retrain: Option<RetrainOrigin>,
+    /// How its training ran and what it wrote, once training finished.
+    #[serde(default)]
+    pub run: Option<RunRecord>,
+}
+
+/// How a training run ran, on what data, and what it wrote (from its manifest and result).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunRecord {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// Worker versions.
+    pub trainfleet_version: String,
+    /// See `trainfleet_version`.
+    pub libtorch_version: String,
+    /// The dataset version's root, and its number (0: not a registered version).
+    pub dataset_root: String,
+    /// See `dataset_root`.
+    pub dataset_version: u64,
+    /// File name → sha256, from the run's manifest.
+    pub artifact_sha256: BTreeMap<String, String>,
+    /// The run's directory.
+    pub run_uri: String,
+    /// Seconds loading data, and in the training passes.
+    pub load_seconds: f64,
+    /// See `load_seconds`.
+    pub train_seconds: f64,
+    /// The worker that trained it.
+    pub worker_id: String,
 }
 
 /// Why a job exists when the retrain policy queued it.
@@ -313,7 +355,11 @@ impl JobRecord {
                 metrics: r.metrics.clone().into_iter().collect(),
                 promoted: r.promoted,
                 reasons: r.reasons.clone(),
-                report_uri: r.run_uri.clone(),
+                report_uri: r.report_uri.clone(),
+                run_uri: r.run_uri.clone(),
+                report_error: r.report_error.clone(),
+                mlflow_run_id: r.mlflow_run_id.clone(),
+                tracking_error: r.tracking_error.clone(),
             }),
             error: self.error.clone(),
             created_at: Some(convert::timestamp(self.created_at)),
@@ -340,6 +386,19 @@ impl JobRecord {
                 .as_ref()
                 .map(|r| r.dataset.clone())
                 .unwrap_or_default(),
+            run: self.run.as_ref().map(|r| v1::RunInfo {
+                device: r.device.clone(),
+                threads: r.threads,
+                trainfleet_version: r.trainfleet_version.clone(),
+                libtorch_version: r.libtorch_version.clone(),
+                dataset_root: r.dataset_root.clone(),
+                dataset_version: r.dataset_version,
+                artifact_sha256: r.artifact_sha256.clone().into_iter().collect(),
+                run_uri: r.run_uri.clone(),
+                load_seconds: r.load_seconds,
+                train_seconds: r.train_seconds,
+                worker_id: r.worker_id.clone(),
+            }),
         }
     }
 }
@@ -406,6 +465,9 @@ pub struct ModelRecord {
     /// The eval's samples.json (ids scored and each model's correctness).
     #[serde(default)]
     pub eval_samples_uri: String,
+    /// The HTML report of the run that trained it.
+    #[serde(default)]
+    pub report_uri: String,
 }
 
 impl ModelRecord {
@@ -436,6 +498,7 @@ impl ModelRecord {
             created_at: Some(convert::timestamp(self.created_at)),
             dataset_version_number: self.dataset_version_number,
             eval_samples_uri: self.eval_samples_uri.clone(),
+            report_uri: self.report_uri.clone(),
         }
     }
 }

@@ -39,6 +39,34 @@ pub struct JobSpec {
     /// Free-form labels, copied onto the resulting model.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Where the run is also recorded (MLflow). Not part of the config's identity.
+    #[serde(default, skip_serializing_if = "TrackingSpec::is_empty")]
+    pub tracking: TrackingSpec,
+}
+
+/// Experiment tracking outside trainfleet.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingSpec {
+    /// An MLflow tracking server (`http://host:5000`): each run becomes an MLflow run with its
+    /// params, per-epoch metrics, tags, report and model. MLflow being down never fails a run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlflow_uri: Option<String>,
+    /// The MLflow experiment (created if missing); default `trainfleet`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+}
+
+impl TrackingSpec {
+    /// No tracking configured.
+    pub fn is_empty(&self) -> bool {
+        self.mlflow_uri.is_none() && self.experiment.is_none()
+    }
+
+    /// The experiment's name.
+    pub fn experiment_name(&self) -> &str {
+        self.experiment.as_deref().unwrap_or("trainfleet")
+    }
 }
 
 fn default_max_attempts() -> u32 {
@@ -132,6 +160,7 @@ impl Default for JobSpec {
             resources: ResourceSpec::default(),
             max_attempts: default_max_attempts(),
             labels: BTreeMap::new(),
+            tracking: TrackingSpec::default(),
         }
     }
 }
@@ -569,6 +598,20 @@ impl JobSpec {
     /// Checks values that parse but cannot work; errors name the field path.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, message: String| Err(Error::invalid_field(field, message));
+        if let Some(uri) = &self.tracking.mlflow_uri {
+            match url::Url::parse(uri) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return bad(
+                        "tracking.mlflow_uri",
+                        format!("{uri:?} is not an MLflow server address (http://host:port)"),
+                    );
+                }
+            }
+        }
+        if self.tracking.experiment.as_deref() == Some("") {
+            return bad("tracking.experiment", "is empty".into());
+        }
         let d = &self.dataset;
         if let Some(url) = &d.url {
             if d.format != Some(LocalFormat::Imagefolder) || d.path.is_some() {
@@ -791,6 +834,7 @@ impl JobSpec {
         let mut unpinned = self.clone();
         unpinned.dataset.version = None;
         unpinned.dataset.manifest = None;
+        unpinned.tracking = TrackingSpec::default();
         crate::artifacts::sha256_hex(unpinned.to_yaml().as_bytes())
     }
 

@@ -459,7 +459,18 @@ pub fn describe(job: &v1::Job) -> String {
             .map(|(k, v)| format!("{k} {}", number(k, **v)))
             .collect();
         out.push_str(&format!("\n  model {}: {}", r.model_id, text.join("  ")));
-        out.push_str(&format!("\n  artifacts: {}", r.report_uri));
+        out.push_str(&format!("\n  artifacts: {}", r.run_uri));
+        if r.report_uri.is_empty() {
+            out.push_str(&format!("\n  report: not made ({})", r.report_error));
+        } else {
+            out.push_str(&format!("\n  report: {}", r.report_uri));
+        }
+        if !r.mlflow_run_id.is_empty() {
+            out.push_str(&format!("\n  mlflow run: {}", r.mlflow_run_id));
+        }
+        if !r.tracking_error.is_empty() {
+            out.push_str(&format!("\n  mlflow: not recorded: {}", r.tracking_error));
+        }
         out.push_str(&format!(
             "\n  {}: {}",
             if r.promoted {
@@ -482,7 +493,8 @@ fn number(name: &str, v: f64) -> String {
     }
 }
 
-fn job_name(job: &v1::Job) -> String {
+/// A job's name as shown: its own, its spec's, or "sleep".
+pub fn job_name(job: &v1::Job) -> String {
     if !job.name.is_empty() {
         return job.name.clone();
     }
@@ -492,7 +504,8 @@ fn job_name(job: &v1::Job) -> String {
         .unwrap_or_else(|| "sleep".into())
 }
 
-fn state_name(state: i32) -> &'static str {
+/// A job state in lower case, as the CLI shows it.
+pub fn state_name(state: i32) -> &'static str {
     match v1::JobState::try_from(state) {
         Ok(v1::JobState::Queued) => "queued",
         Ok(v1::JobState::Training) => "training",
@@ -532,7 +545,9 @@ pub fn job_json(job: &v1::Job) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "result": job.result.as_ref().map(|r| json!({
             "model_id": r.model_id, "metrics": r.metrics, "promoted": r.promoted,
-            "reasons": r.reasons, "artifacts": r.report_uri,
+            "reasons": r.reasons, "artifacts": r.run_uri,
+            "report": r.report_uri, "report_error": r.report_error,
+            "mlflow_run_id": r.mlflow_run_id, "tracking_error": r.tracking_error,
         })),
         "retrain_dataset": job.retrain_dataset,
         "spec_yaml": job.spec_yaml,

@@ -4,4 +4,5 @@ pub mod datasets;
 pub mod demo;
 pub mod jobs;
 pub mod run;
+pub mod runs;
 pub mod workers;

@@ -174,6 +174,44 @@ pub struct PairScores {
     /// Whether the champion got each sample right (empty without one).
     #[serde(skip)]
     pub champion_correct: Vec<bool>,
+    /// What the run's report shows of the challenger, or why it could not be gathered (not sent
+    /// in the result; a report that cannot be made never fails the eval).
+    #[serde(skip)]
+    pub report_parts: std::result::Result<ReportParts, String>,
+}
+
+/// The challenger's side of a run report, gathered while the data is loaded.
+#[derive(Debug, Clone)]
+pub struct ReportParts {
+    /// Its full evaluation on the test split (confusion, per class, predictions).
+    pub evaluation: crate::metrics::Evaluation,
+    /// Samples per class in each split.
+    pub counts: BTreeMap<String, Vec<u64>>,
+    /// Training images, a few per class.
+    pub samples: Vec<crate::report::Thumb>,
+    /// Test images it got wrong, most confident first.
+    pub misclassified: Vec<crate::report::Thumb>,
+    /// Test images it got right, most confident first.
+    pub confident: Vec<crate::report::Thumb>,
+    /// Where the data came from.
+    pub source: String,
+}
+
+fn report_parts(dataset: &Dataset, evaluation: &crate::metrics::Evaluation) -> Result<ReportParts> {
+    use crate::report::collect;
+    Ok(ReportParts {
+        evaluation: evaluation.clone(),
+        counts: collect::counts(dataset)?,
+        samples: collect::samples(dataset, collect::SAMPLES_PER_CLASS)?,
+        misclassified: collect::test_images(
+            &dataset.test,
+            evaluation,
+            false,
+            collect::TEST_IMAGES,
+        )?,
+        confident: collect::test_images(&dataset.test, evaluation, true, collect::TEST_IMAGES)?,
+        source: dataset.identity.source.clone(),
+    })
 }
 
 /// A saved model, loaded after checking its weights against the card.
@@ -276,6 +314,7 @@ pub fn evaluate_pair(
             Ok(m) => (Some(score(&m)), None),
         },
     };
+    let report_parts = report_parts(&loaded, &challenger_eval).map_err(|e| e.to_string());
     let recall = |e: &crate::metrics::Evaluation| e.per_class.iter().map(|c| c.recall).collect();
     let (mut challenger_only, mut champion_only) = (0, 0);
     if let Some(champ) = &champion {
@@ -302,5 +341,6 @@ pub fn evaluate_pair(
         sample_ids: loaded.test.ids.clone(),
         champion_correct: champion.map(|c| c.correct).unwrap_or_default(),
         challenger_correct: challenger_eval.correct,
+        report_parts,
     })
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod tasks;
+pub mod tracking;
 pub mod train;
 
 pub use agent::Agent;

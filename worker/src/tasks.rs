@@ -381,6 +381,12 @@ async fn train(
         "stopped_early": trained.outcome.stopped_early,
         "resumed_from": trained.outcome.resumed_from,
         "dataset_root": manifest.dataset_root,
+        "system": {
+            "device": trained.card.training.device,
+            "threads": trained.card.training.threads,
+        },
+        "load_seconds": trained.load_seconds,
+        "train_seconds": trained.outcome.epochs.iter().map(|e| e.train_seconds).sum::<f64>(),
     });
     Ok(Finished::Success(v1::TaskResult {
         metrics: metrics.into_iter().collect(),
@@ -490,6 +496,15 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
                     .get_file(&format!("{prefix}/{name}"), &to.join(name))
                     .await?;
             }
+            // The epochs, for the report only: a run without them still gets evaluated.
+            let metrics = format!("{prefix}/{}", crate::artifacts::METRICS);
+            if let Err(e) = ctx
+                .artifacts
+                .get_file(&metrics, &to.join(crate::artifacts::METRICS))
+                .await
+            {
+                tracing::warn!(error = %e, "the run's metrics.json is not readable; the report will lack its curves");
+            }
             Ok::<PathBuf, Error>(to)
         }
     };
@@ -502,11 +517,49 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         uri => Some(fetch(uri.to_owned(), base.join("champion")).await?),
     };
     let data = ctx.data.clone();
-    let scores = tokio::task::spawn_blocking(move || {
-        job::evaluate_pair(&challenger, champion.as_deref(), &data)
-    })
-    .await
-    .map_err(|e| Error::Unsupported(format!("the eval thread failed: {e}")))??;
+    let report_dir = base.join("report");
+    let challenger_dir = challenger.clone();
+    let tracking_spec = spec.clone();
+    let (scores, report) = {
+        let (inputs, task) = (inputs.clone(), task.clone());
+        tokio::task::spawn_blocking(move || {
+            let scores = job::evaluate_pair(&challenger, champion.as_deref(), &data)?;
+            // A report that cannot be made is logged and recorded, never an eval failure.
+            let report = write_report(&task, &inputs, &challenger, &spec, &scores, &report_dir);
+            Ok::<_, Error>((scores, report))
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("the eval thread failed: {e}")))??
+    };
+    let report_prefix = format!("evals/{}/attempt-{}/report", task.id, task.attempt);
+    let report_files = report.as_ref().ok().map(|w| w.files.clone());
+    let report = match report {
+        Ok(written) => publish_report(&ctx, &report_prefix, &written).await,
+        Err(e) => Err(e),
+    };
+    let tracked = match tracking_spec.tracking.mlflow_uri.clone() {
+        None => None,
+        Some(uri) => {
+            let gate = crate::report::build::decision(&tracking_spec, &inputs, &scores);
+            let record = TrackInputs {
+                job_id: task.job_id.clone(),
+                spec: tracking_spec,
+                challenger_dir,
+                report_dir: base.join("report"),
+                report_files: report_files.filter(|_| report.is_ok()).unwrap_or_default(),
+                report_uri: report.as_ref().ok().cloned(),
+                run_uri: inputs.challenger.clone(),
+                dataset_version: inputs.dataset_version.as_ref().map_or(0, |v| v.number),
+                challenger: scores.challenger.clone(),
+                champion: scores.champion.clone(),
+                gate,
+            };
+            let outcome = tokio::task::spawn_blocking(move || track(&uri, &record))
+                .await
+                .unwrap_or_else(|e| Err(format!("the tracking thread failed: {e}")));
+            Some(outcome)
+        }
+    };
     let _ = std::fs::remove_dir_all(&base);
     // Which samples were scored, and how each model did on each: the proof that both models
     // saw the same samples, and what a report needs for its misclassified grid.
@@ -523,11 +576,139 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         .await?;
     let mut detail = serde_json::to_value(&scores).expect("scores serialise");
     detail["samples_uri"] = samples_uri.clone().into();
+    match report {
+        Ok(uri) => detail["report_uri"] = uri.into(),
+        Err(e) => {
+            tracing::warn!(task_id = %task.id, error = %e, "no report for this run");
+            detail["report_error"] = e.to_string().into();
+        }
+    }
+    match tracked {
+        None => {}
+        Some(Ok(run_id)) => detail["mlflow_run_id"] = run_id.into(),
+        Some(Err(e)) => {
+            tracing::warn!(task_id = %task.id, error = %e, "the run is not (fully) recorded in MLflow");
+            detail["tracking_error"] = e.into();
+        }
+    }
     Ok(Finished::Success(v1::TaskResult {
         metrics: scores.challenger.clone().into_iter().collect(),
         artifacts: [("samples".to_owned(), samples_uri)].into_iter().collect(),
         detail_json: detail.to_string(),
     }))
+}
+
+/// Builds the run's report from the eval's scores and writes it to `dir`.
+fn write_report(
+    task: &v1::Task,
+    inputs: &v1::EvalInputs,
+    challenger: &Path,
+    spec: &JobSpec,
+    scores: &job::PairScores,
+    dir: &Path,
+) -> crate::Result<crate::report::Written> {
+    let parts = scores
+        .report_parts
+        .as_ref()
+        .map_err(|e| Error::Report(e.clone()))?;
+    let card = crate::artifacts::read_card(challenger)?;
+    let metrics = crate::artifacts::read_metrics(challenger).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reporting without the training curves");
+        crate::artifacts::MetricsFile {
+            epochs: Vec::new(),
+            test: parts.evaluation.clone(),
+        }
+    });
+    let report = crate::report::build::run_report(&crate::report::build::Inputs {
+        job_id: &task.job_id,
+        run_uri: &inputs.challenger,
+        eval: inputs,
+        spec,
+        card: &card,
+        metrics: &metrics,
+        scores,
+        parts,
+    });
+    crate::report::write(dir, &report)
+}
+
+/// What the eval records in MLflow (owned: it crosses to a blocking thread).
+struct TrackInputs {
+    job_id: String,
+    spec: JobSpec,
+    challenger_dir: PathBuf,
+    report_dir: PathBuf,
+    report_files: Vec<String>,
+    report_uri: Option<String>,
+    run_uri: String,
+    dataset_version: u64,
+    challenger: BTreeMap<String, f64>,
+    champion: Option<BTreeMap<String, f64>>,
+    gate: trainfleet_core::gate::GateRecord,
+}
+
+/// Records the run in MLflow: its params, epochs, scores, tags, report and model files. Errors
+/// come back as text for the job's result; they never fail the eval.
+fn track(uri: &str, t: &TrackInputs) -> Result<String, String> {
+    let card = crate::artifacts::read_card(&t.challenger_dir).map_err(|e| e.to_string())?;
+    let epochs = crate::artifacts::read_metrics(&t.challenger_dir)
+        .map(|m| m.epochs)
+        .unwrap_or_default();
+    let mut files: Vec<(String, PathBuf)> = t
+        .report_files
+        .iter()
+        .map(|name| (format!("report/{name}"), t.report_dir.join(name)))
+        .collect();
+    for name in [
+        crate::artifacts::MODEL_WEIGHTS,
+        crate::artifacts::MODEL_CARD,
+        crate::artifacts::METRICS,
+        crate::artifacts::CONFIG,
+    ] {
+        let path = t.challenger_dir.join(name);
+        if path.exists() {
+            files.push((format!("model/{name}"), path));
+        }
+    }
+    let record = crate::tracking::RunRecord {
+        job_id: &t.job_id,
+        spec: &t.spec,
+        card: &card,
+        epochs: &epochs,
+        challenger: &t.challenger,
+        champion: t.champion.as_ref(),
+        gate: &t.gate,
+        dataset_version: t.dataset_version,
+        run_uri: &t.run_uri,
+        report_uri: t.report_uri.as_deref(),
+        files,
+    };
+    let run_id = crate::tracking::record(uri, &record).map_err(|e| e.to_string())?;
+    tracing::info!(job_id = %t.job_id, %run_id, mlflow = %uri, "run recorded in MLflow");
+    Ok(run_id)
+}
+
+/// Uploads a written report under `prefix`; returns the URI of its HTML page.
+async fn publish_report(
+    ctx: &Context,
+    prefix: &str,
+    written: &crate::report::Written,
+) -> crate::Result<String> {
+    let dir = written
+        .html
+        .parent()
+        .expect("the page is in the report directory");
+    let mut page = String::new();
+    for name in &written.files {
+        let (uri, _) = ctx
+            .artifacts
+            .put_file(&format!("{prefix}/{name}"), &dir.join(name))
+            .await?;
+        if name == crate::report::HTML {
+            page = uri;
+        }
+    }
+    Ok(page)
 }
 
 /// Scans a dataset directory into a manifest, reusing the previous manifest's hashes, uploads it

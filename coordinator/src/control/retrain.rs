@@ -716,6 +716,7 @@ mod tests {
             labels: BTreeMap::new(),
             dataset_version_number: n,
             eval_samples_uri: String::new(),
+            report_uri: String::new(),
         };
         inner.models.insert(model.id.clone(), model);
         inner.set_champion("digits", &format!("m-{n}"), "test", &mut Vec::new());
@@ -1119,6 +1120,7 @@ mod promotion_tests {
             labels: BTreeMap::new(),
             dataset_version_number: 0,
             eval_samples_uri: String::new(),
+            report_uri: String::new(),
         };
         let ack = f.control.journal.record(vec![TxnOp::Put(
             records::model_key(id),

@@ -62,6 +62,13 @@ fn figure(plot: &Plot) -> Value {
     json!({"data": value["data"], "layout": value["layout"]})
 }
 
+/// Class names such as "0".."9" are names, not numbers.
+fn categorical(figure: &mut Value, axes: &[&str]) {
+    for axis in axes {
+        figure["layout"][*axis]["type"] = json!("category");
+    }
+}
+
 fn base_layout(title: &str, x: &str, y: &str) -> Layout {
     Layout::new()
         .title(Title::with_text(title))
@@ -101,10 +108,12 @@ pub fn curves(report: &RunReport, what: &str) -> Chart {
         "loss" => ("chart-loss", "Loss"),
         _ => ("chart-accuracy", "Accuracy"),
     };
+    let mut figure = figure(&plot);
+    figure["layout"]["xaxis"]["dtick"] = json!(1);
     Chart {
         id,
         caption: caption.into(),
-        figure: figure(&plot),
+        figure,
     }
 }
 
@@ -131,6 +140,8 @@ pub fn confusion(report: &RunReport, normalised: bool) -> Chart {
             .color_scale(plotly::common::ColorScale::Palette(
                 plotly::common::ColorScalePalette::Blues,
             ))
+            // plotly.js's Blues runs dark to light; more should be darker.
+            .reverse_scale(true)
             .name(if normalised { "share" } else { "count" }),
     );
     let title = if normalised {
@@ -142,6 +153,7 @@ pub fn confusion(report: &RunReport, normalised: bool) -> Chart {
     let mut figure = figure(&plot);
     figure["data"][0]["texttemplate"] = json!(if normalised { "%{z:.2f}" } else { "%{z}" });
     figure["layout"]["yaxis"]["autorange"] = json!("reversed");
+    categorical(&mut figure, &["xaxis", "yaxis"]);
     Chart {
         id: if normalised {
             "chart-confusion-normalised"
@@ -180,10 +192,12 @@ pub fn per_class(report: &RunReport) -> Chart {
     plot.set_layout(
         base_layout("per-class scores (test)", "class", "score").bar_mode(BarMode::Group),
     );
+    let mut figure = figure(&plot);
+    categorical(&mut figure, &["xaxis"]);
     Chart {
         id: "chart-per-class",
         caption: "Per-class precision, recall and F1".into(),
-        figure: figure(&plot),
+        figure,
     }
 }
 
@@ -198,10 +212,12 @@ pub fn distribution(report: &RunReport) -> Chart {
     plot.set_layout(
         base_layout("class distribution per split", "class", "samples").bar_mode(BarMode::Group),
     );
+    let mut figure = figure(&plot);
+    categorical(&mut figure, &["xaxis"]);
     Chart {
         id: "chart-distribution",
         caption: "Class distribution".into(),
-        figure: figure(&plot),
+        figure,
     }
 }
 
@@ -231,10 +247,12 @@ pub fn comparison(report: &RunReport, c: &Comparison) -> Option<Chart> {
         base_layout("challenger vs champion, same test samples", "", "score")
             .bar_mode(BarMode::Group),
     );
+    let mut figure = figure(&plot);
+    categorical(&mut figure, &["xaxis"]);
     Some(Chart {
         id: "chart-comparison",
         caption: "Champion vs challenger".into(),
-        figure: figure(&plot),
+        figure,
     })
 }
 
@@ -259,7 +277,7 @@ pub fn charts(report: &RunReport) -> Vec<Chart> {
     charts
 }
 
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f5f6f8; }
 header { background: #1d2330; color: #fff; padding: 18px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; }
@@ -589,6 +607,9 @@ fn dataset_section(out: &mut String, report: &RunReport) {
             d.total(),
             &p.root[..p.root.len().min(12)]
         ),
+        _ if d.version == 0 => {
+            "not tracked: the job did not name a registered dataset version".into()
+        }
         _ => "first version".into(),
     };
     let _ = write!(
@@ -668,6 +689,14 @@ mod tests {
         let sum: f64 = first_row.iter().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-9);
         assert_eq!(heat["layout"]["yaxis"]["autorange"], json!("reversed"));
+        for chart in [per_class(&report), distribution(&report)] {
+            assert_eq!(
+                chart.figure["layout"]["xaxis"]["type"],
+                json!("category"),
+                "{}",
+                chart.id
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! [`collect`] builds the parts that need libtorch (thumbnails, predictions). Rendering is
 //! pure: no tensors, no I/O besides writing the files.
 
+pub mod build;
 pub mod collect;
+pub mod compare;
 pub mod html;
 pub mod png;
 
@@ -76,6 +78,9 @@ pub struct DatasetSummary {
     pub root: String,
     /// Its number among the registered dataset's versions (0: not a registered dataset).
     pub version: u64,
+    /// Its samples as the version counts them (0: not known; then the splits' sum is used).
+    #[serde(default)]
+    pub samples: u64,
     /// Samples per class for each split (`train`, `val`, `test`), in class order.
     pub counts: BTreeMap<String, Vec<u64>>,
     /// The version before it, for the growth.
@@ -83,9 +88,13 @@ pub struct DatasetSummary {
 }
 
 impl DatasetSummary {
-    /// Samples in all splits.
+    /// Samples in the version: as registered, or else in all splits.
     pub fn total(&self) -> u64 {
-        self.counts.values().flatten().sum()
+        if self.samples > 0 {
+            self.samples
+        } else {
+            self.counts.values().flatten().sum()
+        }
     }
 
     /// Growth since the previous version, in percent of its samples.
@@ -328,6 +337,7 @@ pub(crate) mod tests {
                 source: "/data/shapes".into(),
                 root: "cd".repeat(32),
                 version: 3,
+                samples: 0,
                 counts: BTreeMap::from([
                     ("train".into(), vec![100, 90, 110]),
                     ("val".into(), vec![10, 9, 11]),
