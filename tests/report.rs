@@ -419,6 +419,59 @@ fn runs_are_listed_shown_and_compared(
             drawn_lines(&dom, id)
         );
     }
+
+    // A dataset report before any training: an image folder registered by name.
+    let folder = dir.join("shapes");
+    for (c, class) in ["circle", "square", "triangle"].iter().enumerate() {
+        std::fs::create_dir_all(folder.join(class))?;
+        for i in 0..12u8 {
+            let image = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([40 * c as u8 + i, (x * 15) as u8, (y * 15) as u8 ^ i])
+            });
+            image.save(folder.join(class).join(format!("{i:02}.png")))?;
+        }
+    }
+    cli(&[
+        "dataset",
+        "register",
+        "shapes",
+        "--dir",
+        folder.to_str().unwrap(),
+    ])?;
+    let out_dir = dir.join("shapes-report");
+    let reported = cli(&[
+        "dataset",
+        "report",
+        "shapes",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ])?;
+    assert!(
+        reported.contains("3 classes, images [3, 16, 16]"),
+        "{reported}"
+    );
+    let total: u64 = reported
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 36, "{reported}");
+    for png in ["distribution.png", "samples.png"] {
+        assert_png_drawn(&out_dir.join(png));
+    }
+    let dumped = headless(&dir.join("profile-dataset"))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", out_dir.join("dataset.html").display()))
+        .output()?;
+    let dom = String::from_utf8(dumped.stdout)?;
+    let bars = chart_markup(&dom, "chart-distribution")
+        .matches("class=\"point\"><path d=\"M")
+        .count();
+    assert!(bars >= 6, "{bars} bars: 3 classes in at least two splits");
+    assert_eq!(
+        dom.matches("<figure").count(),
+        24,
+        "8 samples of each class"
+    );
     drop(serve);
     Ok(())
 }

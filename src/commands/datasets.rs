@@ -29,6 +29,24 @@ pub enum DatasetCommand {
     Versions(NameArgs),
     /// Every retrain decision, newest first: fired or not, and why.
     History(NameArgs),
+    /// Before training: sample images of each class and the class distribution per split, as
+    /// an offline HTML page and PNGs, from the data as this machine loads it.
+    Report(ReportArgs),
+}
+
+/// Arguments of `dataset report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// The registered dataset.
+    name: String,
+    /// Directory to write the report to (default: ./<name>-report).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Cache for builtin downloads and generated data (as `trainfleet run` uses it).
+    #[arg(long, env = "TRAINFLEET_DATA_DIR", default_value = ".trainfleet/data")]
+    data_dir: PathBuf,
 }
 
 /// Arguments of `dataset register`.
@@ -152,7 +170,95 @@ pub async fn run(command: DatasetCommand) -> anyhow::Result<()> {
         DatasetCommand::Scan(args) => scan(args).await,
         DatasetCommand::Versions(args) => versions(args).await,
         DatasetCommand::History(args) => history(args).await,
+        DatasetCommand::Report(args) => report(args).await,
     }
+}
+
+/// `dataset report`: loads the registered dataset here, as a training job would, and writes
+/// its samples and distribution.
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let mut datasets = client(&args.remote.endpoint).await?;
+    let dataset = datasets
+        .list(v1::ListDatasetsRequest {})
+        .await
+        .map_err(|s| status_error("ListDatasets", s))?
+        .into_inner()
+        .datasets
+        .into_iter()
+        .find(|d| d.name == args.name)
+        .with_context(|| {
+            format!(
+                "no dataset named {:?} is registered (see `trainfleet dataset list`)",
+                args.name
+            )
+        })?;
+    let source = dataset.source.unwrap_or_default();
+    use v1::dataset_source::Location;
+    let yaml = match source.location {
+        Some(Location::Builtin(builtin)) => format!("builtin: {builtin}\n"),
+        Some(Location::Directory(dir)) => {
+            let format = if source.format.is_empty() {
+                "imagefolder"
+            } else {
+                &source.format
+            };
+            format!("format: {format}\npath: {}\n", serde_json::to_string(&dir)?)
+        }
+        Some(Location::ObjectStoreUrl(url)) => anyhow::bail!(
+            "{} is an object-store prefix ({url}); `dataset report` reads data from this \
+             machine: copy the prefix here and report on the copy",
+            args.name
+        ),
+        None => anyhow::bail!("the coordinator sent no source for {}", args.name),
+    };
+    let spec: trainfleet_core::job::DatasetSpec = serde_yaml::from_str(&yaml)
+        .with_context(|| format!("the dataset section built for {}", args.name))?;
+    let latest = datasets
+        .list_versions(v1::ListDatasetVersionsRequest {
+            name: args.name.clone(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|s| status_error("ListVersions", s))?
+        .into_inner()
+        .versions
+        .into_iter()
+        .next();
+    let settings = trainfleet_worker::data::DataSettings::new(args.data_dir.clone(), None);
+    let name = args.name.clone();
+    let mut report = tokio::task::spawn_blocking(move || {
+        let loaded =
+            trainfleet_worker::data::load_with(&spec, &settings.dir, &settings.downloader)?;
+        trainfleet_worker::report::dataset::collect(&name, &loaded)
+    })
+    .await??;
+    if let Some(v) = latest {
+        report.dataset.version = v.number;
+        report.recorded_root = v.root_hash;
+    }
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("{}-report", args.name)));
+    let written = trainfleet_worker::report::dataset::write(&out, &report)?;
+    let page = std::fs::canonicalize(&written.html).unwrap_or(written.html);
+    if args.remote.json {
+        return print_json(&json!({
+            "html": page, "files": written.files, "classes": report.classes,
+            "counts": report.dataset.counts, "root": report.dataset.root,
+            "version": report.dataset.version,
+        }));
+    }
+    for (split, counts) in &report.dataset.counts {
+        println!("{split:<5} {:>7} samples", counts.iter().sum::<u64>());
+    }
+    println!(
+        "{} classes, images {:?}",
+        report.classes.len(),
+        report.shape
+    );
+    println!("report: file://{}", page.display());
+    Ok(())
 }
 
 async fn client(endpoint: &str) -> anyhow::Result<DatasetServiceClient<tonic::transport::Channel>> {

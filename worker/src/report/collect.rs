@@ -51,27 +51,32 @@ pub fn thumbnail_png(split: &Split, index: usize) -> Result<Vec<u8>> {
     Ok(png)
 }
 
-/// The first `per_class` training samples of each class.
+/// The first `per_class` samples of each class: from the training split, topped up from the
+/// validation and test splits for a class with fewer training samples.
 pub fn samples(dataset: &Dataset, per_class: usize) -> Result<Vec<Thumb>> {
-    let split = &dataset.train;
-    let labels: Vec<i64> = Vec::try_from(split.labels.to_device(Device::Cpu))?;
     let mut taken = vec![0usize; dataset.classes.len()];
     let mut thumbs = Vec::new();
-    for (i, &label) in labels.iter().enumerate() {
-        let slot = &mut taken[label as usize];
-        if *slot >= per_class {
+    for split in [&dataset.train, &dataset.val, &dataset.test] {
+        if split.is_empty() {
             continue;
         }
-        *slot += 1;
-        thumbs.push(Thumb {
-            id: split.ids[i].clone(),
-            label: label as usize,
-            predicted: None,
-            confidence: None,
-            png: thumbnail_png(split, i)?,
-        });
-        if taken.iter().all(|&t| t >= per_class) {
-            break;
+        let labels: Vec<i64> = Vec::try_from(split.labels.to_device(Device::Cpu))?;
+        for (i, &label) in labels.iter().enumerate() {
+            let slot = &mut taken[label as usize];
+            if *slot >= per_class {
+                continue;
+            }
+            *slot += 1;
+            thumbs.push(Thumb {
+                id: split.ids[i].clone(),
+                label: label as usize,
+                predicted: None,
+                confidence: None,
+                png: thumbnail_png(split, i)?,
+            });
+            if taken.iter().all(|&t| t >= per_class) {
+                break;
+            }
         }
     }
     thumbs.sort_by_key(|t| t.label);

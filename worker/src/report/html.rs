@@ -619,7 +619,7 @@ fn dataset_section(out: &mut String, report: &RunReport) {
     );
 }
 
-fn samples_grid(out: &mut String, report: &RunReport) {
+pub(crate) fn samples_grid(out: &mut String, report: &RunReport) {
     out.push_str("<h2>Training samples per class</h2><div id=\"samples\">");
     for (i, class) in report.classes.iter().enumerate() {
         let row: Vec<&Thumb> = report.samples.iter().filter(|t| t.label == i).collect();

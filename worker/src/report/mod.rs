@@ -16,6 +16,7 @@
 pub mod build;
 pub mod collect;
 pub mod compare;
+pub mod dataset;
 pub mod html;
 pub mod png;
 
