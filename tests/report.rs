@@ -475,3 +475,61 @@ fn runs_are_listed_shown_and_compared(
     drop(serve);
     Ok(())
 }
+
+/// A report that cannot be written (here: a file sits where the eval's report directory goes)
+/// is recorded on the job, and the run still succeeds and promotes its model.
+#[test]
+fn a_report_that_cannot_be_made_fails_nothing() -> anyhow::Result<()> {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        "name: no-report\ndataset:\n  builtin: synth-digits\n  synth: {train_samples: 3000, test_samples: 300, seed: 2}\n\
+         model: {arch: simple_cnn}\ntraining: {epochs: 3, batch_size: 32, threads: 1}\n",
+    )?;
+    let mut child = Command::new(binary("trainfleet"))
+        .arg("run")
+        .arg(&job)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut out = String::new();
+    // As soon as the job is queued (it trains for seconds), block the eval's report directory.
+    for line in lines.by_ref() {
+        let line = line?;
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(id) = line
+            .strip_prefix("job ")
+            .and_then(|r| r.strip_suffix(" queued"))
+        {
+            let base = state.join("work/eval").join(format!("{id}-eval"));
+            std::fs::create_dir_all(&base)?;
+            std::fs::write(base.join("report"), "in the way")?;
+            break;
+        }
+    }
+    for line in lines {
+        out.push_str(&line?);
+        out.push('\n');
+    }
+    let status = child.wait()?;
+    assert!(status.success(), "{out}");
+    assert!(out.contains(": succeeded"), "{out}");
+    assert!(
+        out.contains("promoted: first model of its dataset"),
+        "{out}"
+    );
+    assert!(
+        out.contains("report: not made (") && out.contains("report"),
+        "{out}"
+    );
+    Ok(())
+}
