@@ -1,7 +1,7 @@
 //! Experiment tracking against a real MLflow tracking server (PyPI `mlflow`, from .venv) on
 //! loopback: a tiny training with `tracking.mlflow_uri` set, then everything read back through
-//! MLflow's REST API: the params, every epoch's metrics, the tags and the artifacts (the report
-//! and the model, byte for byte). Before the server starts, the same job against an address where
+//! MLflow's REST API: the params, every epoch's metrics (sent as each epoch ended, each once),
+//! the tags and the artifacts (the report and the model, byte for byte). Before the server starts, the same job against an address where
 //! nothing listens succeeds anyway and says what was not recorded.
 
 mod support;
@@ -274,6 +274,26 @@ fn runs_are_recorded_in_a_real_mlflow_and_mlflow_down_fails_nothing() -> anyhow:
             );
         }
     }
+    // Sent live, as each epoch ended (the eval would have stamped them all at once).
+    let history = server.api(&format!(
+        "metrics/get-history?run_id={run_id}&metric_key=train_loss"
+    ))?;
+    let mut stamps: Vec<(i64, i64)> = history["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["step"].as_i64().unwrap(),
+                m["timestamp"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    stamps.sort();
+    assert!(
+        stamps.windows(2).all(|w| w[0].1 < w[1].1),
+        "epochs were not logged as they ended: {stamps:?}"
+    );
     let accuracy = server.api(&format!(
         "metrics/get-history?run_id={run_id}&metric_key=test_accuracy"
     ))?;

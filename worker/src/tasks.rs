@@ -306,6 +306,12 @@ async fn train(
         );
     }
     let handle = tokio::runtime::Handle::current();
+    // MLflow sees the epochs as they end; the eval records the complete run either way.
+    let live = spec
+        .tracking
+        .mlflow_uri
+        .as_deref()
+        .map(|uri| crate::tracking::Live::start(uri, &task.job_id, &spec));
     let trained = {
         let (ctx, running, dir, prefix) =
             (ctx.clone(), running.clone(), dir.clone(), prefix.clone());
@@ -317,6 +323,9 @@ async fn train(
                 stop_after_epoch: 0,
             };
             let mut on_event = |event: &Event<'_>| {
+                if let (Some(live), Event::Epoch(report)) = (&live, event) {
+                    live.epoch(report);
+                }
                 on_train_event(event, &running, &ctx, &dir, &prefix, &handle);
             };
             job::run(&spec, &ctx.data, &dir, &options, &mut on_event)

@@ -438,6 +438,121 @@ pub fn flatten_params(config: &Value) -> BTreeMap<String, String> {
     out
 }
 
+/// An epoch's metric points (step = epoch).
+pub fn epoch_metrics(e: &crate::train::EpochReport, timestamp_ms: u64) -> Vec<Metric> {
+    [
+        ("train_loss", Some(e.train_loss)),
+        ("train_accuracy", Some(e.train_accuracy)),
+        ("val_loss", e.val_loss),
+        ("val_accuracy", e.val_accuracy),
+        ("learning_rate", Some(e.learning_rate)),
+        ("images_per_sec", Some(e.images_per_sec)),
+        ("epoch_seconds", Some(e.train_seconds)),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| {
+        value.filter(|v| v.is_finite()).map(|value| Metric {
+            key: key.to_owned(),
+            value,
+            step: e.epoch as i64,
+            timestamp_ms,
+        })
+    })
+    .collect()
+}
+
+/// The tags a run gets as soon as it starts.
+fn start_tags(job_id: &str, spec: &trainfleet_core::job::JobSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("trainfleet.job_id".to_owned(), job_id.to_owned()),
+        ("trainfleet.job_name".into(), spec.name.clone()),
+        ("trainfleet.config_hash".into(), spec.config_hash()),
+        (
+            "trainfleet.version".into(),
+            trainfleet_core::VERSION.to_owned(),
+        ),
+    ])
+}
+
+/// A config's params, without `tracking` (where a run is recorded is not how it was trained).
+fn spec_params(spec: &trainfleet_core::job::JobSpec) -> BTreeMap<String, String> {
+    let mut value = serde_json::to_value(spec).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.remove("tracking");
+    }
+    flatten_params(&value)
+}
+
+/// Live tracking while a train task runs: the MLflow run is created (or found again, on a
+/// resumed attempt) with its params when training starts, and each epoch's metrics are sent
+/// as the epoch ends, so the curves grow in MLflow's UI during training. It runs on its own
+/// thread behind a bounded queue: training never waits for MLflow. When MLflow cannot be
+/// reached it stops trying and says so once; the eval task records the whole run at the end
+/// anyway (and reports what it could not).
+pub struct Live {
+    epochs: std::sync::mpsc::SyncSender<crate::train::EpochReport>,
+}
+
+impl Live {
+    /// Starts the tracker thread for job `job_id`.
+    pub fn start(uri: &str, job_id: &str, spec: &trainfleet_core::job::JobSpec) -> Live {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::train::EpochReport>(1024);
+        let (uri, job_id, spec) = (uri.to_owned(), job_id.to_owned(), spec.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mlflow-live".into())
+            .spawn(move || {
+                let client = Mlflow::new(&uri);
+                let run = (|| -> Result<String> {
+                    let experiment = client.experiment_id(spec.tracking.experiment_name())?;
+                    let info = match client.find_run(&experiment, &job_id)? {
+                        Some(info) => info,
+                        None => {
+                            client.create_run(&experiment, &job_id, now_ms(), &start_tags(&job_id, &spec))?
+                        }
+                    };
+                    client.log(&info.run_id, &spec_params(&spec), &[], &BTreeMap::new())?;
+                    Ok(info.run_id)
+                })();
+                let run_id = match run {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::warn!(%job_id, error = %e, "MLflow: live tracking off for this run; the eval will record it");
+                        return;
+                    }
+                };
+                for epoch in rx {
+                    let mut points = epoch_metrics(&epoch, now_ms());
+                    // A resumed attempt may replay an epoch a lost one already sent.
+                    let sent = points
+                        .first()
+                        .map(|p| client.steps(&run_id, &p.key))
+                        .transpose();
+                    let sent = match sent {
+                        Ok(s) => s.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::warn!(%job_id, error = %e, "MLflow: live tracking stopped; the eval will record the rest");
+                            return;
+                        }
+                    };
+                    points.retain(|p| !sent.contains(&p.step));
+                    if let Err(e) = client.log(&run_id, &BTreeMap::new(), &points, &BTreeMap::new()) {
+                        tracing::warn!(%job_id, error = %e, "MLflow: live tracking stopped; the eval will record the rest");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the MLflow tracker thread");
+        }
+        Live { epochs: tx }
+    }
+
+    /// Queues an epoch's metrics (dropped, never waited for, if the queue is full).
+    pub fn epoch(&self, report: &crate::train::EpochReport) {
+        let _ = self.epochs.try_send(report.clone());
+    }
+}
+
 /// What one run records in MLflow.
 pub struct RunRecord<'a> {
     /// The job (found again by it).
@@ -537,32 +652,13 @@ pub fn record(uri: &str, run: &RunRecord<'_>) -> Result<String> {
             client.create_run(&experiment, run.job_id, start, &tags)?
         }
     };
-    let mut spec = serde_json::to_value(run.spec).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut spec {
-        map.remove("tracking");
-    }
-    let params = flatten_params(&spec);
+    let params = spec_params(run.spec);
     let now = now_ms();
-    let mut metrics = Vec::new();
-    for e in run.epochs {
-        let mut point = |key: &str, value: Option<f64>| {
-            if let Some(value) = value.filter(|v| v.is_finite()) {
-                metrics.push(Metric {
-                    key: key.to_owned(),
-                    value,
-                    step: e.epoch as i64,
-                    timestamp_ms: now,
-                });
-            }
-        };
-        point("train_loss", Some(e.train_loss));
-        point("train_accuracy", Some(e.train_accuracy));
-        point("val_loss", e.val_loss);
-        point("val_accuracy", e.val_accuracy);
-        point("learning_rate", Some(e.learning_rate));
-        point("images_per_sec", Some(e.images_per_sec));
-        point("epoch_seconds", Some(e.train_seconds));
-    }
+    let mut metrics: Vec<Metric> = run
+        .epochs
+        .iter()
+        .flat_map(|e| epoch_metrics(e, now))
+        .collect();
     let finals = run
         .challenger
         .iter()
