@@ -39,6 +39,29 @@ fn train_then_verify_then_read_the_weights_from_python() -> anyhow::Result<()> {
         "{stdout}"
     );
     assert!(stdout.contains("test accuracy"), "{stdout}");
+    // A run on its own leaves its report too (no champion to compare with).
+    let page = out.join("report/report.html");
+    assert!(
+        stdout.contains(&format!(
+            "report: file://{}",
+            std::fs::canonicalize(&page)?.display()
+        )),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report/report.json"))?)?;
+    assert_eq!(report["epochs"].as_array().map(Vec::len), Some(2));
+    assert!(report["comparison"].is_null());
+    assert_eq!(report["test"]["samples"], 100);
+    for png in [
+        "curves.png",
+        "confusion.png",
+        "samples.png",
+        "misclassified.png",
+    ] {
+        let image = image::open(out.join("report").join(png))?.to_rgb8();
+        assert!(image.width() >= 400 && image.height() >= 100, "{png}");
+    }
 
     let card: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("model.json"))?)?;
     assert_eq!(card["format"], "trainfleet-model/1");

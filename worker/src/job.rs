@@ -24,6 +24,9 @@ pub struct Trained {
     pub outcome: train::Outcome,
     /// Seconds spent loading (and generating or downloading) the dataset.
     pub load_seconds: f64,
+    /// What a report shows of the run (with [`RunOptions::report`]), or why it could not be
+    /// gathered.
+    pub report_parts: Option<std::result::Result<ReportParts, String>>,
 }
 
 /// Loads the dataset, trains, evaluates and writes the artifacts to `out_dir`.
@@ -53,10 +56,14 @@ pub fn run(
     );
     let outcome = train::train(spec, &dataset, device, out_dir, options, on_event)?;
     let card = artifacts::write(out_dir, spec, &dataset, &outcome, device)?;
+    let report_parts = options
+        .report
+        .then(|| report_parts(&dataset, &outcome.test).map_err(|e| e.to_string()));
     Ok(Trained {
         card,
         outcome,
         load_seconds,
+        report_parts,
     })
 }
 

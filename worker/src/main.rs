@@ -235,6 +235,7 @@ fn train(
     let options = RunOptions {
         resume,
         cancel: Some(cancel),
+        report: true,
         ..Default::default()
     };
     let trained = match trainfleet_worker::job::run(spec, data_dir, out, &options, &mut on_event) {
@@ -271,6 +272,26 @@ fn train(
         out.join("model.safetensors").display(),
         trained.card.weights_sha256
     );
+    // The report: a failure to make it is said, and the run stands.
+    let report = trained
+        .report_parts
+        .unwrap_or_else(|| Err("not gathered".into()))
+        .map_err(trainfleet_worker::Error::Report)
+        .and_then(|parts| {
+            let dir = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_owned());
+            let report = trainfleet_worker::report::build::standalone_report(
+                spec,
+                &trained.card,
+                &trained.outcome.epochs,
+                &parts,
+                &format!("file://{}", dir.display()),
+            );
+            trainfleet_worker::report::write(&dir.join("report"), &report)
+        });
+    match report {
+        Ok(written) => println!("report: file://{}", written.html.display()),
+        Err(e) => eprintln!("warning: no report for this run: {e}"),
+    }
     Ok(())
 }
 

@@ -321,6 +321,7 @@ async fn train(
                 resume,
                 cancel: Some(&running.cancel),
                 stop_after_epoch: 0,
+                report: false,
             };
             let mut on_event = |event: &Event<'_>| {
                 if let (Some(live), Event::Epoch(report)) = (&live, event) {

@@ -30,6 +30,46 @@ pub struct Inputs<'a> {
     pub parts: &'a ReportParts,
 }
 
+/// The report of a run trained on its own (`trainfleet-worker train`): no champion, no
+/// registered version.
+pub fn standalone_report(
+    spec: &JobSpec,
+    card: &ModelCard,
+    epochs: &[crate::train::EpochReport],
+    parts: &ReportParts,
+    run_uri: &str,
+) -> RunReport {
+    RunReport {
+        job_id: "local run".to_owned(),
+        name: spec.name.clone(),
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        run_uri: run_uri.to_owned(),
+        model: card.model.arch.name().to_owned(),
+        config_yaml: serde_yaml::to_string(spec).unwrap_or_default(),
+        config_hash: spec.config_hash(),
+        system: System {
+            device: card.training.device.clone(),
+            threads: card.training.threads,
+            libtorch_version: card.training.libtorch_version.clone(),
+            trainfleet_version: card.training.trainfleet_version.clone(),
+        },
+        epochs: epochs.to_vec(),
+        kept_epoch: card.training.kept_epoch,
+        classes: card.classes.clone(),
+        test: super::collect::scores(&parts.evaluation),
+        dataset: DatasetSummary {
+            source: parts.source.clone(),
+            root: card.dataset.root_sha256.clone(),
+            counts: parts.counts.clone(),
+            ..DatasetSummary::default()
+        },
+        samples: parts.samples.clone(),
+        misclassified: parts.misclassified.clone(),
+        confident: parts.confident.clone(),
+        comparison: None,
+    }
+}
+
 /// The gate's decision on these scores: the coordinator's rule on the same numbers.
 pub fn decision(spec: &JobSpec, eval: &v1::EvalInputs, scores: &PairScores) -> gate::GateRecord {
     let champion = (!eval.champion.is_empty()).then(|| gate::Champion {

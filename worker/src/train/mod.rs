@@ -195,6 +195,9 @@ pub struct RunOptions<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Stop after this epoch even if more are planned (for tests of resume; 0 means no limit).
     pub stop_after_epoch: u32,
+    /// Gather what a run report shows while the data is loaded (`trainfleet-worker train`
+    /// writes one; a train task leaves the report to its eval).
+    pub report: bool,
 }
 
 /// The result of a finished run.
