@@ -211,6 +211,25 @@ fn demo_grows_the_data_retrains_and_ends_with_the_champions_lineage() -> anyhow:
         .find(|l| l.trim_start().starts_with("lineage"))
         .expect("the lineage line");
     assert!(lineage.contains("(v1)"), "{lineage}");
+    // The champion's report knows the registered version it trained on, and the one before.
+    let page = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("report"))
+        .and_then(|l| l.trim().strip_prefix("file://"))
+        .expect("the champion's report line");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        std::path::Path::new(page).with_file_name("report.json"),
+    )?)?;
+    let version = report["dataset"]["version"].as_u64().unwrap();
+    assert!(
+        lineage.contains(&format!("(v{version})")),
+        "{lineage} vs v{version}"
+    );
+    if version == 2 {
+        assert_eq!(report["dataset"]["previous"]["number"], 1);
+        assert_eq!(report["dataset"]["previous"]["samples"], 200);
+        assert_eq!(report["dataset"]["samples"], 400);
+    }
     assert_eq!(
         std::fs::read_dir(demo.join("data/digits/3"))?.count(),
         40,

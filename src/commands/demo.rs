@@ -375,6 +375,9 @@ async fn summary(endpoint: &str) -> anyhow::Result<()> {
     println!("  config hash      {}", champion.config_hash);
     println!("  weights          {}", champion.artifact_uri);
     println!("  weights sha256   {}", champion.artifact_sha256);
+    if !champion.report_uri.is_empty() {
+        println!("  report           {}", champion.report_uri);
+    }
     let mut lineage = vec![format!(
         "{} (v{})",
         champion.id, champion.dataset_version_number
@@ -392,8 +395,8 @@ async fn summary(endpoint: &str) -> anyhow::Result<()> {
     lineage.reverse();
     println!("  lineage          {}", lineage.join(" → "));
     println!(
-        "\nexplore: trainfleet dataset history {DATASET}, trainfleet models, with \
-         `trainfleet run --serve --state-dir <dir>/cluster` to keep the cluster up"
+        "\nexplore: trainfleet dataset history {DATASET}, trainfleet models, trainfleet runs \
+         list, with `trainfleet run --serve --state-dir <dir>/cluster` to keep the cluster up"
     );
     Ok(())
 }
