@@ -1084,6 +1084,39 @@ mod tests {
     }
 
     #[test]
+    fn tracking_needs_an_http_mlflow_address_and_stays_out_of_the_config_hash() {
+        let base = "dataset:\n  builtin: mnist\nmodel: {}\n";
+        for (tracking, expected) in [
+            ("{mlflow_uri: \"localhost:5000\"}", "`tracking.mlflow_uri`"),
+            (
+                "{mlflow_uri: \"ftp://mlflow:21\"}",
+                "is not an MLflow server address",
+            ),
+            (
+                "{mlflow_uri: \"http://mlflow:5000\", experiment: \"\"}",
+                "`tracking.experiment` is empty",
+            ),
+            ("{mlflow: \"http://x\"}", "unknown field `mlflow`"),
+        ] {
+            let text = format!("{base}tracking: {tracking}\n");
+            let err = JobSpec::from_yaml(&text, "job.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{tracking}: {err}");
+        }
+        let plain = JobSpec::from_yaml(base, "j").unwrap();
+        let tracked = JobSpec::from_yaml(
+            &format!(
+                "{base}tracking: {{mlflow_uri: \"https://mlflow.internal\", experiment: pets}}\n"
+            ),
+            "j",
+        )
+        .unwrap();
+        assert_eq!(tracked.tracking.experiment_name(), "pets");
+        assert_eq!(plain.config_hash(), tracked.config_hash());
+    }
+
+    #[test]
     fn options_of_another_architecture_are_refused() {
         let text = "dataset:\n  builtin: cifar10\nmodel:\n  arch: resnet18\n  channels: [32]\n";
         let err = JobSpec::from_yaml(text, "j").unwrap_err().to_string();
