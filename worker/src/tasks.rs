@@ -531,7 +531,7 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
     let challenger_dir = challenger.clone();
     let tracking_spec = spec.clone();
     let (scores, report) = {
-        let (inputs, task) = (inputs.clone(), task.clone());
+        let (inputs, task, report_dir) = (inputs.clone(), task.clone(), report_dir.clone());
         tokio::task::spawn_blocking(move || {
             let scores = job::evaluate_pair(&challenger, champion.as_deref(), &data)?;
             // A report that cannot be made is logged and recorded, never an eval failure.
@@ -555,7 +555,7 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
                 job_id: task.job_id.clone(),
                 spec: tracking_spec,
                 challenger_dir,
-                report_dir: base.join("report"),
+                report_dir,
                 report_files: report_files.filter(|_| report.is_ok()).unwrap_or_default(),
                 report_uri: report.as_ref().ok().cloned(),
                 run_uri: inputs.challenger.clone(),

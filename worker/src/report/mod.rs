@@ -208,6 +208,7 @@ pub struct Written {
 
 /// Writes `report.html`, `report.json` and the PNGs into `dir` (each file atomically).
 pub fn write(dir: &Path, report: &RunReport) -> Result<Written> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut files = Vec::new();
     for (name, bytes) in png::render_all(report)? {
@@ -220,6 +221,13 @@ pub fn write(dir: &Path, report: &RunReport) -> Result<Written> {
     let page = html::render(report);
     crate::artifacts::write_atomically(&dir.join(HTML), page.as_bytes())?;
     files.push(HTML.to_owned());
+    tracing::info!(
+        dir = %dir.display(),
+        files = files.len(),
+        html_bytes = page.len(),
+        millis = started.elapsed().as_millis() as u64,
+        "report written"
+    );
     Ok(Written {
         html: dir.join(HTML),
         files,
