@@ -1,7 +1,8 @@
 //! Experiment tracking against a real MLflow tracking server (PyPI `mlflow`, from .venv) on
 //! loopback: a tiny training with `tracking.mlflow_uri` set, then everything read back through
 //! MLflow's REST API: the params, every epoch's metrics (sent as each epoch ended, each once),
-//! the tags and the artifacts (the report and the model, byte for byte). Before the server starts, the same job against an address where
+//! the tags and the artifacts (the report and the model, byte for byte). A job cancelled
+//! mid-training leaves its MLflow run KILLED with the epochs it finished. Before the server starts, the same job against an address where
 //! nothing listens succeeds anyway and says what was not recorded.
 
 mod support;
@@ -350,5 +351,74 @@ fn runs_are_recorded_in_a_real_mlflow_and_mlflow_down_fails_nothing() -> anyhow:
         .find_map(|l| l.trim().strip_prefix("report: file://"))
         .expect("report line");
     assert_eq!(page, std::fs::read(local_page)?);
+
+    cancelled_runs_end_killed(dir.path(), &state, &server)
+}
+
+/// A job cancelled mid-training (Ctrl-C on `trainfleet run`) leaves its MLflow run KILLED, with
+/// the epochs it finished.
+fn cancelled_runs_end_killed(
+    dir: &Path,
+    state: &Path,
+    server: &MlflowServer,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+
+    let long = dir.join("long.yaml");
+    std::fs::write(&long, job(&server.base).replace("epochs: 3", "epochs: 40"))?;
+    let mut child = Command::new(binary("trainfleet"))
+        .arg("run")
+        .arg(&long)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut job_id = String::new();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(id) = line
+            .strip_prefix("job ")
+            .and_then(|r| r.strip_suffix(" queued"))
+        {
+            job_id = id.to_owned();
+        }
+        if line.trim_start().starts_with("epoch 2:") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.collect::<Result<_, _>>()?;
+    assert!(child.wait()?.code().is_some(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:?}");
+    let experiment =
+        server.api("experiments/get-by-name?experiment_name=e2e")?["experiment"]["experiment_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let found = support::wait_for(Duration::from_secs(20), "the run to end KILLED", || {
+        let body = serde_json::json!({
+            "experiment_ids": [experiment],
+            "filter": format!("tags.`trainfleet.job_id` = '{job_id}'"),
+        });
+        let text = ureq::post(format!("{}/api/2.0/mlflow/runs/search", server.base))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let run = v["runs"].get(0)?.clone();
+        (run["info"]["status"] == "KILLED").then_some(run)
+    })?;
+    let run_id = found["info"]["run_id"].as_str().unwrap();
+    let history = server.api(&format!(
+        "metrics/get-history?run_id={run_id}&metric_key=train_loss"
+    ))?;
+    let steps = history["metrics"].as_array().unwrap().len();
+    assert!((2..40).contains(&steps), "{steps} epochs recorded");
     Ok(())
 }

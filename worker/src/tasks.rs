@@ -133,24 +133,25 @@ impl Finished {
     fn from_error(err: Error) -> Self {
         match err {
             Error::Cancelled => Finished::Cancelled,
-            // Artifact I/O is transient from a task's point of view: another attempt may work.
-            Error::Spec(trainfleet_core::Error::Artifact { .. }) => Finished::Failure {
-                reason: err.to_string(),
-                permanent: false,
-            },
-            Error::Spec(_)
-            | Error::Drift { .. }
-            | Error::Unsupported(_)
-            | Error::Corrupt { .. }
-            | Error::Checksum { .. } => Finished::Failure {
-                reason: err.to_string(),
-                permanent: true,
-            },
             other => Finished::Failure {
+                permanent: is_permanent(&other),
                 reason: other.to_string(),
-                permanent: false,
             },
         }
+    }
+}
+
+/// Whether another attempt cannot help.
+fn is_permanent(err: &Error) -> bool {
+    match err {
+        // Artifact I/O is transient from a task's point of view: another attempt may work.
+        Error::Spec(trainfleet_core::Error::Artifact { .. }) => false,
+        Error::Spec(_)
+        | Error::Drift { .. }
+        | Error::Unsupported(_)
+        | Error::Corrupt { .. }
+        | Error::Checksum { .. } => true,
+        _ => false,
     }
 }
 
@@ -313,8 +314,13 @@ async fn train(
         .as_deref()
         .map(|uri| crate::tracking::Live::start(uri, &task.job_id, &spec));
     let trained = {
-        let (ctx, running, dir, prefix) =
-            (ctx.clone(), running.clone(), dir.clone(), prefix.clone());
+        let (ctx, running, dir, prefix, live) = (
+            ctx.clone(),
+            running.clone(),
+            dir.clone(),
+            prefix.clone(),
+            live.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             // Abandoning also sets `cancel` (see the agent), so one flag covers both.
             let options = RunOptions {
@@ -332,7 +338,24 @@ async fn train(
             job::run(&spec, &ctx.data, &dir, &options, &mut on_event)
         })
         .await
-        .map_err(|e| Error::Unsupported(format!("the training thread failed: {e}")))??
+        .map_err(|e| Error::Unsupported(format!("the training thread failed: {e}")))?
+    };
+    let trained = match trained {
+        Ok(trained) => trained,
+        Err(e) => {
+            // The MLflow run ends with the job: cancelled, or failed with no attempt to follow.
+            // A task handed to another worker, or a failure worth a retry, leaves it running.
+            if let Some(live) = &live
+                && !running.abandoned.load(Ordering::Relaxed)
+            {
+                match &e {
+                    Error::Cancelled => live.end("KILLED"),
+                    e if is_permanent(e) => live.end("FAILED"),
+                    _ => {}
+                }
+            }
+            return Err(e);
+        }
     };
     let mut files = BTreeMap::new();
     for name in [

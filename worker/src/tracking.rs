@@ -489,14 +489,21 @@ fn spec_params(spec: &trainfleet_core::job::JobSpec) -> BTreeMap<String, String>
 /// thread behind a bounded queue: training never waits for MLflow. When MLflow cannot be
 /// reached it stops trying and says so once; the eval task records the whole run at the end
 /// anyway (and reports what it could not).
+#[derive(Clone)]
 pub struct Live {
-    epochs: std::sync::mpsc::SyncSender<crate::train::EpochReport>,
+    events: std::sync::mpsc::SyncSender<LiveEvent>,
+}
+
+enum LiveEvent {
+    Epoch(Box<crate::train::EpochReport>),
+    /// The run ended here for good: FAILED or KILLED.
+    End(&'static str),
 }
 
 impl Live {
     /// Starts the tracker thread for job `job_id`.
     pub fn start(uri: &str, job_id: &str, spec: &trainfleet_core::job::JobSpec) -> Live {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::train::EpochReport>(1024);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LiveEvent>(1024);
         let (uri, job_id, spec) = (uri.to_owned(), job_id.to_owned(), spec.clone());
         let spawned = std::thread::Builder::new()
             .name("mlflow-live".into())
@@ -520,36 +527,48 @@ impl Live {
                         return;
                     }
                 };
-                for epoch in rx {
-                    let mut points = epoch_metrics(&epoch, now_ms());
-                    // A resumed attempt may replay an epoch a lost one already sent.
-                    let sent = points
-                        .first()
-                        .map(|p| client.steps(&run_id, &p.key))
-                        .transpose();
-                    let sent = match sent {
-                        Ok(s) => s.unwrap_or_default(),
-                        Err(e) => {
-                            tracing::warn!(%job_id, error = %e, "MLflow: live tracking stopped; the eval will record the rest");
+                let stopped = |e: &TrackingError| {
+                    tracing::warn!(%job_id, error = %e, "MLflow: live tracking stopped; the eval will record the rest");
+                };
+                for event in rx {
+                    let epoch = match event {
+                        LiveEvent::Epoch(epoch) => epoch,
+                        LiveEvent::End(status) => {
+                            if let Err(e) = client.finish(&run_id, status) {
+                                stopped(&e);
+                            }
                             return;
                         }
                     };
+                    let mut points = epoch_metrics(&epoch, now_ms());
+                    // A resumed attempt may replay an epoch a lost one already sent.
+                    let sent = match points.first().map(|p| client.steps(&run_id, &p.key)) {
+                        None => Default::default(),
+                        Some(Ok(sent)) => sent,
+                        Some(Err(e)) => return stopped(&e),
+                    };
                     points.retain(|p| !sent.contains(&p.step));
                     if let Err(e) = client.log(&run_id, &BTreeMap::new(), &points, &BTreeMap::new()) {
-                        tracing::warn!(%job_id, error = %e, "MLflow: live tracking stopped; the eval will record the rest");
-                        return;
+                        return stopped(&e);
                     }
                 }
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the MLflow tracker thread");
         }
-        Live { epochs: tx }
+        Live { events: tx }
     }
 
     /// Queues an epoch's metrics (dropped, never waited for, if the queue is full).
     pub fn epoch(&self, report: &crate::train::EpochReport) {
-        let _ = self.epochs.try_send(report.clone());
+        let _ = self
+            .events
+            .try_send(LiveEvent::Epoch(Box::new(report.clone())));
+    }
+
+    /// Marks the run ended for good: `FAILED` (no attempt will follow) or `KILLED` (cancelled).
+    pub fn end(&self, status: &'static str) {
+        let _ = self.events.try_send(LiveEvent::End(status));
     }
 }
 
