@@ -107,21 +107,7 @@ fn run_trains_records_a_champion_compares_a_rerun_and_stops_on_ctrl_c() -> anyho
     };
     let tiny = dir.path().join("tiny.yaml");
     std::fs::write(&tiny, job(1))?;
-    let run = |file: &std::path::Path| -> anyhow::Result<String> {
-        let out = Command::new(binary("trainfleet"))
-            .arg("run")
-            .arg(file)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()?;
-        let stdout = String::from_utf8(out.stdout)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    };
+    let run = |file: &std::path::Path| support::trainfleet_run(&state, file);
     let first = run(&tiny)?;
     assert!(first.contains("epoch 1:"), "{first}");
     assert!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::binary;
+use support::{binary, trainfleet_run};
 
 /// `mlflow server` in its own process group (it starts uvicorn and job runners as children),
 /// stopped through that group by the leader's PID.
@@ -119,22 +119,6 @@ impl Drop for MlflowServer {
     }
 }
 
-fn run(state: &Path, job: &Path) -> anyhow::Result<String> {
-    let out = Command::new(binary("trainfleet"))
-        .arg("run")
-        .arg(job)
-        .arg("--state-dir")
-        .arg(state)
-        .output()?;
-    let stdout = String::from_utf8(out.stdout)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
 /// The `epoch N: k v  k v` lines `trainfleet run` prints, as (epoch, key, value).
 fn printed_epochs(out: &str) -> Vec<(i64, String, f64)> {
     let mut points = Vec::new();
@@ -175,7 +159,7 @@ fn runs_are_recorded_in_a_real_mlflow_and_mlflow_down_fails_nothing() -> anyhow:
         .port();
     let down = dir.path().join("down.yaml");
     std::fs::write(&down, job(&format!("http://127.0.0.1:{closed}")))?;
-    let out = run(&state, &down)?;
+    let out = trainfleet_run(&state, &down)?;
     assert!(out.contains(": succeeded"), "{out}");
     assert!(out.contains("mlflow: not recorded: MLflow"), "{out}");
     assert!(out.contains("after 4 attempts"), "{out}");
@@ -183,7 +167,7 @@ fn runs_are_recorded_in_a_real_mlflow_and_mlflow_down_fails_nothing() -> anyhow:
     let server = MlflowServer::start(dir.path())?;
     let up = dir.path().join("up.yaml");
     std::fs::write(&up, job(&server.base))?;
-    let out = run(&state, &up)?;
+    let out = trainfleet_run(&state, &up)?;
     let run_id = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("mlflow run: "))

@@ -19,7 +19,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use support::{Proc, binary, repo_root, wait_for};
+use support::{Proc, assert_png_drawn, binary, repo_root, trainfleet_run, wait_for};
 
 /// The Chromium the setup script installs (Debian's `chromium`), or `TRAINFLEET_CHROMIUM`.
 fn chromium() -> PathBuf {
@@ -78,46 +78,6 @@ fn headless(profile: &Path) -> Command {
     command
 }
 
-fn run(state: &Path, job: &Path) -> anyhow::Result<String> {
-    let out = Command::new(binary("trainfleet"))
-        .arg("run")
-        .arg(job)
-        .arg("--state-dir")
-        .arg(state)
-        .output()?;
-    let stdout = String::from_utf8(out.stdout)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
-/// Decodes a PNG; checks its size and that it is not blank.
-fn assert_png_drawn(path: &Path) {
-    let image = image::open(path)
-        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()))
-        .to_rgb8();
-    let (w, h) = image.dimensions();
-    assert!(w >= 400 && h >= 120, "{}: {w}x{h}", path.display());
-    let background = image.get_pixel(0, 0).0;
-    let drawn = image.pixels().filter(|p| p.0 != background).count();
-    assert!(
-        drawn as f64 > 0.01 * (w * h) as f64,
-        "{}: {drawn} pixels drawn of {}",
-        path.display(),
-        w * h
-    );
-    let colours: std::collections::HashSet<[u8; 3]> = image.pixels().map(|p| p.0).collect();
-    assert!(
-        colours.len() > 8,
-        "{}: {} colours",
-        path.display(),
-        colours.len()
-    );
-}
-
 /// The rendered DOM's part that belongs to the chart element `id` (up to the next chart).
 fn chart_markup<'a>(dom: &'a str, id: &str) -> &'a str {
     let at = dom
@@ -147,14 +107,14 @@ fn a_real_report_renders_offline_in_headless_chromium() -> anyhow::Result<()> {
     std::fs::write(&first, job(1, "0.001"))?;
     let second = dir.path().join("second.yaml");
     std::fs::write(&second, job(2, "0.002"))?;
-    let out = run(&state, &first)?;
+    let out = trainfleet_run(&state, &first)?;
     let champion = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("model "))
         .and_then(|l| l.split(':').next())
         .expect("the first run names its model")
         .to_owned();
-    let out = run(&state, &second)?;
+    let out = trainfleet_run(&state, &second)?;
     let uri = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("report: "))

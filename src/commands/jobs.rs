@@ -485,7 +485,8 @@ pub fn describe(job: &v1::Job) -> String {
 }
 
 /// A metric for people: counts (samples, epochs) as integers, the rest with four decimals.
-fn number(name: &str, v: f64) -> String {
+/// A metric value: counts as integers, scores with 4 decimals.
+pub fn number(name: &str, v: f64) -> String {
     if (name.ends_with("samples") || name.contains("epoch")) && v.fract() == 0.0 {
         format!("{v:.0}")
     } else {

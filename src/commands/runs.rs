@@ -14,7 +14,7 @@ use trainfleet_worker::report::compare::{self, RunSeries};
 
 use crate::cli::Remote;
 use crate::client::{connect, status_error};
-use crate::commands::jobs::{job_json, job_name, state_name};
+use crate::commands::jobs::{job_json, job_name, number, state_name};
 use crate::table;
 
 /// `trainfleet runs ...`.
@@ -172,15 +172,6 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A metric value: counts as integers, scores with 4 decimals.
-fn metric_text(name: &str, v: f64) -> String {
-    if (name.ends_with("samples") || name.contains("epoch")) && v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
 fn version_label(number: u64, root: &str) -> String {
     let short = &root[..root.len().min(12)];
     match number {
@@ -300,7 +291,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
             .iter()
             .collect::<BTreeMap<_, _>>()
             .into_iter()
-            .map(|(k, v)| format!("{k} {}", metric_text(k, *v)))
+            .map(|(k, v)| format!("{k} {}", number(k, *v)))
             .collect();
         println!("\n  model {}: {}", r.model_id, metrics.join("  "));
         println!(
@@ -431,7 +422,7 @@ async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
             let mut row = vec![k.clone()];
             row.extend(
                 runs.iter()
-                    .map(|r| r.metrics.get(k).map_or("-".into(), |v| format!("{v:.4}"))),
+                    .map(|r| r.metrics.get(k).map_or("-".into(), |v| number(k, *v))),
             );
             row
         })

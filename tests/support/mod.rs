@@ -322,3 +322,45 @@ pub fn start_worker(
         dir,
     )
 }
+
+/// `trainfleet run JOB --state-dir STATE` to its end: its stdout, or an error with both streams.
+pub fn trainfleet_run(state: &Path, job: &Path) -> anyhow::Result<String> {
+    let out = Command::new(binary("trainfleet"))
+        .arg("run")
+        .arg(job)
+        .arg("--state-dir")
+        .arg(state)
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// Decodes a PNG and checks that it is at least 400×120 and not blank: more than 1 % of it
+/// differs from the corner's colour, in more than 8 colours.
+pub fn assert_png_drawn(path: &Path) {
+    let image = image::open(path)
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()))
+        .to_rgb8();
+    let (w, h) = image.dimensions();
+    assert!(w >= 400 && h >= 120, "{}: {w}x{h}", path.display());
+    let background = image.get_pixel(0, 0).0;
+    let drawn = image.pixels().filter(|p| p.0 != background).count();
+    assert!(
+        drawn as f64 > 0.01 * (w * h) as f64,
+        "{}: {drawn} pixels drawn of {}",
+        path.display(),
+        w * h
+    );
+    let colours: std::collections::HashSet<[u8; 3]> = image.pixels().map(|p| p.0).collect();
+    assert!(
+        colours.len() > 8,
+        "{}: {} colours",
+        path.display(),
+        colours.len()
+    );
+}

@@ -9,7 +9,7 @@ use plotly::layout::{Axis, Layout};
 use plotly::{Plot, Scatter};
 use serde_json::{Value, json};
 
-use super::html::{esc, plotly_js};
+use super::html::{esc, page_end, page_start};
 
 /// One run as compared.
 #[derive(Debug, Clone, Default)]
@@ -84,15 +84,10 @@ fn overlay(runs: &[RunSeries], what: &str) -> Value {
 /// Renders the comparison page.
 pub fn render(runs: &[RunSeries]) -> String {
     let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
-    let mut out = String::with_capacity(plotly_js().len() + 64 * 1024);
+    let mut out = page_start(&format!("trainfleet: {}", ids.join(" vs ")));
     let _ = write!(
         out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>trainfleet: {}</title><style>{}</style>{}</head><body>\
-         <header><h1>Runs compared</h1><div class=\"sub\">{}</div></header><main>",
-        esc(&ids.join(" vs ")),
-        super::html::STYLE,
-        plotly_js(),
+        "<header><h1>Runs compared</h1><div class=\"sub\">{}</div></header><main>",
         esc(&ids.join(" · "))
     );
     out.push_str(
@@ -155,17 +150,12 @@ pub fn render(runs: &[RunSeries]) -> String {
         let _ = write!(out, "<tr><td>{}</td>{cells}</tr>", esc(key));
     }
     out.push_str("</table></section></main>");
-    let figures = json!({
-        "chart-loss": overlay(runs, "loss"),
-        "chart-accuracy": overlay(runs, "accuracy"),
-    });
-    let figures = figures.to_string().replace('<', "\\u003c");
-    let _ = write!(
-        out,
-        "<script>\nconst FIGURES = {figures};\n\
-         for (const [id, fig] of Object.entries(FIGURES)) {{\n\
-           Plotly.newPlot(document.getElementById(id), fig.data, fig.layout, {{responsive: true, displaylogo: false}});\n\
-         }}\n</script></body></html>\n"
+    page_end(
+        &mut out,
+        [
+            ("chart-loss".to_owned(), overlay(runs, "loss")),
+            ("chart-accuracy".to_owned(), overlay(runs, "accuracy")),
+        ],
     );
     out
 }

@@ -89,15 +89,11 @@ pub fn write(dir: &Path, report: &DatasetReport) -> Result<Written> {
 pub fn render(report: &DatasetReport) -> String {
     let run = as_run(report);
     let d = &report.dataset;
-    let mut out = String::with_capacity(html::plotly_js().len() + 128 * 1024);
+    let mut out = html::page_start(&format!("trainfleet dataset: {}", report.name));
     let _ = write!(
         out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>trainfleet dataset: {0}</title><style>{1}</style>{2}</head><body>\
-         <header><h1>Dataset {0}</h1><div class=\"sub\">generated {3}</div></header><main>",
+        "<header><h1>Dataset {}</h1><div class=\"sub\">generated {}</div></header><main>",
         html::esc(&report.name),
-        html::STYLE,
-        html::plotly_js(),
         html::esc(&report.generated_at)
     );
     let version = match (d.version, report.recorded_root.as_str()) {
@@ -136,16 +132,7 @@ pub fn render(report: &DatasetReport) -> String {
     let _ = write!(out, "<div class=\"chart\" id=\"{}\"></div>", chart.id);
     html::samples_grid(&mut out, &run);
     out.push_str("</section></main>");
-    let figures = serde_json::json!({ chart.id: chart.figure })
-        .to_string()
-        .replace('<', "\\u003c");
-    let _ = write!(
-        out,
-        "<script>\nconst FIGURES = {figures};\n\
-         for (const [id, fig] of Object.entries(FIGURES)) {{\n\
-           Plotly.newPlot(document.getElementById(id), fig.data, fig.layout, {{responsive: true, displaylogo: false}});\n\
-         }}\n</script></body></html>\n"
-    );
+    html::page_end(&mut out, [(chart.id.to_owned(), chart.figure)]);
     out
 }
 
@@ -185,13 +172,8 @@ mod tests {
             ]
         );
         for name in ["distribution.png", "samples.png"] {
-            let image = image::open(dir.path().join(name)).unwrap().to_rgb8();
-            assert!(image.width() >= 400 && image.height() >= 100, "{name}");
-            let bg = image.get_pixel(0, 0).0;
-            assert!(
-                image.pixels().filter(|p| p.0 != bg).count() > 1000,
-                "{name} is blank"
-            );
+            let png = std::fs::read(dir.path().join(name)).unwrap();
+            crate::report::png::tests::assert_drawn(name, &png, (400, 100));
         }
     }
 }

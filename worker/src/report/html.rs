@@ -47,6 +47,39 @@ pub fn plotly_js() -> &'static str {
     })
 }
 
+/// Opens a page titled `title`: the style sheet and plotly.js in its head; the caller writes the
+/// body and closes it with [`page_end`].
+pub fn page_start(title: &str) -> String {
+    let mut out = String::with_capacity(plotly_js().len() + 256 * 1024);
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>{STYLE}</style>{}</head><body>",
+        esc(title),
+        plotly_js()
+    );
+    out
+}
+
+/// Closes a page: draws each figure (`{data, layout}`) into the element with its id.
+pub fn page_end(out: &mut String, figures: impl IntoIterator<Item = (String, Value)>) {
+    // One JSON object keyed by element id; every `<` is escaped so that no string in it (a
+    // class name, say) can end or confuse the script element.
+    let figures: serde_json::Map<String, Value> = figures.into_iter().collect();
+    let figures = serde_json::to_string(&figures)
+        .expect("figures serialise")
+        .replace('<', "\\u003c");
+    let _ = write!(
+        out,
+        "<script>\nconst FIGURES = {figures};\n\
+         for (const [id, fig] of Object.entries(FIGURES)) {{\n\
+           const el = document.getElementById(id);\n\
+           if (el) Plotly.newPlot(el, fig.data, fig.layout, {{responsive: true, displaylogo: false}});\n\
+         }}\n</script></body></html>\n"
+    );
+}
+
 /// A chart to draw: its element id, a caption and the figure.
 pub struct Chart {
     /// Element id (`chart-…`).
@@ -223,26 +256,12 @@ pub fn distribution(report: &RunReport) -> Chart {
 
 /// Challenger and champion side by side: headline metrics and per-class recall.
 pub fn comparison(report: &RunReport, c: &Comparison) -> Option<Chart> {
-    let champion = c.champion.as_ref()?;
-    let keys: Vec<String> = c
-        .challenger
-        .keys()
-        .filter(|k| champion.contains_key(*k) && k.as_str() != "loss")
-        .cloned()
-        .collect();
-    let mut x = keys.clone();
-    let mut challenger: Vec<f64> = keys.iter().map(|k| c.challenger[k]).collect();
-    let mut champ: Vec<f64> = keys.iter().map(|k| champion[k]).collect();
-    if c.champion_recall.len() == report.classes.len() {
-        for (i, class) in report.classes.iter().enumerate() {
-            x.push(format!("recall: {class}"));
-            challenger.push(c.challenger_recall.get(i).copied().unwrap_or(f64::NAN));
-            champ.push(c.champion_recall[i]);
-        }
-    }
+    let bars = c.side_by_side(&report.classes)?;
     let mut plot = Plot::new();
-    plot.add_trace(Bar::new(x.clone(), challenger).name("challenger (this run)"));
-    plot.add_trace(Bar::new(x, champ).name(format!("champion {}", c.champion_id)));
+    plot.add_trace(Bar::new(bars.labels.clone(), bars.challenger).name("challenger (this run)"));
+    plot.add_trace(
+        Bar::new(bars.labels, bars.champion).name(format!("champion {}", c.champion_id)),
+    );
     plot.set_layout(
         base_layout("challenger vs champion, same test samples", "", "score")
             .bar_mode(BarMode::Group),
@@ -277,7 +296,7 @@ pub fn charts(report: &RunReport) -> Vec<Chart> {
     charts
 }
 
-pub(crate) const STYLE: &str = r#"
+const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f5f6f8; }
 header { background: #1d2330; color: #fff; padding: 18px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; }
@@ -366,16 +385,10 @@ fn pct(v: f64) -> String {
 pub fn render(report: &RunReport) -> String {
     let charts = charts(report);
     let by_id: BTreeMap<&str, &Chart> = charts.iter().map(|c| (c.id, c)).collect();
-    let mut out = String::with_capacity(plotly_js().len() + 256 * 1024);
-    let title = format!("{} · {}", report.name, report.job_id);
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>trainfleet report: {}</title><style>{STYLE}</style>{}</head><body>",
-        esc(&title),
-        plotly_js()
-    );
+    let mut out = page_start(&format!(
+        "trainfleet report: {} · {}",
+        report.name, report.job_id
+    ));
     let (css, words) = verdict(report);
     let _ = write!(
         out,
@@ -490,22 +503,9 @@ pub fn render(report: &RunReport) -> String {
     );
     out.push_str("</main>");
 
-    // The figures, as one JSON object keyed by element id; every `<` is escaped so that no
-    // string in them (a class name, say) can end or confuse the script element.
-    let figures: serde_json::Map<String, Value> = charts
-        .iter()
-        .map(|c| (c.id.to_owned(), c.figure.clone()))
-        .collect();
-    let figures = serde_json::to_string(&figures)
-        .expect("figures serialise")
-        .replace('<', "\\u003c");
-    let _ = write!(
-        out,
-        "<script>\nconst FIGURES = {figures};\n\
-         for (const [id, fig] of Object.entries(FIGURES)) {{\n\
-           const el = document.getElementById(id);\n\
-           if (el) Plotly.newPlot(el, fig.data, fig.layout, {{responsive: true, displaylogo: false}});\n\
-         }}\n</script></body></html>\n"
+    page_end(
+        &mut out,
+        charts.into_iter().map(|c| (c.id.to_owned(), c.figure)),
     );
     out
 }

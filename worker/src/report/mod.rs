@@ -157,6 +157,46 @@ pub struct Comparison {
     pub gate: GateRecord,
 }
 
+/// Both models' scores in chart order, for the side-by-side charts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideBySide {
+    /// What each pair of bars is.
+    pub labels: Vec<String>,
+    /// The challenger's values.
+    pub challenger: Vec<f64>,
+    /// The champion's values.
+    pub champion: Vec<f64>,
+}
+
+impl Comparison {
+    /// The headline metrics both models have (loss left out: it is on another scale, and lower
+    /// is better), then per-class recall; `None` when the champion was not scored.
+    pub fn side_by_side(&self, classes: &[String]) -> Option<SideBySide> {
+        let champion = self.champion.as_ref()?;
+        let mut out = SideBySide {
+            labels: Vec::new(),
+            challenger: Vec::new(),
+            champion: Vec::new(),
+        };
+        for (k, v) in &self.challenger {
+            if let Some(o) = champion.get(k).filter(|_| k != "loss") {
+                out.labels.push(k.clone());
+                out.challenger.push(*v);
+                out.champion.push(*o);
+            }
+        }
+        if self.champion_recall.len() == classes.len() {
+            for (i, class) in classes.iter().enumerate() {
+                out.labels.push(format!("recall: {class}"));
+                out.challenger
+                    .push(self.challenger_recall.get(i).copied().unwrap_or(f64::NAN));
+                out.champion.push(self.champion_recall[i]);
+            }
+        }
+        Some(out)
+    }
+}
+
 /// Everything a run's report shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {

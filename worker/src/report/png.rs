@@ -386,25 +386,9 @@ pub fn comparison(report: &RunReport) -> Result<Option<Vec<u8>>> {
     let Some(c) = &report.comparison else {
         return Ok(None);
     };
-    let Some(champion) = &c.champion else {
+    let Some(bars) = c.side_by_side(&report.classes) else {
         return Ok(None);
     };
-    let mut categories = Vec::new();
-    let (mut challenger, mut champ) = (Vec::new(), Vec::new());
-    for (k, v) in &c.challenger {
-        if let Some(o) = champion.get(k).filter(|_| k != "loss") {
-            categories.push(k.clone());
-            challenger.push(*v);
-            champ.push(*o);
-        }
-    }
-    if c.champion_recall.len() == report.classes.len() {
-        for (i, class) in report.classes.iter().enumerate() {
-            categories.push(format!("recall {class}"));
-            challenger.push(c.challenger_recall.get(i).copied().unwrap_or(f64::NAN));
-            champ.push(c.champion_recall[i]);
-        }
-    }
     grouped_bars(
         "comparison.png",
         &format!(
@@ -412,10 +396,10 @@ pub fn comparison(report: &RunReport) -> Result<Option<Vec<u8>>> {
             c.champion_id
         ),
         "score",
-        &categories,
+        &bars.labels,
         &[
-            ("challenger (this run)".into(), challenger),
-            (format!("champion {}", c.champion_id), champ),
+            ("challenger (this run)".into(), bars.challenger),
+            (format!("champion {}", c.champion_id), bars.champion),
         ],
         Some(1.05),
     )
@@ -580,13 +564,13 @@ pub fn render_all(report: &RunReport) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::report::tests::sample_report;
 
     /// Decodes a PNG and checks that it has the expected size and is not blank: more than a
     /// sliver of it differs from the background, in several distinct colours.
-    pub fn assert_drawn(name: &str, png: &[u8], min_size: (u32, u32)) {
+    pub(crate) fn assert_drawn(name: &str, png: &[u8], min_size: (u32, u32)) {
         let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
             .unwrap_or_else(|e| panic!("{name} does not decode: {e}"))
             .to_rgb8();
