@@ -346,16 +346,21 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     assert!(frozen.elapsed() > TTL);
 
     // Thaw the old leader and at once ask it, and only it, to write what its stale memory
-    // allows: m1 (its champion) promoted again, which would put the pointer back. It is
-    // refused, by its own step-down or by the fence in etcd.
+    // allows: m1 promoted where it believes m1 is the champion, which would put the pointer
+    // back. It is refused: by the fence in etcd if the old leader still acts on its memory
+    // (UNAVAILABLE), or, once it has stepped down and forwards the call, by the new leader's
+    // compare-and-swap, since the champion is m2 now (ABORTED).
     cluster.proc(old).signal(libc::SIGCONT);
     let late = reflect_call(
         &cluster.addrs[old],
         "trainfleet.v1.ModelService/Promote",
-        &serde_json::json!({"id": m1, "reason": "late"}).to_string(),
+        &serde_json::json!({"id": m1, "reason": "late", "expectedChampion": m1}).to_string(),
     )?;
     let (code, message) = late.expect_err("the old leader's late write is refused");
-    assert_eq!(code, "UNAVAILABLE", "{message}");
+    assert!(
+        ["UNAVAILABLE", "ABORTED"].contains(&code.as_str()),
+        "{code}: {message}"
+    );
 
     // It rejoins as a follower that names the new leader.
     wait_for(Duration::from_secs(10), "the old leader to follow", || {
@@ -410,14 +415,19 @@ fn sigterm_hands_over_well_under_the_ttl() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Readiness: only the leader serves (a Kubernetes Service routes to it alone).
     const SERVING: i32 = 1;
     const NOT_SERVING: i32 = 2;
-    for service in [
-        "",
-        "trainfleet.v1.JobService",
-        "trainfleet.v1.WorkerService",
-    ] {
+    // Readiness: every replica serves the public names (a follower forwards); the leader names
+    // are SERVING on the leader alone.
+    for service in ["", "trainfleet.v1.JobService"] {
+        assert_eq!(cluster.health(first, service), Some(SERVING), "{service}");
+        assert_eq!(
+            cluster.health(1 - first, service),
+            Some(SERVING),
+            "{service}"
+        );
+    }
+    for service in ["trainfleet.v1.Leader", "trainfleet.v1.WorkerService"] {
         assert_eq!(cluster.health(first, service), Some(SERVING), "{service}");
         assert_eq!(
             cluster.health(1 - first, service),
@@ -425,13 +435,13 @@ fn sigterm_hands_over_well_under_the_ttl() -> anyhow::Result<()> {
             "{service}"
         );
     }
-    // A follower refuses public calls with UNAVAILABLE, naming the leader.
+    // The worker protocol is not forwarded: a follower refuses it, naming the leader.
     let follower = reflect_call(
         &cluster.addrs[1 - first],
-        "trainfleet.v1.JobService/List",
-        "{}",
+        "trainfleet.v1.WorkerService/PollTask",
+        r#"{"workerId": "w", "sessionId": "s"}"#,
     )?
-    .expect_err("a follower does not serve jobs");
+    .expect_err("a follower does not lease tasks");
     assert_eq!(follower.0, "UNAVAILABLE", "{follower:?}");
     assert!(follower.1.contains(&cluster.addrs[first]), "{follower:?}");
 
@@ -483,4 +493,99 @@ fn a_dead_etcd_member_changes_nothing() -> anyhow::Result<()> {
     let jobs = cluster.json(&["jobs"])?;
     assert_eq!(jobs.as_array().map(Vec::len), Some(3), "{jobs}");
     Ok(())
+}
+
+#[test]
+fn any_replica_answers_by_forwarding_to_the_leader() -> anyhow::Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 1, 3)?;
+    let leader = cluster.wait_leader(Duration::from_secs(20))?;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let _worker = cluster.worker("worker")?;
+    // Every replica is ready, so probes, Services and rolling updates see all three.
+    for i in 0..3 {
+        let out = health_command(&cluster.addrs[i], "")?;
+        assert!(out.status.success(), "replica {i}: {}", stderr(&out));
+    }
+    let out = health_command(&cluster.addrs[followers[0]], "trainfleet.v1.Leader")?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NOT_SERVING"), "{}", stderr(&out));
+
+    // Submit through a follower, as grpcurl would: the leader queues it and says so.
+    let (submitted, metadata) = reflect_call_with_metadata(
+        &cluster.addrs[followers[0]],
+        "trainfleet.v1.JobService/Submit",
+        r#"{"sleep": {"duration": "0.5s", "name": "via-follower"}}"#,
+    )?;
+    let submitted = submitted.map_err(|e| anyhow::anyhow!("Submit via a follower: {e:?}"))?;
+    assert_eq!(
+        metadata["trainfleet-forwarded-to"], cluster.addrs[leader],
+        "{metadata}"
+    );
+    let id = submitted["job"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Watch (a server stream) through the other follower until the job ends.
+    let events = reflect_call(
+        &cluster.addrs[followers[1]],
+        "trainfleet.v1.JobService/Watch",
+        &format!(r#"{{"id": "{id}"}}"#),
+    )?
+    .map_err(|e| anyhow::anyhow!("Watch via a follower: {e:?}"))?;
+    let last = events.as_array().and_then(|e| e.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|e| e["finished"]["state"].clone()),
+        Some(Value::from("JOB_STATE_SUCCEEDED")),
+        "{events}"
+    );
+    // GetLeader is each replica's own answer.
+    let own = reflect_call(
+        &cluster.addrs[followers[0]],
+        "trainfleet.v1.ClusterService/GetLeader",
+        "{}",
+    )?
+    .map_err(|e| anyhow::anyhow!("GetLeader: {e:?}"))?;
+    assert_eq!(own["address"], cluster.addrs[leader], "{own}");
+    assert_ne!(own["isSelf"], true, "{own}");
+
+    // The leader dies: a call to a follower waits for the next leader instead of failing.
+    cluster.kill(leader);
+    let (listed, metadata) = reflect_call_with_metadata(
+        &cluster.addrs[followers[0]],
+        "trainfleet.v1.JobService/List",
+        "{}",
+    )?;
+    let listed = listed.map_err(|e| anyhow::anyhow!("List during a failover: {e:?}"))?;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
+    let new_leader = cluster.wait_leader(Duration::from_secs(10))?;
+    let served_by = metadata["trainfleet-forwarded-to"].clone();
+    assert!(
+        new_leader == followers[0] || served_by == cluster.addrs[new_leader],
+        "served by {served_by}, leader {new_leader}"
+    );
+    // A replica that is gone: the health command says why, and fails.
+    let out = health_command(&cluster.addrs[leader], "")?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+    Ok(())
+}
+
+fn health_command(addr: &str, service: &str) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(binary("trainfleet-coordinator"))
+        .args([
+            "health",
+            "--addr",
+            addr,
+            "--service",
+            service,
+            "--timeout",
+            "1s",
+        ])
+        .output()?)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

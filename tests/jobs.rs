@@ -177,6 +177,19 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
     .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
 
     // Restart the coordinator on the same state: every job and the champion are still there.
+    // A dataset directory no worker has: accepted (the coordinator need not see the workers'
+    // disks), then refused by the worker as its first step, naming the field and the path.
+    let missing = submit_json(
+        &addr,
+        "dataset: {format: imagefolder, path: /nonexistent/pets}\nmodel: {arch: cnn}\n",
+    )?;
+    let failed = wait_job(&addr, &missing, "JOB_STATE_FAILED", Duration::from_secs(60))?;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("dataset.path") && error.contains("/nonexistent/pets"),
+        "{failed}"
+    );
+
     coordinator.proc.signal(libc::SIGTERM);
     assert_eq!(
         coordinator.proc.wait_exit(Duration::from_secs(15))?,
@@ -186,7 +199,7 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
     let out = cli(dir.path(), &restarted.addr, &["jobs", "--json"])?;
     anyhow::ensure!(out.status.success(), "{out:?}");
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert_eq!(listed.len(), 7, "{listed:?}");
     let again = reflect_call(
         &restarted.addr,
         "trainfleet.v1.ModelService/GetChampion",
@@ -236,17 +249,6 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
         reflect_call(addr, "trainfleet.v1.JobService/Submit", body)?.expect_err("refused");
     assert_eq!(code, "INVALID_ARGUMENT");
     assert!(message.contains("structured"), "{message}");
-
-    // A dataset directory that does not exist.
-    let yaml = "dataset: {format: imagefolder, path: /nonexistent/pets}\nmodel: {arch: cnn}\n";
-    let body = json!({ "yaml": yaml }).to_string();
-    let (code, message) =
-        reflect_call(addr, "trainfleet.v1.JobService/Submit", &body)?.expect_err("refused");
-    assert_eq!(code, "NOT_FOUND");
-    assert!(
-        message.contains("dataset.path") && message.contains("/nonexistent/pets"),
-        "{message}"
-    );
 
     // Nothing was queued by any of that.
     let listed = reflect_call(addr, "trainfleet.v1.JobService/List", "{}")?

@@ -3,6 +3,10 @@
 //!
 //! - [`server`]: binds the listener and serves every service, health and reflection; runs the
 //!   replica's role (standalone, or leader/follower over etcd through [`election`]).
+//! - [`forward`]: any replica answers: a follower forwards public calls to the leader and
+//!   relays the answer (unary and server streams), with a bounded wait while none is known.
+//! - [`health`]: the health service's names: per replica, and leader only.
+//! - [`probe`]: the `health` command's one health check.
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
 //! - [`registry`]: workers, their sessions and liveness (heartbeat deadlines, the reaper).
 //! - [`scheduler`]: the task queue, leases, attempts (the fencing token), requeue on worker
@@ -21,7 +25,10 @@ pub mod control;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod forward;
+pub mod health;
 pub mod journal;
+pub mod probe;
 pub mod records;
 pub mod registry;
 pub mod scheduler;

@@ -16,6 +16,8 @@ use trainfleet_core::process::{init_tracing, shutdown_signal};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML settings file (see configs/coordinator.yaml).
     #[arg(long, short, env = "TRAINFLEET_CONFIG")]
     config: Option<PathBuf>,
@@ -52,6 +54,9 @@ struct Args {
     /// TTL of the leader's lease, e.g. "5s".
     #[arg(long, env = "TRAINFLEET_ETCD_LEASE_TTL", value_parser = humantime::parse_duration)]
     etcd_lease_ttl: Option<Duration>,
+    /// How long a follower holds a public call while no leader is known, e.g. "7s".
+    #[arg(long, env = "TRAINFLEET_ETCD_FORWARD_WAIT", value_parser = humantime::parse_duration)]
+    etcd_forward_wait: Option<Duration>,
     /// etcd user (with TRAINFLEET_ETCD_PASSWORD).
     #[arg(long, env = "TRAINFLEET_ETCD_USER")]
     etcd_user: Option<String>,
@@ -67,6 +72,24 @@ struct Args {
     /// Its private key (PEM).
     #[arg(long, env = "TRAINFLEET_ETCD_KEY_FILE", requires = "etcd_ca_file")]
     etcd_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Checks a replica's health (grpc.health.v1): exits 0 when SERVING, 1 saying why not. For
+    /// container HEALTHCHECKs and Compose healthchecks.
+    Health {
+        /// The replica to ask; by default this host on the port of --listen (or 50051).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Health name: "" (any serving replica), a trainfleet.v1 service name, or
+        /// trainfleet.v1.Leader (SERVING on the leader only).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 impl Args {
@@ -113,6 +136,9 @@ impl Args {
         if let Some(v) = self.etcd_lease_ttl {
             config.etcd.lease_ttl = v;
         }
+        if let Some(v) = self.etcd_forward_wait {
+            config.etcd.forward_wait = v;
+        }
         if let Some(v) = self.etcd_user {
             config.etcd.user = Some(v);
         }
@@ -149,7 +175,24 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Health {
+        addr,
+        service,
+        timeout,
+    }) = args.command.take()
+    {
+        let addr = addr.unwrap_or_else(|| match args.listen {
+            Some(listen) if !listen.ip().is_unspecified() => listen.to_string(),
+            Some(listen) => format!("127.0.0.1:{}", listen.port()),
+            None => "127.0.0.1:50051".to_owned(),
+        });
+        trainfleet_coordinator::probe::check(&addr, &service, timeout)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!("{addr}: SERVING");
+        return Ok(());
+    }
     let (config, addr_file) = args.into_config()?;
     let coordinator = Coordinator::bind(config).await?;
     if let Some(path) = addr_file {

@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use trainfleet_core::config::CoordinatorConfig;
+use trainfleet_proto::FILE_DESCRIPTOR_SET;
 use trainfleet_proto::v1::cluster_service_server::ClusterServiceServer;
 use trainfleet_proto::v1::dataset_service_server::DatasetServiceServer;
 use trainfleet_proto::v1::job_service_server::JobServiceServer;
 use trainfleet_proto::v1::model_service_server::ModelServiceServer;
 use trainfleet_proto::v1::sweep_service_server::SweepServiceServer;
 use trainfleet_proto::v1::worker_service_server::WorkerServiceServer;
-use trainfleet_proto::{FILE_DESCRIPTOR_SET, PUBLIC_SERVICES, WORKER_SERVICE};
 
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::config::StoreKind;
@@ -26,6 +26,8 @@ use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
 use crate::control::{Control, run_reaper, run_ticker};
 use crate::election::Election;
 use crate::error::{Error, Result};
+use crate::forward::ForwardLayer;
+use crate::health::Health;
 use crate::registry::WorkerRegistry;
 use crate::services::cluster::ClusterApi;
 use crate::services::datasets::DatasetApi;
@@ -85,11 +87,12 @@ impl Coordinator {
         let artifacts = ArtifactStore::open(&self.config.artifacts)
             .map_err(|e| startup("artifact store", &e))?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health = Health(health);
-        // Nothing is served until this replica leads (at once in standalone mode).
-        health.set(ServingStatus::NotServing).await;
+        // Nothing is served until the store is open (the term has begun in standalone mode; etcd
+        // is connected in a cluster).
+        let health = Health::new(health).await;
         let store_kind = self.config.store;
         let etcd_config = self.config.etcd.clone();
+        let forward_wait = self.config.etcd.forward_wait;
         let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
         let standalone_store: Option<Arc<dyn KvStore>> = match (self.store, store_kind) {
             (Some(store), _) => Some(store),
@@ -135,6 +138,8 @@ impl Coordinator {
                 ))
             }
         };
+        // A follower serves too: it forwards public calls to the leader.
+        health.replica(ServingStatus::Serving).await;
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -157,12 +162,14 @@ impl Coordinator {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
                 state.end_term();
-                health.set(ServingStatus::NotServing).await;
+                health.replica(ServingStatus::NotServing).await;
+                health.leader(ServingStatus::NotServing).await;
             }
         };
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .layer(ForwardLayer::new(state.clone(), forward_wait))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -197,20 +204,6 @@ impl Coordinator {
         })?;
         tracing::info!("coordinator stopped");
         Ok(())
-    }
-}
-
-/// The health service's statuses, all set together: every public service and the worker
-/// service serve only while this replica leads (a Kubernetes readiness probe on any of them, or
-/// on "", routes traffic to the leader).
-#[derive(Clone)]
-struct Health(tonic_health::server::HealthReporter);
-
-impl Health {
-    async fn set(&self, status: ServingStatus) {
-        for name in PUBLIC_SERVICES.iter().copied().chain([WORKER_SERVICE, ""]) {
-            self.0.set_service_status(name, status).await;
-        }
     }
 }
 
@@ -256,7 +249,7 @@ async fn begin_term(
         registry,
         stop: stop.clone(),
     }));
-    health.set(ServingStatus::Serving).await;
+    health.leader(ServingStatus::Serving).await;
     Ok(RunningTerm {
         state: state.clone(),
         health: health.clone(),
@@ -272,7 +265,7 @@ impl RunningTerm {
     /// leader's writes are refused by the fence).
     async fn end(self) {
         self.stop.cancel();
-        self.health.set(ServingStatus::NotServing).await;
+        self.health.leader(ServingStatus::NotServing).await;
         self.state.end_term();
         for l in self.loops {
             let _ = l.await;

@@ -75,6 +75,11 @@ pub struct EtcdConfig {
     /// (an etcd member that lost its raft leader can hold a request for seconds).
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// How long a follower holds a forwarded public call while no leader is known or reachable
+    /// (an election in progress) before answering UNAVAILABLE. A leader is normally elected
+    /// within `lease_ttl` of the old one's death, so the default covers a failover.
+    #[serde(with = "humantime_serde")]
+    pub forward_wait: Duration,
     /// User name, when etcd has authentication on.
     pub user: Option<String>,
     /// Password of `user`; better given as `TRAINFLEET_ETCD_PASSWORD`.
@@ -90,6 +95,7 @@ impl Default for EtcdConfig {
             prefix: "/trainfleet/default".to_owned(),
             lease_ttl: Duration::from_secs(5),
             call_timeout: Duration::from_secs(2),
+            forward_wait: Duration::from_secs(7),
             user: None,
             password: None,
             tls: None,

@@ -28,3 +28,7 @@ pub const PUBLIC_SERVICES: &[&str] = &[
 
 /// Fully qualified name of the internal worker protocol.
 pub const WORKER_SERVICE: &str = "trainfleet.v1.WorkerService";
+
+/// Health-check name that is SERVING only on the replica that leads now (`grpc.health.v1`).
+/// `""` and the public service names are SERVING on every serving replica, leader or follower.
+pub const LEADER_HEALTH_SERVICE: &str = "trainfleet.v1.Leader";

@@ -5,9 +5,11 @@ which is what the end-to-end tests need to prove about the coordinator.
 
     reflect.py ADDR list                      services, one per line
     reflect.py ADDR describe SYMBOL           a service or message, with its comments
-    reflect.py ADDR call SERVICE/METHOD JSON  call a unary method with a JSON body
+    reflect.py ADDR call SERVICE/METHOD JSON  call a method with a JSON body
 
-Output is JSON for `call`; an RPC error prints {"code": ..., "message": ...} and exits 3.
+Output is JSON for `call`: the response of a unary method, a list of the messages of a server
+stream. The response's initial metadata goes to stderr as one line, `metadata: {JSON}`. An RPC
+error prints {"code": ..., "message": ...} and exits 3.
 """
 import json
 import sys
@@ -87,13 +89,20 @@ def main(argv):
             request_class = message_factory.GetMessageClass(method.input_type)
             response_class = message_factory.GetMessageClass(method.output_type)
             request = json_format.Parse(argv[4] if len(argv) > 4 else "{}", request_class())
-            call = channel.unary_unary(
-                f"/{service_name}/{method_name}",
+            path = f"/{service_name}/{method_name}"
+            codec = dict(
                 request_serializer=request_class.SerializeToString,
                 response_deserializer=response_class.FromString,
             )
-            response = call(request, timeout=30)
-            print(json_format.MessageToJson(response))
+            if method.server_streaming:
+                stream = channel.unary_stream(path, **codec)(request, timeout=60)
+                print(f"metadata: {json.dumps(dict(stream.initial_metadata()))}", file=sys.stderr)
+                messages = [json.loads(json_format.MessageToJson(m)) for m in stream]
+                print(json.dumps(messages, indent=1))
+            else:
+                response, call = channel.unary_unary(path, **codec).with_call(request, timeout=30)
+                print(f"metadata: {json.dumps(dict(call.initial_metadata()))}", file=sys.stderr)
+                print(json_format.MessageToJson(response))
         else:
             print(__doc__, file=sys.stderr)
             return 2

@@ -238,21 +238,38 @@ pub fn reflect(addr: &str, args: &[&str]) -> anyhow::Result<Output> {
 
 /// Calls a unary method through reflection with a JSON body, as grpcurl would.
 pub fn reflect_call(addr: &str, method: &str, body: &str) -> anyhow::Result<CallResult> {
+    Ok(reflect_call_with_metadata(addr, method, body)?.0)
+}
+
+/// Like [`reflect_call`], also returning the response's initial metadata (headers) as JSON.
+pub fn reflect_call_with_metadata(
+    addr: &str,
+    method: &str,
+    body: &str,
+) -> anyhow::Result<(CallResult, Value)> {
     let output = reflect(addr, &["call", method, body])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let metadata = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("metadata: "))
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or(Value::Null);
     let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
         format!(
             "reflect.py printed: {}",
             String::from_utf8_lossy(&output.stdout)
         )
     })?;
-    Ok(if output.status.code() == Some(3) {
+    let result = if output.status.code() == Some(3) {
         Err((
             json["code"].as_str().unwrap_or_default().to_owned(),
             json["message"].as_str().unwrap_or_default().to_owned(),
         ))
     } else {
         Ok(json)
-    })
+    };
+    Ok((result, metadata))
 }
 
 /// Runs `buf curl` (reflection v1 only) against `http://{addr}{path}`; stdout on success.

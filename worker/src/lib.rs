@@ -8,6 +8,7 @@
 //! - [`metrics`]: evaluation (accuracy, top-5, per-class P/R/F1, confusion, correctness).
 //! - [`tasks`]: running leased tasks (train, eval, sleep) with progress, checkpoints, cancel.
 //! - [`job`]: a job from spec to artifacts; verification of a saved model.
+//! - [`local_paths`]: a job's local paths checked on the worker that runs it.
 //! - [`artifacts`]: what a run leaves behind (weights, model card, metrics, config).
 //! - [`devices`]: the CPU and CUDA devices this worker reports.
 //! - [`backoff`]: exponential backoff with jitter.
@@ -21,6 +22,7 @@ pub mod data;
 pub mod devices;
 pub mod error;
 pub mod job;
+pub mod local_paths;
 pub mod metrics;
 pub mod model;
 pub mod report;

@@ -292,6 +292,7 @@ async fn train(
     ctx: Arc<Context>,
 ) -> crate::Result<Finished> {
     let spec = JobSpec::from_yaml(&task.spec_yaml, "task spec")?;
+    crate::local_paths::check(&spec)?;
     fetch_pinned_manifest(&ctx, &spec).await?;
     copy_remote_version(&ctx, &spec).await?;
     let dir = run_dir(&ctx, &task);
@@ -543,6 +544,7 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
     };
     let challenger = fetch(inputs.challenger.clone(), base.join("challenger")).await?;
     let spec = JobSpec::from_file(&challenger.join(crate::artifacts::CONFIG))?;
+    crate::local_paths::check(&spec)?;
     fetch_pinned_manifest(&ctx, &spec).await?;
     copy_remote_version(&ctx, &spec).await?;
     let champion = match inputs.champion.as_str() {

@@ -65,12 +65,8 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
     let (directory, format, builtin, url) = match source.location.clone() {
         Some(Location::Directory(dir)) if !dir.is_empty() => {
             let format = format(&["imagefolder", "idx"])?;
-            if !std::path::Path::new(&dir).is_dir() {
-                return Err(Status::not_found(format!(
-                    "`source.directory` is {dir}, which is not a directory (paths are resolved \
-                     on the coordinator, which shares dataset paths with its workers)"
-                )));
-            }
+            // Whether the directory exists is for a worker to say: the first scan runs where
+            // the data is, and fails naming the path when it is not there.
             (dir, format, String::new(), String::new())
         }
         Some(Location::Builtin(name)) => {

@@ -95,30 +95,9 @@ pub fn submission(req: v1::SubmitJobRequest) -> Result<Submission, Status> {
         }
         Some(Spec::Structured(spec)) => convert::job_spec_from_wire(spec).map_err(Error::from)?,
     };
-    check_paths(&spec)?;
+    // Local paths (`dataset.path`, `model.init_weights`) are checked by the worker that runs the
+    // task: this replica may not see the workers' filesystems at all.
     Ok(Submission::Train(Box::new(spec)))
-}
-
-/// Local paths a job names must exist. The coordinator and its workers share dataset paths
-/// (one machine, or the same mount everywhere), so a path missing here is missing there too;
-/// refusing now beats a job that fails on a worker minutes later.
-fn check_paths(spec: &JobSpec) -> Result<(), Status> {
-    let checks = [
-        ("dataset.path", spec.dataset.path.as_ref()),
-        ("model.init_weights", spec.model.init_weights.as_ref()),
-    ];
-    for (field, path) in checks {
-        if let Some(path) = path
-            && !path.exists()
-        {
-            return Err(Status::not_found(format!(
-                "`{field}` is {}, which does not exist (paths are resolved on the coordinator, \
-                 which shares dataset paths with its workers)",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
