@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup build run train test lint fmt clean
+.PHONY: help setup build run train test lint fmt clean images
 
 help:
 	@echo "make run    set up, build, then trainfleet demo: the retrain loop on growing synth-digits data"
@@ -27,6 +27,10 @@ run: build
 # One training job through the embedded cluster, compared with the champion of earlier runs.
 train: build
 	@$(ENV) ./target/debug/trainfleet run configs/synth-digits.yaml
+
+# The coordinator and worker images, built offline from the release binaries (scripts/images.sh).
+images: setup
+	@$(ENV) ./scripts/images.sh
 
 test: setup
 	@$(ENV) ./scripts/test.sh

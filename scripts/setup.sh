@@ -4,7 +4,10 @@
 #
 #   - Debian packages: protoc (tonic/etcd-client code generation), etcd-server (tests, local
 #     clusters), openssl (test certificates), a C++ toolchain (torch-sys compiles its C++ shim),
-#     python3-venv, chromium (the report test opens a report in it, offline).
+#     python3-venv, chromium (the report test opens a report in it, offline); for the images and
+#     the container tests: podman and buildah (no Docker engine runs here), runc (crun fails on
+#     some hosts' cgroups), netavark and aardvark-dns (container networks with DNS names),
+#     debootstrap (the base image, since none can be pulled), patchelf and cpio (staging).
 #   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against), the
 #     Python gRPC reflection client used by the end-to-end tests, and MLflow (the tracking
 #     server the MLflow test records runs in).
@@ -31,7 +34,8 @@ as_root() {
 }
 
 # --- Debian packages ---------------------------------------------------------------------------
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl g++ make pkg-config python3-venv npm chromium)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl ca-certificates g++ make pkg-config python3-venv npm chromium
+  podman buildah runc netavark aardvark-dns containernetworking-plugins fuse-overlayfs debootstrap patchelf cpio)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -49,6 +53,9 @@ fi
 command -v protoc >/dev/null || die "protoc not found after installing protobuf-compiler"
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 command -v openssl >/dev/null || die "openssl not found (the etcd TLS test makes its certificates with it)"
+for tool in podman buildah runc debootstrap patchelf; do
+  command -v "$tool" >/dev/null || die "$tool not found after installing it (the images need it)"
+done
 command -v chromium >/dev/null || die "chromium not found (the report test renders a report in it)"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then rerun"
 

@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "build (binaries are what the end-to-end tests start)"
 cargo build --workspace --bins --tests
 
+step "images (release binaries; tests/images.rs runs them)"
+./scripts/images.sh
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -107,8 +107,10 @@ impl ArtifactStore {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| bad(format!("cannot create the artifact directory: {e}")))?;
         }
-        let env = std::env::vars().filter(|(k, _)| {
-            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        // An empty variable means "not set" (what a Compose file's `${AWS_ENDPOINT:-}` passes).
+        let env = std::env::vars().filter(|(k, v)| {
+            !v.is_empty()
+                && (k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
         });
         let (store, prefix) = object_store::parse_url_opts(&base, env)
             .map_err(|e| bad(format!("unsupported artifact store: {e}")))?;
