@@ -24,16 +24,6 @@ use serde_json::{Value, json};
 
 const DATASET: &str = "synth-digits";
 
-/// A small real training: about 3 s an epoch on one core.
-fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
-    format!(
-        "name: {name}\n\
-         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
-         model: {{arch: simple_cnn}}\n\
-         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
-    )
-}
-
 /// Submits through replica `via` (a follower forwards it); returns the job id.
 fn submit(cluster: &Cluster, via: usize, yaml: &str) -> anyhow::Result<String> {
     let answer = call(
@@ -62,12 +52,20 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
     let follower = cluster.other_than(leader);
 
     // The workload's first job, through a follower: it works.
-    let id = submit(&cluster, follower, &job_yaml("through-a-follower", 2, 1))?;
+    let id = submit(
+        &cluster,
+        follower,
+        &support::synth_job("through-a-follower", 2, 1),
+    )?;
     check_job(&wait_done(&cluster, &id, Duration::from_secs(120))?, 2)?;
     check_champion(&cluster, DATASET)?;
 
     // a. kill -9 of the leader mid-training: a new leader within the TTL + 2 s.
-    let id = submit(&cluster, follower, &job_yaml("leader-killed", 4, 2))?;
+    let id = submit(
+        &cluster,
+        follower,
+        &support::synth_job("leader-killed", 4, 2),
+    )?;
     wait_epochs(&cluster, &id, 1)?;
     let killed = Instant::now();
     cluster.kill(&cluster.coordinators[leader].clone())?;
@@ -88,9 +86,23 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
     let leader = second;
     let old = cluster.coordinators[leader].clone();
     let follower = cluster.other_than(leader);
-    let id = submit(&cluster, follower, &job_yaml("leader-partitioned", 4, 3))?;
+    let id = submit(
+        &cluster,
+        follower,
+        &support::synth_job("leader-partitioned", 4, 3),
+    )?;
     wait_epochs(&cluster, &id, 1)?;
+    let old_address = cluster.endpoint(leader)?;
     cluster.partition(&old)?;
+    // The health command, run from the host against the cut-off replica: it fails, saying why.
+    let health = std::process::Command::new(support::binary("trainfleet-coordinator"))
+        .args(["health", "--addr", &old_address, "--timeout", "1s"])
+        .output()?;
+    let said = String::from_utf8_lossy(&health.stderr);
+    ensure!(
+        !health.status.success() && said.contains("cannot reach"),
+        "health of a partitioned replica: {said}"
+    );
     // A cancel sent to the cut-off leader itself, on its own loopback: refused, whether its
     // memory still says it leads (the write cannot reach etcd) or it already stepped down (no
     // leader is reachable to forward to).
@@ -158,7 +170,11 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
     // checkpoint; healed, the old worker's late reports are refused and nothing is doubled.
     let leader = third;
     let follower = cluster.other_than(leader);
-    let id = submit(&cluster, follower, &job_yaml("worker-partitioned", 4, 4))?;
+    let id = submit(
+        &cluster,
+        follower,
+        &support::synth_job("worker-partitioned", 4, 4),
+    )?;
     let job = wait_epochs(&cluster, &id, 1)?;
     let first_worker = train_worker(&job);
     let cut = cluster
@@ -205,7 +221,11 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
 
     // d. One etcd member stopped: jobs still complete.
     cluster.kill(&cluster.etcd[0].clone())?;
-    let id = submit(&cluster, follower, &job_yaml("etcd-member-down", 2, 5))?;
+    let id = submit(
+        &cluster,
+        follower,
+        &support::synth_job("etcd-member-down", 2, 5),
+    )?;
     check_job(&wait_done(&cluster, &id, Duration::from_secs(180))?, 2)?;
     check_champion(&cluster, DATASET)?;
 

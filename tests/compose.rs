@@ -48,7 +48,10 @@ fn set_in(text: &str) -> BTreeSet<String> {
 fn compose_files_and_the_dockerfile_set_only_variables_the_binaries_read() -> anyhow::Result<()> {
     let coordinator = variables("trainfleet-coordinator")?;
     let worker = variables("trainfleet-worker")?;
-    assert!(coordinator.contains("TRAINFLEET_ETCD_ENDPOINTS"), "{coordinator:?}");
+    assert!(
+        coordinator.contains("TRAINFLEET_ETCD_ENDPOINTS"),
+        "{coordinator:?}"
+    );
     assert!(worker.contains("TRAINFLEET_COORDINATOR"), "{worker:?}");
     // Variables the Compose files pass on to the others, not to a binary.
     let compose_only = [

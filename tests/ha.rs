@@ -13,8 +13,6 @@ use support::*;
 use trainfleet_core::etcd_process::EtcdCluster;
 use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
 
 /// The leader's lease TTL in these tests.
 const TTL: Duration = Duration::from_secs(3);
@@ -77,22 +75,7 @@ impl Cluster {
     /// What replica `i` says about leadership: (is it the leader, the leader's address).
     fn ask(&self, i: usize) -> Option<(bool, String)> {
         self.replicas[i].as_ref()?;
-        let addr = format!("http://{}", self.addrs[i]);
-        self.runtime.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(addr)
-                .ok()?
-                .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_millis(500))
-                .connect()
-                .await
-                .ok()?;
-            let answer = ClusterServiceClient::new(channel)
-                .get_leader(v1::GetLeaderRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            Some((answer.is_self, answer.address))
-        })
+        ask_leader(&self.runtime, &self.addrs[i])
     }
 
     /// The health status replica `i` reports for `service` ("" for the server as a whole).
@@ -197,15 +180,6 @@ impl Cluster {
     }
 }
 
-fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
-    format!(
-        "name: {name}\n\
-         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
-         model: {{arch: simple_cnn}}\n\
-         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
-    )
-}
-
 fn submit(cluster: &Cluster, name: &str, yaml: &str) -> anyhow::Result<String> {
     let path = cluster.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
@@ -231,7 +205,7 @@ fn a_killed_leader_is_replaced_within_the_ttl_and_its_job_completes_once() -> an
     let _a = cluster.worker("worker-a")?;
     let _b = cluster.worker("worker-b")?;
 
-    let id = submit(&cluster, "failover", &job_yaml("failover", 4, 3))?;
+    let id = submit(&cluster, "failover", &support::synth_job("failover", 4, 3))?;
     wait_for(Duration::from_secs(120), "the job's first epoch", || {
         let job = cluster.json(&["status", &id]).ok()?;
         job["epochs"]
@@ -306,7 +280,7 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     let worker = cluster.worker("worker")?;
     // Two models of one dataset: the first becomes the champion; the second cannot pass its
     // gate (min_delta 0.99) and stays a plain model.
-    let first = submit(&cluster, "m1", &job_yaml("m1", 1, 1))?;
+    let first = submit(&cluster, "m1", &support::synth_job("m1", 1, 1))?;
     let m1 = wait_job(&cluster, &first, Duration::from_secs(120))?["result"]["model_id"]
         .as_str()
         .unwrap_or_default()
@@ -314,7 +288,10 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
     let second = submit(
         &cluster,
         "m2",
-        &format!("{}gate: {{min_delta: 0.99}}\n", job_yaml("m2", 1, 2)),
+        &format!(
+            "{}gate: {{min_delta: 0.99}}\n",
+            support::synth_job("m2", 1, 2)
+        ),
     )?;
     let m2 = wait_job(&cluster, &second, Duration::from_secs(120))?;
     assert_eq!(m2["result"]["promoted"], false, "{m2}");
@@ -324,7 +301,7 @@ fn a_frozen_leader_is_fenced_off_and_rejoins_as_a_follower() -> anyhow::Result<(
         .to_owned();
     drop(worker);
     // A job no worker can take (it needs a GPU): it stays queued, in the old leader's memory.
-    let gpu_job = job_yaml("waits", 1, 1).replace(
+    let gpu_job = support::synth_job("waits", 1, 1).replace(
         "model: {arch: simple_cnn}",
         "model: {arch: simple_cnn}\nresources: {gpu: true}",
     );

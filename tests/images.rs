@@ -7,12 +7,14 @@
 //! `scripts/test.sh` builds the images first (`scripts/images.sh`); run alone, this test needs
 //! `make images`.
 
+mod containers;
 mod support;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use containers::podman;
 use serde_json::Value;
 use support::*;
 
@@ -25,17 +27,6 @@ fn version() -> &'static str {
 
 fn image(name: &str) -> String {
     format!("{name}:{}", version())
-}
-
-fn podman(args: &[&str]) -> anyhow::Result<Output> {
-    Command::new("podman")
-        .args(args)
-        .env(
-            "CONTAINERS_CONF",
-            repo_root().join("k8s/images/containers.conf"),
-        )
-        .output()
-        .context("running podman (scripts/setup.sh installs it)")
 }
 
 fn text(out: &Output) -> String {

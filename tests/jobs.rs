@@ -12,16 +12,6 @@ use support::*;
 
 const FAST: &[&str] = &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"];
 
-/// A job that trains in a few seconds on 2 cores; `epochs` sets how long.
-fn job_yaml(name: &str, epochs: u32, seed: u64) -> String {
-    format!(
-        "name: {name}\n\
-         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
-         model: {{arch: simple_cnn}}\n\
-         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
-    )
-}
-
 fn start_worker(dir: &std::path::Path, name: &str, coordinator: &str) -> anyhow::Result<Proc> {
     let dirs = format!(
         "data_dir: {}\nartifact_dir: {}\n",
@@ -73,12 +63,12 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
 
     // Four jobs: two as JSON through the reflection client, two through the CLI.
     let mut ids = vec![
-        submit_json(&addr, &job_yaml("json-1", 1, 1))?,
-        submit_json(&addr, &job_yaml("json-2", 1, 2))?,
+        submit_json(&addr, &support::synth_job("json-1", 1, 1))?,
+        submit_json(&addr, &support::synth_job("json-2", 1, 2))?,
     ];
     for (name, seed) in [("cli-1", 3), ("cli-2", 4)] {
         let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, job_yaml(name, 1, seed))?;
+        std::fs::write(&file, support::synth_job(name, 1, seed))?;
         let out = cli(
             dir.path(),
             &addr,
@@ -115,7 +105,7 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
 
     // Kill -9 the worker training a longer job once an epoch's checkpoint is recorded: the other
     // worker resumes from it.
-    let long = submit_json(&addr, &job_yaml("long", 4, 5))?;
+    let long = submit_json(&addr, &support::synth_job("long", 4, 5))?;
     let job = wait_for(Duration::from_secs(120), "an epoch of the long job", || {
         let job = get_job(&addr, &long).ok()?;
         (job["epochs"].as_array().is_some_and(|e| !e.is_empty())).then_some(job)
@@ -152,7 +142,7 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
     assert_eq!(epochs, [1, 2, 3, 4], "every epoch once: {job}");
 
     // Cancel a running job through the CLI; the worker stops within a batch.
-    let doomed = submit_json(&addr, &job_yaml("doomed", 20, 6))?;
+    let doomed = submit_json(&addr, &support::synth_job("doomed", 20, 6))?;
     wait_job(
         &addr,
         &doomed,
@@ -218,7 +208,7 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
 
     // A 10 MB job file, through the CLI (argv could not carry it to a script client).
     let big = dir.path().join("big.yaml");
-    let mut text = job_yaml("big", 1, 1);
+    let mut text = support::synth_job("big", 1, 1);
     text.push_str("# ");
     text.push_str(&"x".repeat(10 << 20));
     text.push('\n');
@@ -232,7 +222,7 @@ fn bad_input_is_refused_with_the_right_code_and_nothing_is_queued() -> anyhow::R
     );
 
     // An unknown model: the YAML's line and column, and the valid choices.
-    let yaml = job_yaml("typo", 1, 1).replace("simple_cnn", "resnet9000");
+    let yaml = support::synth_job("typo", 1, 1).replace("simple_cnn", "resnet9000");
     let body = json!({ "yaml": yaml }).to_string();
     let (code, message) =
         reflect_call(addr, "trainfleet.v1.JobService/Submit", &body)?.expect_err("refused");

@@ -83,20 +83,7 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// An error with its causes, `: `-separated (transport errors hide the useful part in a source).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use trainfleet_core::error::chain;
 
 #[cfg(test)]
 mod tests {

@@ -76,3 +76,20 @@ impl Error {
         }
     }
 }
+
+/// An error with its causes, `: `-separated ("transport error: tcp connect error: Connection
+/// refused (os error 111)", not just the outermost "transport error"); a cause whose text is
+/// already in the message is not repeated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -17,8 +17,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
 
 use crate::support::repo_root;
 
@@ -314,22 +312,7 @@ impl Cluster {
 
     /// What replica `i` says about leadership: (is it the leader, the leader's address).
     pub fn ask(&self, i: usize) -> Option<(bool, String)> {
-        let addr = format!("http://{}", self.endpoint(i).ok()?);
-        self.runtime.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(addr)
-                .ok()?
-                .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_millis(700))
-                .connect()
-                .await
-                .ok()?;
-            let answer = ClusterServiceClient::new(channel)
-                .get_leader(v1::GetLeaderRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            Some((answer.is_self, answer.address))
-        })
+        crate::support::ask_leader(&self.runtime, &self.endpoint(i).ok()?)
     }
 
     /// The replicas that say they lead.

@@ -159,6 +159,38 @@ pub fn wait_for<T>(
     }
 }
 
+/// A synth-digits job that trains in a few seconds on one core; `epochs` sets how long.
+pub fn synth_job(name: &str, epochs: u32, seed: u64) -> String {
+    format!(
+        "name: {name}\n\
+         dataset:\n  builtin: synth-digits\n  synth: {{train_samples: 3000, test_samples: 500, seed: 7}}\n\
+         model: {{arch: simple_cnn}}\n\
+         training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.001, optimizer: adam, seed: {seed}, threads: 1}}\n"
+    )
+}
+
+/// What the replica at `addr` (`host:port`) says about leadership: (is it the leader, the
+/// leader's address); `None` when it does not answer within a second.
+pub fn ask_leader(runtime: &tokio::runtime::Runtime, addr: &str) -> Option<(bool, String)> {
+    use trainfleet_proto::v1;
+    use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_millis(700))
+            .connect()
+            .await
+            .ok()?;
+        let answer = ClusterServiceClient::new(channel)
+            .get_leader(v1::GetLeaderRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        Some((answer.is_self, answer.address))
+    })
+}
+
 /// A coordinator started on an ephemeral loopback port.
 pub struct CoordinatorProc {
     pub proc: Proc,

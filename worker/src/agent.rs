@@ -190,7 +190,7 @@ impl Agent {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| Error::Connect(error_chain(&e)))?;
+            .map_err(|e| Error::Connect(trainfleet_core::error::chain(&e)))?;
         let mut client = WorkerServiceClient::new(channel);
         let registered = client
             .register(with_timeout(self.register_request(), CALL_TIMEOUT))
@@ -490,22 +490,6 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
-}
-
-/// "transport error: tcp connect error: Connection refused (os error 111)", not just the
-/// outermost "transport error".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn round_ms(d: Duration) -> Duration {
