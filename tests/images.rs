@@ -217,6 +217,18 @@ fn the_coordinator_image_refuses_bad_flags_and_config_serves_health_and_stops_on
 #[test]
 fn the_worker_image_finds_libtorch_inside_itself() -> anyhow::Result<()> {
     let worker = image(WORKER);
+    // A typo'd flag: exit non-zero, naming it.
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &worker,
+        "--coordinater",
+        "x:1",
+    ])?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--coordinater"), "{}", text(&out));
     let out = podman(&["run", "--rm", "--network", "none", &worker, "devices"])?;
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
