@@ -3,7 +3,8 @@
 PyTorch. A torch.utils.data.Dataset over the same IDX files, per-sample normalisation (what
 torchvision's Normalize does), a DataLoader, the classic MNIST CNN, Adam. No torchvision.
 
-Prints one JSON object: per-epoch training throughput and the final test accuracy.
+Prints one JSON object: per-epoch training throughput and mean training loss, and the final test
+accuracy.
 """
 import argparse
 import gzip
@@ -84,14 +85,17 @@ def main():
         model.train()
         start = time.perf_counter()
         seen = 0
+        loss_sum = 0.0
         for x, y in train:
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             seen += len(y)
+            loss_sum += loss.item() * len(y)
         seconds = time.perf_counter() - start
-        epochs.append({"epoch": epoch, "images_per_sec": seen / seconds, "train_seconds": seconds})
+        epochs.append({"epoch": epoch, "images_per_sec": seen / seconds, "train_seconds": seconds,
+                       "train_loss": loss_sum / seen})
     model.eval()
     correct = 0
     with torch.no_grad():

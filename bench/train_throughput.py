@@ -3,11 +3,12 @@
 
 Same data (synth-digits IDX files, generated once by trainfleet), same model (the classic CNN),
 same optimiser and hyperparameters, same libtorch thread count, same epochs. Each round runs both
-(in alternating order, to spread machine noise) as separate processes; peak RSS comes from
-getrusage of each child. Reports mean per-epoch images/s, the ratio trainfleet/reference, peak
-RSS and test accuracy.
+(in alternating order, to spread machine noise) as separate processes with that round's seed
+(`--seed` + round), so the rounds are also seeds; peak RSS comes from getrusage of each child.
+Reports mean per-epoch images/s, the ratio trainfleet/reference, peak RSS, and the numerics: the
+first epoch's mean training loss and the test error, mean over the seeds, with their ratios.
 
-    python bench/train_throughput.py [--rounds 2] [--epochs 3] [--threads 2] [--device cpu]
+    python bench/train_throughput.py [--rounds 5] [--epochs 2] [--threads 2] [--device cpu]
 
 Needs `cargo build --release -p trainfleet-worker` first (bench/run.sh does it).
 """
@@ -51,6 +52,7 @@ def main():
     p.add_argument("--train-samples", type=int, default=20000)
     p.add_argument("--test-samples", type=int, default=4000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=42, help="seed of the first round; round r uses seed + r")
     a = p.parse_args()
 
     worker = ROOT / "target/release/trainfleet-worker"
@@ -71,7 +73,7 @@ def main():
             "optimizer": "adam",
             "learning_rate": 0.001,
             "threads": a.threads,
-            "seed": 42,
+            "seed": a.seed,
             "device": a.device,
         },
     }
@@ -79,9 +81,11 @@ def main():
     results = {"trainfleet": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         job_path = Path(tmp) / "job.yaml"
-        job_path.write_text(json.dumps(job))  # JSON is YAML
         synth = None
         for round_ in range(a.rounds):
+            seed = a.seed + round_
+            job["training"]["seed"] = seed
+            job_path.write_text(json.dumps(job))  # JSON is YAML
             order = ["trainfleet", "reference"] if round_ % 2 == 0 else ["reference", "trainfleet"]
             for who in order:
                 if who == "trainfleet":
@@ -92,21 +96,30 @@ def main():
                     metrics = json.loads((out / "metrics.json").read_text())
                     card = json.loads((out / "model.json").read_text())
                     ips = statistics.mean(e["images_per_sec"] for e in metrics["epochs"])
-                    results[who].append({"ips": ips, "rss": rss, "acc": card["metrics"]["accuracy"]})
+                    results[who].append({"ips": ips, "rss": rss, "acc": card["metrics"]["accuracy"],
+                                         "loss1": metrics["epochs"][0]["train_loss"], "seed": seed})
                     synth = next((data_dir / "synth-digits").glob(f"v*-seed1-train{a.train_samples}-test{a.test_samples}"))
                 else:
                     if synth is None:
                         continue  # the first trainfleet run generates the data
                     cmd = [str(python), str(ROOT / "bench/reference_seed.py"), "--data", str(synth),
-                           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--threads", str(a.threads)]
+                           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--threads", str(a.threads),
+                           "--seed", str(seed)]
                     out, rss = run_measured(cmd, env)
                     r = json.loads(out)
                     ips = statistics.mean(e["images_per_sec"] for e in r["epochs"])
-                    results[who].append({"ips": ips, "rss": rss, "acc": r["test_accuracy"]})
+                    results[who].append({"ips": ips, "rss": rss, "acc": r["test_accuracy"],
+                                         "loss1": r["epochs"][0]["train_loss"], "seed": seed})
                 print(f"round {round_ + 1} {who:<10} {results[who][-1]}" if results[who] else "", file=sys.stderr)
 
     def med(who, key):
         return statistics.median(r[key] for r in results[who])
+
+    def mean(who, key):
+        return statistics.mean(r[key] for r in results[who])
+
+    def error(who):
+        return statistics.mean(1 - r["acc"] for r in results[who])
 
     tf_ips, ref_ips = med("trainfleet", "ips"), med("reference", "ips")
     summary = {
@@ -116,6 +129,11 @@ def main():
         "ratio_images_per_sec": tf_ips / ref_ips,
         "ratio_peak_rss": med("trainfleet", "rss") / med("reference", "rss"),
         "accuracy_points_difference": 100 * (med("trainfleet", "acc") - med("reference", "acc")),
+        "seeds": len(results["reference"]),
+        "first_epoch_train_loss": {"trainfleet": mean("trainfleet", "loss1"), "reference": mean("reference", "loss1"),
+                                   "ratio": mean("trainfleet", "loss1") / mean("reference", "loss1")},
+        "test_error": {"trainfleet": error("trainfleet"), "reference": error("reference"),
+                       "ratio": error("trainfleet") / error("reference") if error("reference") > 0 else None},
         "runs": results,
     }
     print(json.dumps(summary, indent=2))

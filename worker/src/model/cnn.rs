@@ -4,7 +4,7 @@ use tch::Tensor;
 use tch::nn;
 use trainfleet_core::job::ModelSpec;
 
-use super::{Geometry, Model};
+use super::{Geometry, Model, init};
 use crate::error::{Error, Result};
 
 /// The seed project's CNN (PyTorch's classic MNIST example): conv 3×3 → 32, conv 3×3 → 64,
@@ -19,10 +19,10 @@ pub fn simple(root: &nn::Path, spec: &ModelSpec, g: Geometry) -> Result<Model> {
         )));
     }
     let dropout = spec.dropout.unwrap_or(0.25);
-    let conv1 = nn::conv2d(root / "conv1", g.channels, 32, 3, Default::default());
-    let conv2 = nn::conv2d(root / "conv2", 32, 64, 3, Default::default());
-    let fc1 = nn::linear(root / "fc1", 64 * h * w, 128, Default::default());
-    let fc2 = nn::linear(root / "fc2", 128, g.classes, Default::default());
+    let conv1 = init::torch_conv(root / "conv1", g.channels, 32, 3, Default::default());
+    let conv2 = init::torch_conv(root / "conv2", 32, 64, 3, Default::default());
+    let fc1 = init::torch_linear(root / "fc1", 64 * h * w, 128);
+    let fc2 = init::torch_linear(root / "fc2", 128, g.classes);
     Ok(Box::new(nn::func_t(move |xs, train| {
         xs.apply(&conv1)
             .relu()
@@ -65,7 +65,7 @@ pub fn configurable(root: &nn::Path, spec: &ModelSpec, g: Geometry) -> Result<Mo
             bias: !batch_norm,
             ..Default::default()
         };
-        features = features.add(nn::conv2d(
+        features = features.add(init::torch_conv(
             &block / "conv",
             c_in,
             c_out as i64,
@@ -73,11 +73,7 @@ pub fn configurable(root: &nn::Path, spec: &ModelSpec, g: Geometry) -> Result<Mo
             conv_config,
         ));
         if batch_norm {
-            features = features.add(nn::batch_norm2d(
-                &block / "bn",
-                c_out as i64,
-                Default::default(),
-            ));
+            features = features.add(init::batch_norm2d(&block / "bn", c_out as i64));
         }
         features = features.add_fn(|x| x.relu().max_pool2d_default(2));
         c_in = c_out as i64;
@@ -87,21 +83,15 @@ pub fn configurable(root: &nn::Path, spec: &ModelSpec, g: Geometry) -> Result<Mo
     let mut width = c_in;
     for (i, &h) in hidden.iter().enumerate() {
         head = head
-            .add(nn::linear(
-                root / "classifier" / i,
-                width,
-                h as i64,
-                Default::default(),
-            ))
+            .add(init::torch_linear(root / "classifier" / i, width, h as i64))
             .add_fn(|x| x.relu())
             .add_fn_t(move |x, train| x.dropout(dropout, train));
         width = h as i64;
     }
-    head = head.add(nn::linear(
+    head = head.add(init::torch_linear(
         root / "classifier" / hidden.len(),
         width,
         g.classes,
-        Default::default(),
     ));
     Ok(Box::new(nn::func_t(move |xs, train| {
         let features: Tensor = xs.apply_t(&features, train);

@@ -5,8 +5,10 @@
 //!
 //! - [`cnn`]: the seed project's simple CNN and the configurable CNN.
 //! - [`zoo`]: ResNet-18/34/50, VGG-11/16 (batch norm), MobileNet-V2.
+//! - [`init`]: every layer initialised as its PyTorch (or torchvision) counterpart is.
 
 pub mod cnn;
+pub mod init;
 pub mod zoo;
 
 use tch::nn::{self, ModuleT};

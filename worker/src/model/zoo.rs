@@ -10,7 +10,7 @@
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
-use super::Geometry;
+use super::{Geometry, init};
 
 fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
     let config = nn::ConvConfig {
@@ -20,11 +20,11 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) ->
         groups,
         ..Default::default()
     };
-    nn::conv2d(p, c_in, c_out, k, config)
+    init::kaiming_conv(p, c_in, c_out, k, config)
 }
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, Default::default())
+    init::batch_norm2d(p, c)
 }
 
 fn small(g: Geometry) -> bool {
@@ -126,7 +126,8 @@ pub fn resnet(root: &nn::Path, depth: ResNet, g: Geometry) -> nn::FuncT<'static>
             }
         }
     }
-    let fc = nn::linear(root / "fc", c_in, g.classes, Default::default());
+    // torchvision leaves ResNet's fc at nn.Linear's default.
+    let fc = init::torch_linear(root / "fc", c_in, g.classes);
     nn::func_t(move |xs, train| {
         let mut ys = xs.apply(&stem).apply_t(&stem_bn, train).relu();
         if !small {
@@ -173,7 +174,13 @@ pub fn vgg(root: &nn::Path, variant: Vgg, g: Geometry, dropout: f64) -> nn::Func
                 ..Default::default()
             };
             features = features
-                .add(nn::conv2d(&features_path / index, c_in, c, 3, config))
+                .add(init::kaiming_conv(
+                    &features_path / index,
+                    c_in,
+                    c,
+                    3,
+                    config,
+                ))
                 .add(bn(&features_path / (index + 1), c))
                 .add_fn(|x| x.relu());
             index += 3;
@@ -181,8 +188,8 @@ pub fn vgg(root: &nn::Path, variant: Vgg, g: Geometry, dropout: f64) -> nn::Func
         }
     }
     let classifier = root / "classifier";
-    let fc1 = nn::linear(&classifier / 0, 512, 512, Default::default());
-    let fc2 = nn::linear(&classifier / 3, 512, g.classes, Default::default());
+    let fc1 = init::small_normal_linear(&classifier / 0, 512, 512);
+    let fc2 = init::small_normal_linear(&classifier / 3, 512, g.classes);
     nn::func_t(move |xs, train| {
         xs.apply_t(&features, train)
             .adaptive_avg_pool2d([1, 1])
@@ -289,7 +296,7 @@ pub fn mobilenet_v2(root: &nn::Path, g: Geometry, width: f64) -> nn::FuncT<'stat
         }
     }
     features = features.add(conv_bn_relu6(&features_path / index, c_in, last, 1, 1, 1));
-    let fc = nn::linear(root / "classifier" / 1, last, g.classes, Default::default());
+    let fc = init::small_normal_linear(root / "classifier" / 1, last, g.classes);
     nn::func_t(move |xs, train| {
         let ys: Tensor = xs.apply_t(&features, train);
         ys.adaptive_avg_pool2d([1, 1])
