@@ -27,8 +27,35 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// What an IDX file is expected to hold: its magic number's dimension count, and a name for
+/// messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    /// Dimensions (the magic number's last byte).
+    pub dims: u8,
+    /// What the file is, e.g. "an image file (count × height × width)".
+    pub what: &'static str,
+}
+
+/// An image file: count × height × width bytes.
+pub const IMAGES: Expect = Expect {
+    dims: 3,
+    what: "an image file (count × height × width)",
+};
+/// A label file: one byte per sample.
+pub const LABELS: Expect = Expect {
+    dims: 1,
+    what: "a label file (one byte per sample)",
+};
+
 /// Reads an IDX file; gzip is detected by its magic bytes, not the file name.
 pub fn read(path: &Path) -> Result<IdxArray> {
+    read_as(path, None)
+}
+
+/// Reads an IDX file that must be what `expect` says: a magic number with another dimension
+/// count is named as such before its dimensions are believed.
+pub fn read_as(path: &Path, expect: Option<Expect>) -> Result<IdxArray> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::new(file);
@@ -37,15 +64,24 @@ pub fn read(path: &Path) -> Result<IdxArray> {
     let head = std::io::Cursor::new(magic[..peeked].to_vec());
     if peeked == 2 && magic == [0x1f, 0x8b] {
         let decoder = GzDecoder::new(head.chain(reader));
-        parse(path, decoder, None)
+        parse_as(path, decoder, None, expect)
     } else {
-        parse(path, head.chain(reader), Some(file_len))
+        parse_as(path, head.chain(reader), Some(file_len), expect)
     }
 }
 
 /// Parses IDX from `reader`. `file_len` (uncompressed files) lets the header be checked against
 /// the real size before reading the data.
-pub fn parse(path: &Path, mut reader: impl Read, file_len: Option<u64>) -> Result<IdxArray> {
+pub fn parse(path: &Path, reader: impl Read, file_len: Option<u64>) -> Result<IdxArray> {
+    parse_as(path, reader, file_len, None)
+}
+
+fn parse_as(
+    path: &Path,
+    mut reader: impl Read,
+    file_len: Option<u64>,
+    expect: Option<Expect>,
+) -> Result<IdxArray> {
     let corrupt = |offset: u64, message: String| Error::corrupt(path, Some(offset), message);
     let mut header = [0u8; 4];
     read_header(path, &mut reader, &mut header, 0)?;
@@ -73,6 +109,18 @@ pub fn parse(path: &Path, mut reader: impl Read, file_len: Option<u64>) -> Resul
         return Err(corrupt(
             3,
             format!("IDX declares {ndims} dimensions; expected 1 to {MAX_DIMS}"),
+        ));
+    }
+    if let Some(expect) = expect
+        && ndims != expect.dims
+    {
+        return Err(corrupt(
+            0,
+            format!(
+                "bad IDX magic number 00 00 08 {ndims:02x} ({ndims} dimensions): {} has magic \
+                 00 00 08 {:02x}; the wrong file, or a damaged header",
+                expect.what, expect.dims
+            ),
         ));
     }
     let mut dims = Vec::with_capacity(ndims as usize);
@@ -248,6 +296,35 @@ mod tests {
             "{}",
             err(&p)
         );
+    }
+
+    #[test]
+    fn a_magic_number_with_the_wrong_dimension_count_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        // An image file whose magic says 4 dimensions: read blindly, its first two pixels
+        // become a fourth dimension ("header claims 100×28×28×131074 bytes").
+        let mut bytes = vec![0, 0, 8, 4];
+        for d in [100u32, 28, 28] {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0, 2, 0, 2]);
+        bytes.extend(std::iter::repeat_n(0u8, 100 * 28 * 28 - 4));
+        let p = write(dir.path(), "train-images-idx3-ubyte", &bytes);
+        let e = read_as(&p, Some(IMAGES)).unwrap_err().to_string();
+        assert!(
+            e.contains("at byte 0: bad IDX magic number 00 00 08 04 (4 dimensions)")
+                && e.contains("an image file (count × height × width) has magic 00 00 08 03"),
+            "{e}"
+        );
+        assert!(!e.contains("header claims"), "{e}");
+        // A label file handed where images go.
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend_from_slice(&3u32.to_be_bytes());
+        labels.extend_from_slice(&[0, 1, 2]);
+        let p = write(dir.path(), "labels", &labels);
+        let e = read_as(&p, Some(IMAGES)).unwrap_err().to_string();
+        assert!(e.contains("bad IDX magic number 00 00 08 01"), "{e}");
+        assert!(read_as(&p, Some(LABELS)).is_ok());
     }
 
     #[test]

@@ -240,9 +240,11 @@ pub fn load_idx_dir(
         idx_file(dir, "t10k-images-idx3-ubyte")?,
         idx_file(dir, "t10k-labels-idx1-ubyte")?,
     ];
+    let expected = [idx::IMAGES, idx::LABELS, idx::IMAGES, idx::LABELS];
     let arrays = paths
         .par_iter()
-        .map(|p| idx::read(p))
+        .zip(expected)
+        .map(|(p, expect)| idx::read_as(p, Some(expect)))
         .collect::<Result<Vec<_>>>()?;
     let [train_images, train_labels, test_images, test_labels] =
         <[idx::IdxArray; 4]>::try_from(arrays).expect("four arrays");
