@@ -18,10 +18,10 @@ fn call(addr: &str, method: &str, body: Value) -> anyhow::Result<Value> {
 fn images(root: &Path, class: &str, range: std::ops::Range<usize>) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join(class))?;
     for i in range {
-        std::fs::write(
-            root.join(class).join(format!("{i:04}.png")),
-            format!("{class} image {i}"),
-        )?;
+        // A real PNG (scans check that images decode) whose one row of pixels says which it is.
+        let text = format!("{class} image {i}").into_bytes();
+        let png = image::GrayImage::from_raw(text.len() as u32, 1, text).expect("one row");
+        png.save(root.join(class).join(format!("{i:04}.png")))?;
     }
     Ok(())
 }
@@ -75,14 +75,35 @@ fn scans_record_a_version_only_when_the_content_changes() -> anyhow::Result<()> 
         assert_eq!(again["version"]["rootHash"], v1["rootHash"]);
     }
 
-    // Growth: a new version with the diff.
+    // Growth: a new version with the diff. One upload is not an image at all (an HTML error
+    // page saved as .png): the version leaves it out and says why, so no training sees it.
     images(&data, "dog", 40..50)?;
+    std::fs::write(data.join("dog/fake.png"), "<html>502 Bad Gateway</html>")?;
     let grown = scan(false)?;
     assert_eq!(grown["changed"], true);
     let v2 = &grown["version"];
     assert_eq!(
         (v2["number"].as_str(), v2["added"].as_str()),
         (Some("2"), Some("10"))
+    );
+    assert_eq!(v2["skippedCount"], "1", "{v2}");
+    assert_eq!(v2["skipped"][0]["path"], "dog/fake.png", "{v2}");
+    let why = v2["skipped"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not a PNG or JPEG: starts with bytes 3c 68 74 6d at byte 0"),
+        "{why}"
+    );
+    // `trainfleet dataset versions` shows it too.
+    let out = std::process::Command::new(binary("trainfleet"))
+        .args(["dataset", "versions", "pets", "--endpoint", addr])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("version 2: 1 entry left out")
+            && text.contains("dog/fake.png: not a PNG or JPEG"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let listed = call(

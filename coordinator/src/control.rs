@@ -1786,6 +1786,10 @@ impl Inner {
             removed: u64,
             changed: u64,
             manifest_uri: String,
+            #[serde(default)]
+            skipped: u64,
+            #[serde(default)]
+            skipped_examples: Vec<(String, String)>,
         }
         let JobKind::Scan { dataset, .. } = self.jobs[job_id].kind.clone() else {
             return;
@@ -1825,6 +1829,8 @@ impl Inner {
                 changed: detail.changed,
                 manifest_uri: detail.manifest_uri,
                 created_at: SystemTime::now(),
+                skipped: detail.skipped,
+                skipped_examples: detail.skipped_examples,
             });
             ops.push(TxnOp::Put(
                 records::dataset_key(&dataset),

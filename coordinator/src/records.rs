@@ -677,6 +677,12 @@ pub struct VersionRecord {
     pub manifest_uri: String,
     /// When the scan finished.
     pub created_at: SystemTime,
+    /// How many entries the scan left out (versions recorded before this field: 0).
+    #[serde(default)]
+    pub skipped: u64,
+    /// The first of them, (path, reason): what `dataset versions` shows.
+    #[serde(default)]
+    pub skipped_examples: Vec<(String, String)>,
 }
 
 impl VersionRecord {
@@ -696,6 +702,15 @@ impl VersionRecord {
             changed: self.changed,
             manifest_uri: self.manifest_uri.clone(),
             created_at: Some(convert::timestamp(self.created_at)),
+            skipped_count: self.skipped,
+            skipped: self
+                .skipped_examples
+                .iter()
+                .map(|(path, reason)| v1::SkippedEntry {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
         }
     }
 }

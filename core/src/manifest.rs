@@ -268,18 +268,24 @@ pub fn scan_imagefolder(
     let known: HashMap<&str, &ManifestFile> = previous
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
-    let hashed: Vec<Result<(ManifestFile, bool)>> = candidates
+    type Hashed = std::result::Result<(ManifestFile, bool), (String, String)>;
+    let hashed: Vec<Result<Hashed>> = candidates
         .par_iter()
         .map(|c| {
             let reuse = (!options.full)
                 .then(|| known.get(c.path.as_str()))
                 .flatten()
                 .filter(|f| f.size == c.size && f.mtime_ns == c.mtime_ns);
+            // A file read anew is also checked to be an image; one reused from the previous
+            // manifest passed that check when it was read.
             let (sha256, read) = match reuse {
                 Some(f) => (f.sha256.clone(), false),
-                None => (hash_file(&c.full, c.size)?, true),
+                None => match hash_file(&c.full, c.size)? {
+                    (sha256, None) => (sha256, true),
+                    (_, Some(why)) => return Ok(Err((c.path.clone(), why))),
+                },
             };
-            Ok((
+            Ok(Ok((
                 ManifestFile {
                     path: c.path.clone(),
                     size: c.size,
@@ -289,15 +295,20 @@ pub fn scan_imagefolder(
                     label: c.label.clone(),
                 },
                 read,
-            ))
+            )))
         })
         .collect();
     let mut files = Vec::with_capacity(hashed.len());
     let mut hashed_count = 0;
+    let mut skipped = skipped;
     for result in hashed {
-        let (file, read) = result?;
-        hashed_count += usize::from(read);
-        files.push(file);
+        match result? {
+            Ok((file, read)) => {
+                hashed_count += usize::from(read);
+                files.push(file);
+            }
+            Err(undecodable) => skipped.push(undecodable),
+        }
     }
     Ok(finish_scan(files, hashed_count, skipped, previous, options))
 }
@@ -407,7 +418,7 @@ pub async fn scan_object_store(
     let known: HashMap<&str, &ManifestFile> = previous
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
-    let hashed: Vec<(ManifestFile, bool)> = futures::stream::iter(candidates)
+    let hashed: Vec<(ManifestFile, bool, Option<String>)> = futures::stream::iter(candidates)
         .map(|c| {
             let reuse = (!options.full)
                 .then(|| known.get(c.key.as_str()))
@@ -415,8 +426,8 @@ pub async fn scan_object_store(
                 .filter(|f| f.size == c.size && f.mtime_ns == c.modified_ns)
                 .map(|f| f.sha256.clone());
             async move {
-                let (sha256, read) = match reuse {
-                    Some(sha) => (sha, false),
+                let (sha256, read, problem) = match reuse {
+                    Some(sha) => (sha, false, None),
                     None => {
                         let bytes = store.get_bytes(&c.key).await?;
                         if bytes.len() as u64 != c.size {
@@ -430,7 +441,12 @@ pub async fn scan_object_store(
                                 ),
                             });
                         }
-                        (sha256_hex(&bytes), true)
+                        let problem = if bytes.is_empty() {
+                            Some("empty file: not an image".to_owned())
+                        } else {
+                            image_header_problem(&bytes, true)
+                        };
+                        (sha256_hex(&bytes), true, problem)
                     }
                 };
                 let label = c.key.split('/').next().unwrap_or_default().to_owned();
@@ -444,14 +460,25 @@ pub async fn scan_object_store(
                         label,
                     },
                     read,
+                    problem,
                 ))
             }
         })
         .buffer_unordered(16)
         .try_collect()
         .await?;
-    let hashed_count = hashed.iter().filter(|(_, read)| *read).count();
-    let files = hashed.into_iter().map(|(f, _)| f).collect();
+    // The same rule as a folder's: an object that is not an image is skipped with the reason.
+    let mut files = Vec::with_capacity(hashed.len());
+    let mut hashed_count = 0;
+    for (file, read, problem) in hashed {
+        match problem {
+            Some(why) => skipped.push((file.path, why)),
+            None => {
+                hashed_count += usize::from(read);
+                files.push(file);
+            }
+        }
+    }
     Ok(finish_scan(files, hashed_count, skipped, previous, options))
 }
 
@@ -519,17 +546,23 @@ fn usable_name(
     Some(text.to_owned())
 }
 
-fn hash_file(path: &Path, expected_size: u64) -> Result<String> {
+/// The file's sha256, and why it is not a usable image if it is not (its header, read in the
+/// same pass, does not decode).
+fn hash_file(path: &Path, expected_size: u64) -> Result<(String, Option<String>)> {
     let mut file = fs::File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
+    let mut verdict = None;
     loop {
         let n = file
             .read(&mut buf)
             .map_err(|e| io_error(path, "cannot read", e))?;
         if n == 0 {
             break;
+        }
+        if total == 0 {
+            verdict = Some(image_header_problem(&buf[..n], n as u64 == expected_size));
         }
         total += n as u64;
         hasher.update(&buf[..n]);
@@ -541,7 +574,43 @@ fn hash_file(path: &Path, expected_size: u64) -> Result<String> {
             format!("{expected_size} bytes when listed, {total} when read; scan again"),
         ));
     }
-    Ok(hex(&hasher.finalize()))
+    let problem = match verdict {
+        Some(problem) => problem,
+        None => Some("empty file: not an image".to_owned()),
+    };
+    Ok((hex(&hasher.finalize()), problem))
+}
+
+/// Why `head` (the start of a file, the whole of it when `whole`) is not an image the loader
+/// can decode: its format (from the content, as the loader tells it) and dimensions must read
+/// from the header. Cheap: no pixel is decoded.
+fn image_header_problem(head: &[u8], whole: bool) -> Option<String> {
+    let reader = match image::ImageReader::new(std::io::Cursor::new(head)).with_guessed_format() {
+        Ok(reader) => reader,
+        Err(e) => return Some(format!("cannot be read as an image: {e}")),
+    };
+    let Some(format) = reader.format() else {
+        let start: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Some(format!(
+            "not a PNG or JPEG: starts with bytes {} at byte 0",
+            start.join(" ")
+        ));
+    };
+    let name = format!("{format:?}").to_uppercase();
+    if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg) {
+        return Some(format!("holds {name} data; PNG and JPEG are supported"));
+    }
+    match reader.into_dimensions() {
+        Ok((0, _)) | Ok((_, 0)) => Some(format!("a {name} of zero width or height")),
+        Ok(_) => None,
+        // The header ran past what was read: the rest of the file would hold it.
+        Err(image::ImageError::IoError(e))
+            if !whole && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            None
+        }
+        Err(e) => Some(format!("not a valid {name}: {e}")),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -5,7 +5,26 @@ use std::path::Path;
 
 use trainfleet_core::manifest::{ScanOptions, Split, merkle_root, scan_imagefolder};
 
+/// Writes `rel`; an image name gets a real PNG whose one row of pixels is `bytes` (so different
+/// bytes make a different file), anything else the bytes themselves.
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let lower = rel.to_lowercase();
+    if [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e)) {
+        let image = image::GrayImage::from_raw(bytes.len() as u32, 1, bytes.to_vec()).unwrap();
+        let mut png = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        fs::write(path, png).unwrap();
+    } else {
+        fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Writes raw bytes under an image name: an upload that is not what its name says.
+fn write_raw(root: &Path, rel: &str, bytes: &[u8]) {
     let path = root.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, bytes).unwrap();
@@ -214,4 +233,51 @@ async fn an_object_store_prefix_scans_to_the_same_version_as_the_folder() {
     assert_eq!(third.changed, vec![changed.clone()]);
     assert_eq!(third.hashed, 1);
     assert_ne!(third.manifest.root, remote.manifest.root);
+}
+
+#[test]
+fn an_image_that_does_not_decode_is_skipped_with_its_reason_and_stays_out() {
+    let root = tree();
+    // A fake PNG (text with a .png name), a PNG cut off inside its header, and an empty file.
+    write_raw(root.path(), "cat/fake.png", b"<html>not an image</html>");
+    let mut png = Vec::new();
+    image::GrayImage::new(4, 4)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    write_raw(root.path(), "dog/cut.png", &png[..12]);
+    write_raw(root.path(), "dog/empty.jpg", b"");
+    let scan = scan_imagefolder(root.path(), None, ScanOptions::default()).unwrap();
+    assert_eq!(
+        scan.manifest.files.len(),
+        60,
+        "only the good images are in the version"
+    );
+    let reason = |name: &str| {
+        scan.skipped
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| panic!("{name} not skipped: {:?}", scan.skipped))
+    };
+    assert!(
+        reason("cat/fake.png")
+            .contains("not a PNG or JPEG: starts with bytes 3c 68 74 6d at byte 0"),
+        "{}",
+        reason("cat/fake.png")
+    );
+    assert!(
+        reason("dog/cut.png").contains("not a valid PNG"),
+        "{}",
+        reason("dog/cut.png")
+    );
+    assert!(
+        reason("dog/empty.jpg").contains("empty file"),
+        "{}",
+        reason("dog/empty.jpg")
+    );
+    // A rescan keeps them out (they are read again: they are not in the previous version).
+    let again =
+        scan_imagefolder(root.path(), Some(&scan.manifest), ScanOptions::default()).unwrap();
+    assert_eq!(again.manifest.root, scan.manifest.root);
+    assert_eq!(again.skipped.len(), scan.skipped.len());
 }

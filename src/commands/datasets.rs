@@ -434,6 +434,21 @@ async fn versions(args: NameArgs) -> anyhow::Result<()> {
             &rows
         )
     );
+    for v in versions.iter().filter(|v| v.skipped_count > 0) {
+        let noun = if v.skipped_count == 1 {
+            "entry"
+        } else {
+            "entries"
+        };
+        println!("version {}: {} {noun} left out", v.number, v.skipped_count);
+        for entry in &v.skipped {
+            println!("  {}: {}", entry.path, entry.reason);
+        }
+        let more = v.skipped_count.saturating_sub(v.skipped.len() as u64);
+        if more > 0 {
+            println!("  … and {more} more (the scan's log lists them)");
+        }
+    }
     Ok(())
 }
 
@@ -632,6 +647,8 @@ fn version_json(v: &v1::DatasetVersion) -> serde_json::Value {
         "samples": v.sample_count, "by_class": counts.by_class, "by_split": counts.by_split,
         "added": v.added, "removed": v.removed, "changed": v.changed,
         "manifest_uri": v.manifest_uri, "created_at": time(&v.created_at),
+        "skipped_count": v.skipped_count,
+        "skipped": v.skipped.iter().map(|e| json!({"path": e.path, "reason": e.reason})).collect::<Vec<_>>(),
     })
 }
 
