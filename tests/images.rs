@@ -63,6 +63,15 @@ impl Container {
             .unwrap_or_default()
     }
 
+    /// SIGTERM (`podman stop`, 20 s grace): the process must exit 0.
+    fn stop_cleanly(&self) -> anyhow::Result<()> {
+        let out = podman(&["stop", "--time", "20", &self.0])?;
+        anyhow::ensure!(out.status.success(), "podman stop: {}", text(&out));
+        let code = self.inspect("{{.State.ExitCode}}")?;
+        anyhow::ensure!(code == "0", "exit code {code} on SIGTERM: {}", self.logs());
+        Ok(())
+    }
+
     fn inspect(&self, format: &str) -> anyhow::Result<String> {
         let out = podman(&["inspect", "--format", format, &self.0])?;
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
@@ -198,14 +207,7 @@ fn the_coordinator_image_refuses_bad_flags_and_config_serves_health_and_stops_on
     assert!(text(&closed).contains("cannot reach"), "{}", text(&closed));
 
     // SIGTERM (podman stop): exit 0, well within the grace period.
-    let out = podman(&["stop", "--time", "20", &running.0])?;
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        running.inspect("{{.State.ExitCode}}")?,
-        "0",
-        "{}",
-        running.logs()
-    );
+    running.stop_cleanly()?;
     assert!(
         running.logs().contains("coordinator stopped"),
         "{}",
@@ -313,13 +315,6 @@ fn a_worker_whose_coordinator_does_not_resolve_backs_off_without_spinning() -> a
         "{attempts} attempts in 4 s: {logs}"
     );
     assert_eq!(running.inspect("{{.State.Running}}")?, "true", "{logs}");
-    let out = podman(&["stop", "--time", "20", &running.0])?;
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        running.inspect("{{.State.ExitCode}}")?,
-        "0",
-        "{}",
-        running.logs()
-    );
+    running.stop_cleanly()?;
     Ok(())
 }
