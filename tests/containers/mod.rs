@@ -14,7 +14,7 @@ pub mod checker;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -232,7 +232,7 @@ impl Cluster {
         })
     }
 
-    /// Starts coordinator replica `i` (1-based), or restarts it if it was started before.
+    /// Starts coordinator replica `i` (1-based); [`Cluster::restart`] starts a killed one again.
     pub fn add_coordinator(&mut self, i: usize) -> anyhow::Result<()> {
         let name = self.name(&format!("coordinator{i}"));
         let endpoints = self
@@ -415,9 +415,4 @@ impl Drop for Cluster {
         }
         let _ = podman(&["network", "rm", &self.network]);
     }
-}
-
-/// Seconds since `start`, for messages.
-pub fn since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
