@@ -411,6 +411,10 @@ pub struct ModelSpec {
     /// `mobilenet_v2`: channel width multiplier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub width_mult: Option<f64>,
+    /// `resnet*`: start each residual branch's last batch norm at weight 0, so every block
+    /// begins as the identity (torchvision's `zero_init_residual`; default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_init_residual: Option<bool>,
     /// Start from these weights (a safetensors file with matching names and shapes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<PathBuf>,
@@ -426,6 +430,7 @@ impl Default for ModelSpec {
             dropout: None,
             hidden: None,
             width_mult: None,
+            zero_init_residual: None,
             init_weights: None,
         }
     }
@@ -869,6 +874,11 @@ impl JobSpec {
             &[Arch::SimpleCnn, Arch::Cnn, Arch::Vgg11, Arch::Vgg16],
         )?;
         only("width_mult", m.width_mult.is_some(), &[Arch::MobilenetV2])?;
+        only(
+            "zero_init_residual",
+            m.zero_init_residual.is_some(),
+            &[Arch::Resnet18, Arch::Resnet34, Arch::Resnet50],
+        )?;
         if let Some(channels) = &m.channels
             && (channels.is_empty()
                 || channels.len() > 8
@@ -1124,6 +1134,21 @@ mod tests {
             err.contains("`model.channels` applies only to arch cnn; this model is resnet18"),
             "{err}"
         );
+        let text = "dataset:\n  builtin: mnist\nmodel:\n  arch: cnn\n  zero_init_residual: true\n";
+        let err = JobSpec::from_yaml(text, "j").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "`model.zero_init_residual` applies only to arch resnet18, resnet34, resnet50; \
+                 this model is cnn"
+            ),
+            "{err}"
+        );
+        let resnet = "dataset:\n  builtin: cifar10\nmodel:\n  arch: resnet18\n";
+        let zeroed = format!("{resnet}  zero_init_residual: true\n");
+        let plain = JobSpec::from_yaml(resnet, "j").unwrap();
+        let zeroed = JobSpec::from_yaml(&zeroed, "j").unwrap();
+        assert_eq!(zeroed.model.zero_init_residual, Some(true));
+        assert_ne!(plain.config_hash(), zeroed.config_hash());
     }
 
     #[test]

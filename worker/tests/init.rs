@@ -20,10 +20,11 @@ fn python() -> PathBuf {
 }
 
 /// PyTorch's statistics for every parameter of `params` under `family`'s scheme.
-fn reference(family: &str, params: &[(String, Vec<i64>)]) -> Vec<Value> {
+fn reference(family: &str, zero_init_residual: bool, params: &[(String, Vec<i64>)]) -> Vec<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/init_stats.py");
     let request = json!({
         "family": family,
+        "zero_init_residual": zero_init_residual,
         "params": params.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
     });
     let mut child = Command::new(python())
@@ -45,12 +46,21 @@ fn reference(family: &str, params: &[(String, Vec<i64>)]) -> Vec<Value> {
 }
 
 fn check(arch: Arch, family: &str, geometry: Geometry) {
+    check_spec(
+        ModelSpec {
+            arch,
+            ..Default::default()
+        },
+        family,
+        geometry,
+    )
+}
+
+fn check_spec(spec: ModelSpec, family: &str, geometry: Geometry) {
+    let arch = spec.arch;
+    let zero_init_residual = spec.zero_init_residual.unwrap_or(false);
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
-    let spec = ModelSpec {
-        arch,
-        ..Default::default()
-    };
     let _model = build(&vs.root(), &spec, geometry).expect("builds");
     let mut variables: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -58,7 +68,7 @@ fn check(arch: Arch, family: &str, geometry: Geometry) {
         .iter()
         .map(|(n, t)| (n.clone(), t.size()))
         .collect();
-    let expected = reference(family, &params);
+    let expected = reference(family, zero_init_residual, &params);
     let mut wrong = Vec::new();
     for ((name, tensor), reference) in variables.iter().zip(&expected) {
         assert_eq!(reference["name"], name.as_str());
@@ -127,6 +137,18 @@ fn resnets_start_as_torchvision_resnets() {
     check(Arch::Resnet18, "resnet", RGB);
     check(Arch::Resnet34, "resnet", GREY);
     check(Arch::Resnet50, "resnet", RGB);
+}
+
+#[test]
+fn zero_init_residual_starts_each_block_as_the_identity_as_torchvision_does() {
+    for arch in [Arch::Resnet18, Arch::Resnet50] {
+        let spec = ModelSpec {
+            arch,
+            zero_init_residual: Some(true),
+            ..Default::default()
+        };
+        check_spec(spec, "resnet", RGB);
+    }
 }
 
 #[test]

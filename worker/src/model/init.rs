@@ -12,6 +12,8 @@
 //!   `kaiming_normal_(mode="fan_out", nonlinearity="relu")` (std √(2/fan_out)), bias 0.
 //! - [`small_normal_linear`]: torchvision's VGG and MobileNet-V2 classifiers, N(0, 0.01), bias 0.
 //! - [`batch_norm2d`]: `nn.BatchNorm2d`: weight 1, bias 0 (torchvision keeps these).
+//! - [`zero_batch_norm2d`]: torchvision's `zero_init_residual`: the last batch norm of each
+//!   residual branch starts at weight 0, so the block starts as the identity.
 
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
@@ -100,11 +102,21 @@ pub fn small_normal_linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
 
 /// Batch normalisation initialised as `nn.BatchNorm2d` is.
 pub fn batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {
+    batch_norm2d_from(p, c, 1.0)
+}
+
+/// Batch normalisation whose weight starts at 0 (bias 0), as `zero_init_residual` leaves the
+/// last one of each residual branch.
+pub fn zero_batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {
+    batch_norm2d_from(p, c, 0.0)
+}
+
+fn batch_norm2d_from(p: nn::Path, c: i64, weight: f64) -> nn::BatchNorm {
     nn::batch_norm2d(
         p,
         c,
         nn::BatchNormConfig {
-            ws_init: Init::Const(1.0),
+            ws_init: Init::Const(weight),
             bs_init: Init::Const(0.0),
             ..Default::default()
         },

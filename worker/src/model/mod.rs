@@ -40,12 +40,28 @@ pub fn build(root: &nn::Path, spec: &ModelSpec, geometry: Geometry) -> Result<Mo
             geometry.classes
         )));
     }
+    let zero = spec.zero_init_residual.unwrap_or(false);
     match spec.arch {
         Arch::SimpleCnn => cnn::simple(root, spec, geometry),
         Arch::Cnn => cnn::configurable(root, spec, geometry),
-        Arch::Resnet18 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R18, geometry))),
-        Arch::Resnet34 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R34, geometry))),
-        Arch::Resnet50 => Ok(Box::new(zoo::resnet(root, zoo::ResNet::R50, geometry))),
+        Arch::Resnet18 => Ok(Box::new(zoo::resnet(
+            root,
+            zoo::ResNet::R18,
+            geometry,
+            zero,
+        ))),
+        Arch::Resnet34 => Ok(Box::new(zoo::resnet(
+            root,
+            zoo::ResNet::R34,
+            geometry,
+            zero,
+        ))),
+        Arch::Resnet50 => Ok(Box::new(zoo::resnet(
+            root,
+            zoo::ResNet::R50,
+            geometry,
+            zero,
+        ))),
         Arch::Vgg11 => Ok(Box::new(zoo::vgg(
             root,
             zoo::Vgg::V11,

@@ -27,6 +27,15 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     init::batch_norm2d(p, c)
 }
 
+/// The last batch norm of a residual branch: weight 0 under `zero_init_residual`.
+fn last_bn(p: nn::Path, c: i64, zero_init_residual: bool) -> nn::BatchNorm {
+    if zero_init_residual {
+        init::zero_batch_norm2d(p, c)
+    } else {
+        init::batch_norm2d(p, c)
+    }
+}
+
 fn small(g: Geometry) -> bool {
     g.height.min(g.width) < 64
 }
@@ -57,11 +66,17 @@ fn residual(ys: &Tensor, xs: &Tensor, down: Option<&nn::SequentialT>, train: boo
     (ys + shortcut).relu()
 }
 
-fn basic_block(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> impl ModuleT + use<> {
+fn basic_block(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+    zero: bool,
+) -> impl ModuleT + use<> {
     let conv1 = conv(&p / "conv1", c_in, c_out, 3, stride, 1);
     let bn1 = bn(&p / "bn1", c_out);
     let conv2 = conv(&p / "conv2", c_out, c_out, 3, 1, 1);
-    let bn2 = bn(&p / "bn2", c_out);
+    let bn2 = last_bn(&p / "bn2", c_out, zero);
     let down = shortcut(&p, c_in, c_out, stride);
     nn::func_t(move |xs, train| {
         let ys = xs
@@ -74,14 +89,14 @@ fn basic_block(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> impl ModuleT 
     })
 }
 
-fn bottleneck(p: nn::Path, c_in: i64, width: i64, stride: i64) -> impl ModuleT + use<> {
+fn bottleneck(p: nn::Path, c_in: i64, width: i64, stride: i64, zero: bool) -> impl ModuleT + use<> {
     let c_out = width * 4;
     let conv1 = conv(&p / "conv1", c_in, width, 1, 1, 1);
     let bn1 = bn(&p / "bn1", width);
     let conv2 = conv(&p / "conv2", width, width, 3, stride, 1);
     let bn2 = bn(&p / "bn2", width);
     let conv3 = conv(&p / "conv3", width, c_out, 1, 1, 1);
-    let bn3 = bn(&p / "bn3", c_out);
+    let bn3 = last_bn(&p / "bn3", c_out, zero);
     let down = shortcut(&p, c_in, c_out, stride);
     nn::func_t(move |xs, train| {
         let ys = xs
@@ -97,8 +112,13 @@ fn bottleneck(p: nn::Path, c_in: i64, width: i64, stride: i64) -> impl ModuleT +
     })
 }
 
-/// A ResNet.
-pub fn resnet(root: &nn::Path, depth: ResNet, g: Geometry) -> nn::FuncT<'static> {
+/// A ResNet; `zero_init_residual` as torchvision's option of that name.
+pub fn resnet(
+    root: &nn::Path,
+    depth: ResNet,
+    g: Geometry,
+    zero_init_residual: bool,
+) -> nn::FuncT<'static> {
     let (blocks, bottlenecked) = match depth {
         ResNet::R18 => ([2, 2, 2, 2], false),
         ResNet::R34 => ([3, 4, 6, 3], false),
@@ -118,10 +138,10 @@ pub fn resnet(root: &nn::Path, depth: ResNet, g: Geometry) -> nn::FuncT<'static>
             let stride = if b == 0 && stage > 0 { 2 } else { 1 };
             let p = root / format!("layer{}", stage + 1) / b;
             if bottlenecked {
-                layers = layers.add(bottleneck(p, c_in, width, stride));
+                layers = layers.add(bottleneck(p, c_in, width, stride, zero_init_residual));
                 c_in = width * 4;
             } else {
-                layers = layers.add(basic_block(p, c_in, width, stride));
+                layers = layers.add(basic_block(p, c_in, width, stride, zero_init_residual));
                 c_in = width;
             }
         }

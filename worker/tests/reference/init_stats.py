@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch's own initialisation of a model's parameters, as statistics, for worker/tests/init.rs.
 
-Reads {"family": "plain" | "resnet" | "vgg" | "mobilenet_v2", "params": [{"name", "shape"}]} on
-stdin. Each parameter's layer is told from its shape and its siblings' (a 4-d weight is a
+Reads {"family": "plain" | "resnet" | "vgg" | "mobilenet_v2", "zero_init_residual": bool,
+"params": [{"name", "shape"}]} on stdin. Each parameter's layer is told from its shape and its siblings' (a 4-d weight is a
 convolution, a 2-d one a linear layer, a 1-d weight next to running statistics a batch norm), and
 initialised the way PyTorch does it for that family:
 
   plain         nn.Conv2d / nn.Linear / nn.BatchNorm2d defaults (reset_parameters)
-  resnet        torchvision: conv kaiming_normal_(fan_out, relu); BN 1 / 0; fc nn.Linear default
+  resnet        torchvision: conv kaiming_normal_(fan_out, relu); BN 1 / 0; fc nn.Linear default;
+                with zero_init_residual, each block's last BN (bn2 of a basic block, bn3 of a
+                bottleneck) starts at weight 0
   vgg           torchvision: conv kaiming_normal_(fan_out, relu), bias 0; BN 1 / 0;
                 Linear normal_(0, 0.01), bias 0
   mobilenet_v2  torchvision: conv kaiming_normal_(fan_out), bias 0; BN 1 / 0;
@@ -61,9 +63,21 @@ def draw(family, leaf, shape, sibling, reps):
     raise ValueError(f"no rule for {leaf} of shape {shape}")
 
 
+def last_bn_of_a_block(name, shapes):
+    """Whether `name` is the weight torchvision's zero_init_residual zeroes: bn3 of a bottleneck
+    (a block with a bn3), else bn2 of a basic block."""
+    parts = name.split(".")
+    if len(parts) != 4 or not parts[0].startswith("layer") or parts[3] != "weight":
+        return False
+    block = ".".join(parts[:2])
+    last = "bn3" if f"{block}.bn3.weight" in shapes else "bn2"
+    return parts[2] == last
+
+
 def main():
     request = json.load(sys.stdin)
     family = request["family"]
+    zero_init_residual = request.get("zero_init_residual", False)
     shapes = {p["name"]: p["shape"] for p in request["params"]}
     out = []
     torch.manual_seed(0)
@@ -74,7 +88,10 @@ def main():
             sibling = shapes.get(f"{base}.weight", shape)
             n = math.prod(shape)
             reps = max(1, math.ceil(SAMPLES / n))
-            values = draw(family, leaf, shape, sibling, reps).detach().flatten().double()
+            if zero_init_residual and last_bn_of_a_block(name, shapes):
+                values = torch.zeros(shape).flatten().double()
+            else:
+                values = draw(family, leaf, shape, sibling, reps).detach().flatten().double()
             out.append(
                 {
                     "name": name,
