@@ -460,3 +460,103 @@ fn builtin_and_object_store_datasets_are_versioned_and_retrained_pinned() -> any
     );
     Ok(())
 }
+
+#[test]
+fn a_bad_upload_is_left_out_and_a_class_left_empty_is_not_trained() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let data = d.join("shapes");
+    add_images(&data, 0..40)?;
+    let (coordinator, _worker) = cluster(d)?;
+    let addr = coordinator.addr.as_str();
+    let job = d.join("job.yaml");
+    std::fs::write(&job, job_yaml(3, 0.01, 7))?;
+    let (dir_arg, job_arg) = (data.to_str().unwrap(), job.to_str().unwrap());
+    ok(
+        d,
+        addr,
+        &[
+            "dataset", "register", "shapes", "--dir", dir_arg, "--job", job_arg,
+        ],
+    )?;
+    ok(d, addr, &["dataset", "scan", "shapes"])?;
+    let first = history(d, addr)?[0]["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_job_end(d, addr, &first)?["state"], "succeeded");
+
+    // 50 good images and one upload that is not what its name says.
+    for (class, n) in [("horizontal", 17), ("vertical", 17), ("checker", 16)] {
+        for i in 100..100 + n {
+            image(class, i).save(data.join(class).join(format!("{i:04}.png")))?;
+        }
+    }
+    std::fs::write(
+        data.join("checker/upload.png"),
+        b"<html><body>502 Bad Gateway</body></html>",
+    )?;
+    let out = ok(d, addr, &["dataset", "scan", "shapes"])?;
+    assert!(out.contains("new version 2"), "{out}");
+    let versions = ok(d, addr, &["dataset", "versions", "shapes"])?;
+    assert!(
+        versions.contains("version 2: 1 entry left out"),
+        "{versions}"
+    );
+    assert!(
+        versions.contains("checker/upload.png")
+            && versions.contains("not a PNG or JPEG: starts with bytes 3c 68 74 6d at byte 0"),
+        "{versions}"
+    );
+    let v2 = json(d, addr, &["dataset", "versions", "shapes"])?[0].clone();
+    assert_eq!(
+        (v2["number"].as_u64(), v2["samples"].as_u64()),
+        (Some(2), Some(170))
+    );
+
+    // The retrain fires on the growth, trains on the version's files only, and is gated.
+    let h = history(d, addr)?;
+    assert_eq!(h[0]["outcome"], "fired", "{}", h[0]);
+    assert!(
+        h[0]["reason"].as_str().unwrap().contains("120 → 170"),
+        "{}",
+        h[0]
+    );
+    let retrain = wait_job_end(d, addr, h[0]["job_id"].as_str().unwrap())?;
+    assert_eq!(retrain["state"], "succeeded", "{retrain}");
+    let result = &retrain["result"];
+    assert!(result["promoted"].is_boolean(), "{retrain}");
+    assert!(
+        !result["reasons"].as_array().unwrap().is_empty(),
+        "the gate says why: {retrain}"
+    );
+    // Its report names the file the version left out.
+    let report = result["report"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("file://");
+    let page = std::fs::read_to_string(report)?;
+    assert!(
+        page.contains("1 entry left out") && page.contains("checker/upload.png"),
+        "the run report lists what the version left out: {}",
+        page.split("id=\"dataset\"").nth(1).unwrap_or("no dataset section").chars().take(1500).collect::<String>()
+    );
+
+    // Every checker image is replaced by a broken upload: the version is recorded, the class
+    // is seen as empty, and nothing trains.
+    for entry in std::fs::read_dir(data.join("checker"))? {
+        std::fs::write(entry?.path(), b"\x89PNG\r\n\x1a\ntruncated")?;
+    }
+    let out = ok(d, addr, &["dataset", "scan", "shapes"])?;
+    assert!(out.contains("new version 3"), "{out}");
+    let h = history(d, addr)?;
+    assert_eq!(h[0]["outcome"], "skipped", "{}", h[0]);
+    assert!(
+        h[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("class `checker` has no usable samples"),
+        "{}",
+        h[0]
+    );
+    let listed = json(d, addr, &["dataset", "list"])?;
+    assert_eq!(listed[0]["pending_retrain_job"], "", "{listed}");
+    Ok(())
+}

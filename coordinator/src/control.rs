@@ -1299,6 +1299,8 @@ impl Inner {
             number: v.number,
             root: v.root.clone(),
             samples: v.samples,
+            skipped_count: v.skipped,
+            skipped: v.skipped_wire(),
         };
         let previous = at.checked_sub(1).map(|p| wire(&dataset.versions[p]));
         (Some(wire(&dataset.versions[at])), previous)
@@ -1790,6 +1792,8 @@ impl Inner {
             skipped: u64,
             #[serde(default)]
             skipped_examples: Vec<(String, String)>,
+            #[serde(default)]
+            empty_classes: Vec<String>,
         }
         let JobKind::Scan { dataset, .. } = self.jobs[job_id].kind.clone() else {
             return;
@@ -1831,6 +1835,7 @@ impl Inner {
                 created_at: SystemTime::now(),
                 skipped: detail.skipped,
                 skipped_examples: detail.skipped_examples,
+                empty_classes: detail.empty_classes,
             });
             ops.push(TxnOp::Put(
                 records::dataset_key(&dataset),

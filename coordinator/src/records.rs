@@ -683,6 +683,10 @@ pub struct VersionRecord {
     /// The first of them, (path, reason): what `dataset versions` shows.
     #[serde(default)]
     pub skipped_examples: Vec<(String, String)>,
+    /// Classes the scan saw but left wholly out (every file skipped): empty to the retrain
+    /// policy.
+    #[serde(default)]
+    pub empty_classes: Vec<String>,
 }
 
 impl VersionRecord {
@@ -703,15 +707,19 @@ impl VersionRecord {
             manifest_uri: self.manifest_uri.clone(),
             created_at: Some(convert::timestamp(self.created_at)),
             skipped_count: self.skipped,
-            skipped: self
-                .skipped_examples
-                .iter()
-                .map(|(path, reason)| v1::SkippedEntry {
-                    path: path.clone(),
-                    reason: reason.clone(),
-                })
-                .collect(),
+            skipped: self.skipped_wire(),
         }
+    }
+
+    /// The entries its scan left out, as the wire carries them.
+    pub fn skipped_wire(&self) -> Vec<v1::SkippedEntry> {
+        self.skipped_examples
+            .iter()
+            .map(|(path, reason)| v1::SkippedEntry {
+                path: path.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 }
 
@@ -737,6 +745,7 @@ impl DatasetRecord {
                 time_zone: self.policy.time_zone.clone().unwrap_or_default(),
                 min_interval: Some(convert::duration(self.policy.min_interval)),
                 job_yaml: self.job_yaml.clone(),
+                min_samples_per_class: Some(self.policy.min_samples_per_class),
             }),
             latest_version: self
                 .versions

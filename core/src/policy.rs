@@ -4,15 +4,20 @@
 //! Rules, in the order they are checked:
 //! 1. **Idempotent**: a retrain is keyed by (dataset root, job-config hash); a key already
 //!    trained (or queued) never trains again.
-//! 2. **Coalesce**: at most one retrain per dataset waits for a worker; a newer version replaces
+//! 2. **Enough samples**: a version with a class holding fewer than `min_samples_per_class`
+//!    usable samples (default 1: no class left empty) is not trained, whatever asked. The
+//!    classes are the version's, those its scan left out entirely, and the champion's version's,
+//!    so a class whose every image became undecodable (or was deleted) is seen as empty.
+//! 3. **Coalesce**: at most one retrain per dataset waits for a worker; a newer version replaces
 //!    the one it waits with (newest wins), so a burst of changes makes one retrain.
-//! 3. **Manual** requests fire (they skip the growth and change rules, not 1, 2 and 6).
-//! 4. **First model**: no champion yet → fire.
-//! 5. **Growth** (`on_growth_pct`) against the version the champion was trained on, or **content
+//! 4. **Manual** requests fire (they skip the growth and change rules, not 1, 2, 3 and 7).
+//! 5. **First model**: no champion yet → fire.
+//! 6. **Growth** (`on_growth_pct`) against the version the champion was trained on, or **content
 //!    change** (`on_content_change`: same count, different root, e.g. relabelled images).
-//! 6. **min_interval** since the last retrain started: a retrain that would fire earlier is
+//! 7. **min_interval** since the last retrain started: a retrain that would fire earlier is
 //!    deferred until then.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +38,9 @@ pub struct RetrainPolicy {
     pub schedule: Option<String>,
     /// IANA time zone of `schedule` (`None`: UTC).
     pub time_zone: Option<String>,
+    /// A version with a class holding fewer usable samples than this is not trained; 0 turns
+    /// the rule off. Default 1: no class may be left empty.
+    pub min_samples_per_class: u64,
 }
 
 impl Default for RetrainPolicy {
@@ -43,6 +51,7 @@ impl Default for RetrainPolicy {
             min_interval: Duration::ZERO,
             schedule: None,
             time_zone: None,
+            min_samples_per_class: 1,
         }
     }
 }
@@ -54,6 +63,27 @@ pub struct VersionFacts {
     pub root: String,
     /// Samples in it.
     pub samples: u64,
+    /// Usable samples per class; a class the scan saw but left wholly out is here with 0.
+    #[serde(default)]
+    pub by_class: BTreeMap<String, u64>,
+}
+
+/// The class with the fewest usable samples in `version` when it is below `min` (classes of
+/// `champion` that `version` lacks count as 0): `(class, samples)`.
+fn short_class(
+    version: &VersionFacts,
+    champion: Option<&VersionFacts>,
+    min: u64,
+) -> Option<(String, u64)> {
+    let known = champion.into_iter().flat_map(|c| c.by_class.keys());
+    let mut counts = version.by_class.clone();
+    for class in known {
+        counts.entry(class.clone()).or_insert(0);
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n < min)
+        .min_by_key(|&(_, n)| n)
 }
 
 /// What the policy knows about a dataset's retrains.
@@ -134,6 +164,25 @@ pub fn decide(
             ),
         };
     }
+    if let Some((class, n)) = short_class(
+        version,
+        state.champion_version.as_ref(),
+        policy.min_samples_per_class,
+    ) {
+        let what = if n == 0 {
+            "no usable samples".to_owned()
+        } else {
+            format!("only {n} usable sample{}", if n == 1 { "" } else { "s" })
+        };
+        return Decision::Skip {
+            reason: format!(
+                "class `{class}` has {what} in version {} (min_samples_per_class {}): not \
+                 trained; add samples, or set min_samples_per_class to 0 to train without it",
+                short(&version.root),
+                policy.min_samples_per_class
+            ),
+        };
+    }
     if let Some((pending, _)) = &state.pending {
         return Decision::Coalesce {
             key,
@@ -207,6 +256,15 @@ mod tests {
         VersionFacts {
             root: root.into(),
             samples,
+            by_class: BTreeMap::new(),
+        }
+    }
+
+    fn with_classes(root: &str, classes: &[(&str, u64)]) -> VersionFacts {
+        VersionFacts {
+            root: root.into(),
+            samples: classes.iter().map(|c| c.1).sum(),
+            by_class: classes.iter().map(|&(c, n)| (c.to_owned(), n)).collect(),
         }
     }
 
@@ -341,6 +399,55 @@ mod tests {
         assert!(matches!(
             decide(&policy, &state, &v("r1", 1001), "c", Cause::Manual, T0),
             Decision::Fire { reason, .. } if reason.contains("by hand")
+        ));
+    }
+
+    #[test]
+    fn a_class_left_empty_or_too_small_is_not_trained_whatever_asked() {
+        let policy = RetrainPolicy::default();
+        let first = RetrainState::default();
+        // The scan saw class `dog` but left every file of it out.
+        let empty_dog = with_classes("r1", &[("cat", 40), ("dog", 0)]);
+        for cause in [Cause::NewVersion, Cause::Manual] {
+            assert!(matches!(
+                decide(&policy, &first, &empty_dog, "c", cause, T0),
+                Decision::Skip { reason } if reason.contains("class `dog` has no usable samples")
+                    && reason.contains("min_samples_per_class 1")
+            ));
+        }
+        // A class of the champion's version that this one lacks counts as empty.
+        let state = RetrainState {
+            champion_version: Some(with_classes("r0", &[("cat", 20), ("dog", 20)])),
+            ..Default::default()
+        };
+        let no_dog = with_classes("r2", &[("cat", 60)]);
+        assert!(matches!(
+            decide(&policy, &state, &no_dog, "c", Cause::NewVersion, T0),
+            Decision::Skip { reason } if reason.contains("class `dog` has no usable samples")
+        ));
+        // A higher bar names the smallest class and its count.
+        let strict = RetrainPolicy {
+            min_samples_per_class: 5,
+            ..Default::default()
+        };
+        let thin = with_classes("r3", &[("cat", 60), ("dog", 3), ("eel", 4)]);
+        assert!(matches!(
+            decide(&strict, &state, &thin, "c", Cause::NewVersion, T0),
+            Decision::Skip { reason } if reason.contains("class `dog` has only 3 usable samples")
+        ));
+        // 0 turns the rule off; a sound version fires.
+        let off = RetrainPolicy {
+            min_samples_per_class: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&off, &state, &no_dog, "c", Cause::NewVersion, T0),
+            Decision::Fire { .. }
+        ));
+        let sound = with_classes("r4", &[("cat", 30), ("dog", 30)]);
+        assert!(matches!(
+            decide(&policy, &state, &sound, "c", Cause::NewVersion, T0),
+            Decision::Fire { .. }
         ));
     }
 }

@@ -281,3 +281,22 @@ fn an_image_that_does_not_decode_is_skipped_with_its_reason_and_stays_out() {
     assert_eq!(again.manifest.root, scan.manifest.root);
     assert_eq!(again.skipped.len(), scan.skipped.len());
 }
+
+#[test]
+fn a_class_whose_every_file_is_left_out_is_named_as_empty() {
+    let root = tree();
+    // `eel` holds only undecodable uploads, `fox` only a text file, `gnu` nothing at all.
+    write_raw(root.path(), "eel/a.png", b"<html>a</html>");
+    write_raw(root.path(), "eel/b.jpg", b"");
+    write(root.path(), "fox/notes.txt", b"notes");
+    fs::create_dir_all(root.path().join("gnu")).unwrap();
+    // A bad file in a class that keeps good ones leaves the class as it is.
+    write_raw(root.path(), "cat/fake.png", b"<html>not an image</html>");
+    let scan = scan_imagefolder(root.path(), None, ScanOptions::default()).unwrap();
+    assert_eq!(scan.empty_classes, ["eel", "fox", "gnu"]);
+    assert_eq!(
+        scan.manifest.classes.keys().collect::<Vec<_>>(),
+        ["cat", "dog"],
+        "a version's classes are those with files"
+    );
+}

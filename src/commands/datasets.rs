@@ -84,6 +84,10 @@ pub struct RegisterArgs {
     /// Least time between two retrains, e.g. "1h".
     #[arg(long, value_parser = humantime::parse_duration)]
     min_interval: Option<Duration>,
+    /// Do not train a version with a class holding fewer usable samples than this (0: no such
+    /// rule; default 1: no class left empty).
+    #[arg(long, default_value_t = 1)]
+    min_samples_per_class: u64,
     /// The job YAML a retrain runs (its `dataset` is set to this dataset and pinned version).
     #[arg(long)]
     job: Option<PathBuf>,
@@ -247,6 +251,10 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             "html": page, "files": written.files, "classes": report.classes,
             "counts": report.dataset.counts, "root": report.dataset.root,
             "version": report.dataset.version,
+            "skipped_count": report.dataset.skipped_count,
+            "skipped": report.dataset.skipped.iter()
+                .map(|(path, reason)| json!({"path": path, "reason": reason}))
+                .collect::<Vec<_>>(),
         }));
     }
     for (split, counts) in &report.dataset.counts {
@@ -257,6 +265,13 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         report.classes.len(),
         report.shape
     );
+    for (path, reason) in &report.dataset.skipped {
+        println!("left out: {path}: {reason}");
+    }
+    let more = report.dataset.skipped_count - report.dataset.skipped.len() as u64;
+    if more > 0 {
+        println!("left out: and {more} more");
+    }
     println!("report: file://{}", page.display());
     Ok(())
 }
@@ -304,6 +319,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
                     .min_interval
                     .and_then(|d| prost_types::Duration::try_from(d).ok()),
                 job_yaml,
+                min_samples_per_class: Some(args.min_samples_per_class),
             }),
         })
         .await
@@ -621,6 +637,11 @@ fn policy_summary(p: &v1::RetrainPolicy) -> String {
     {
         parts.push(format!("min {}", humantime::format_duration(d)));
     }
+    match p.min_samples_per_class.unwrap_or(1) {
+        0 => {}
+        1 => parts.push("no empty class".into()),
+        n => parts.push(format!("≥ {n} per class")),
+    }
     parts.join(", ")
 }
 
@@ -635,6 +656,7 @@ fn dataset_json(d: &v1::Dataset) -> serde_json::Value {
             "on_growth_pct": p.on_growth_pct, "on_content_change": p.on_content_change,
             "schedule": p.schedule, "time_zone": p.time_zone,
             "min_interval_s": p.min_interval.map(|d| d.seconds),
+            "min_samples_per_class": p.min_samples_per_class.unwrap_or(1),
             "job_yaml": p.job_yaml,
         },
     })

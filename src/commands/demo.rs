@@ -172,6 +172,7 @@ async fn play(
             time_zone: "UTC".into(),
             min_interval: None,
             job_yaml: job_yaml(args.epochs),
+            min_samples_per_class: None,
         }),
     };
     datasets

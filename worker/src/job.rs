@@ -202,6 +202,8 @@ pub struct ReportParts {
     pub confident: Vec<crate::report::Thumb>,
     /// Where the data came from.
     pub source: String,
+    /// What the loader left out of an image folder it walked, and why.
+    pub skipped: Vec<(String, String)>,
 }
 
 fn report_parts(dataset: &Dataset, evaluation: &crate::metrics::Evaluation) -> Result<ReportParts> {
@@ -218,6 +220,7 @@ fn report_parts(dataset: &Dataset, evaluation: &crate::metrics::Evaluation) -> R
         )?,
         confident: collect::test_images(&dataset.test, evaluation, true, collect::TEST_IMAGES)?,
         source: dataset.identity.source.clone(),
+        skipped: dataset.identity.skipped.clone(),
     })
 }
 

@@ -829,6 +829,7 @@ async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         "reused": scanned.reused,
         "skipped": scanned.skipped.len(),
         "skipped_examples": scanned.skipped.iter().take(20).collect::<Vec<_>>(),
+        "empty_classes": scanned.empty_classes,
     });
     Ok(Finished::Success(v1::TaskResult {
         metrics: [

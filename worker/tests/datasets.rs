@@ -454,16 +454,54 @@ fn image_folders_load_resized_and_bad_files_are_named() {
         .to_string();
     assert!(err.contains("set dataset.image_size"), "{err}");
 
+    // A file whose header does not decode is left out with why, as a scan leaves it out, and
+    // the rest loads: the root is the one a scan records.
+    let before = imagefolder::load(&spec, root.path(), root.path()).unwrap();
     std::fs::write(
         root.path().join("cat/broken.png"),
         b"\x89PNG\r\n\x1a\nnot really",
     )
     .unwrap();
+    let ds = imagefolder::load(&spec, root.path(), root.path()).unwrap();
+    assert_eq!(ds.train.len() + ds.test.len(), 24);
+    assert_eq!(ds.identity.root_sha256, before.identity.root_sha256);
+    let (path, why) = ds
+        .identity
+        .skipped
+        .iter()
+        .find(|(p, _)| p == "cat/broken.png")
+        .unwrap_or_else(|| panic!("not left out: {:?}", ds.identity.skipped));
+    assert!(why.contains("not a valid PNG"), "{path}: {why}");
+    assert!(
+        ds.identity
+            .skipped
+            .iter()
+            .any(|(p, why)| p == "dog/notes.txt" && why.contains("not an image"))
+    );
+    let scan = trainfleet_core::manifest::scan_imagefolder(
+        root.path(),
+        None,
+        trainfleet_core::manifest::ScanOptions {
+            test_pct: 25,
+            validation_pct: 0,
+            full: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(scan.manifest.root, ds.identity.root_sha256);
+
+    // A sound header over pixel data cut short passes that check; decoding then names it.
+    std::fs::remove_file(root.path().join("cat/broken.png")).unwrap();
+    let mut png = Vec::new();
+    image::RgbImage::new(16, 16)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(root.path().join("cat/cut.png"), &png[..png.len() - 20]).unwrap();
     let err = imagefolder::load(&spec, root.path(), root.path())
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("cat/broken.png") && err.contains("cannot decode image"),
+        err.contains("cat/cut.png") && err.contains("cannot decode image"),
         "{err}"
     );
 }

@@ -56,9 +56,14 @@ impl Trigger {
 }
 
 fn facts(v: &VersionRecord) -> VersionFacts {
+    let mut by_class = v.by_class.clone();
+    for class in &v.empty_classes {
+        by_class.entry(class.clone()).or_insert(0);
+    }
     VersionFacts {
         root: v.root.clone(),
         samples: v.samples,
+        by_class,
     }
 }
 

@@ -131,6 +131,7 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
             min_interval,
             schedule: (!p.schedule.is_empty()).then_some(p.schedule),
             time_zone: (!p.time_zone.is_empty()).then_some(p.time_zone),
+            min_samples_per_class: p.min_samples_per_class.unwrap_or(1),
         },
         job_yaml: p.job_yaml,
         created_at: SystemTime::now(),

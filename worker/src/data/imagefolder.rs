@@ -50,10 +50,10 @@ pub fn load(spec: &DatasetSpec, root: &Path, cache_dir: &Path) -> Result<Dataset
         Some(version) => cached_manifest(cache_dir, version)?,
         None => None,
     };
-    let (files, loaded) = match &pinned {
+    let (files, loaded, skipped) = match &pinned {
         Some(manifest) => {
             let loaded = read_pinned(root, manifest)?;
-            (manifest.files.clone(), loaded)
+            (manifest.files.clone(), loaded, Vec::new())
         }
         None => read_listing(spec, root)?,
     };
@@ -123,6 +123,7 @@ pub fn load(spec: &DatasetSpec, root: &Path, cache_dir: &Path) -> Result<Dataset
             .iter()
             .map(|f| (f.path.clone(), f.sha256.clone()))
             .collect(),
+        skipped,
     };
     assemble(
         spec,
@@ -150,15 +151,25 @@ fn place(file: &ManifestFile, fraction: f64) -> Assignment {
     }
 }
 
+/// What [`read_listing`] read: the entries, their bytes, and what it left out with why.
+type Read = (Vec<ManifestFile>, Vec<Vec<u8>>, Vec<(String, String)>);
+
+/// One listed file: its entry and bytes, or (path, why it is not an image).
+type ReadOne = std::result::Result<(ManifestFile, Vec<u8>), (String, String)>;
+
 /// Reads every file the folder holds now; each becomes a manifest entry hashed from the bytes
-/// read, split by the spec's percentages.
-fn read_listing(spec: &DatasetSpec, root: &Path) -> Result<(Vec<ManifestFile>, Vec<Vec<u8>>)> {
+/// read, split by the spec's percentages. A file that is not a decodable image is left out with
+/// its reason, as a scan leaves it out, so the root is the one a scan records.
+fn read_listing(spec: &DatasetSpec, root: &Path) -> Result<Read> {
     let listing = list_imagefolder(root)?;
-    let read: Vec<(ManifestFile, Vec<u8>)> = listing
+    let read: Vec<ReadOne> = listing
         .files
         .par_iter()
         .map(|l: &Listed| {
             let bytes = std::fs::read(&l.full).map_err(|e| Error::io(&l.full, e))?;
+            if let Some(why) = manifest::image_problem(&bytes) {
+                return Ok(Err((l.path.clone(), why)));
+            }
             let sha256 = manifest::sha256_hex(&bytes);
             let file = ManifestFile {
                 path: l.path.clone(),
@@ -168,10 +179,21 @@ fn read_listing(spec: &DatasetSpec, root: &Path) -> Result<(Vec<ManifestFile>, V
                 sha256,
                 label: l.label.clone(),
             };
-            Ok((file, bytes))
+            Ok(Ok((file, bytes)))
         })
         .collect::<Result<_>>()?;
-    let (mut files, mut bytes): (Vec<_>, Vec<_>) = read.into_iter().unzip();
+    let mut skipped = listing.skipped;
+    let mut usable = Vec::with_capacity(read.len());
+    for entry in read {
+        match entry {
+            Ok(file) => usable.push(file),
+            Err(undecodable) => {
+                tracing::warn!(file = %undecodable.0, reason = %undecodable.1, "image left out");
+                skipped.push(undecodable);
+            }
+        }
+    }
+    let (mut files, mut bytes): (Vec<_>, Vec<_>) = usable.into_iter().unzip();
     // Manifests are sorted by path; keep the same order so ids and roots agree with scans.
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by(|&a, &b| files[a].path.cmp(&files[b].path));
@@ -180,7 +202,7 @@ fn read_listing(spec: &DatasetSpec, root: &Path) -> Result<(Vec<ManifestFile>, V
         .iter()
         .map(|&i| std::mem::take(&mut bytes[i]))
         .collect();
-    Ok((files, bytes))
+    Ok((files, bytes, skipped))
 }
 
 /// Reads exactly the files of a pinned version, refusing the first one that is missing or

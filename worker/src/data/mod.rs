@@ -71,6 +71,9 @@ pub struct Identity {
     pub root_sha256: String,
     /// Each source file and its sha256.
     pub files: Vec<(String, String)>,
+    /// What a walk of an image folder left out, and why (the scan's rules). Empty for a pinned
+    /// version (its record says what its scan left out) and for sample datasets.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// A dataset ready for training: three splits on one device, classes, and normalisation.
@@ -586,6 +589,7 @@ fn identity(source: String, mut files: Vec<(String, String)>) -> Identity {
         source,
         root_sha256: hex(&root.finalize()),
         files,
+        skipped: Vec::new(),
     }
 }
 

@@ -61,6 +61,8 @@ pub fn standalone_report(
             source: parts.source.clone(),
             root: card.dataset.root_sha256.clone(),
             counts: parts.counts.clone(),
+            skipped_count: parts.skipped.len() as u64,
+            skipped: first_skipped(&parts.skipped),
             ..DatasetSummary::default()
         },
         samples: parts.samples.clone(),
@@ -126,6 +128,17 @@ pub fn run_report(i: &Inputs<'_>) -> RunReport {
                 root: p.root.clone(),
                 samples: p.samples,
             }),
+            // A registered version says what its scan left out; else the loader's walk does.
+            skipped_count: version.map_or(parts.skipped.len() as u64, |v| v.skipped_count),
+            skipped: version.map_or_else(
+                || first_skipped(&parts.skipped),
+                |v| {
+                    v.skipped
+                        .iter()
+                        .map(|e| (e.path.clone(), e.reason.clone()))
+                        .collect()
+                },
+            ),
         },
         samples: parts.samples.clone(),
         misclassified: parts.misclassified.clone(),
@@ -142,4 +155,9 @@ pub fn run_report(i: &Inputs<'_>) -> RunReport {
             gate: decision(i.spec, i.eval, scores),
         }),
     }
+}
+
+/// The first left-out entries a report lists (the count says how many there are in all).
+pub(crate) fn first_skipped(all: &[(String, String)]) -> Vec<(String, String)> {
+    all.iter().take(super::SKIPPED_LISTED).cloned().collect()
 }

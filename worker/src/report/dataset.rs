@@ -44,6 +44,8 @@ pub fn collect(name: &str, dataset: &Dataset) -> Result<DatasetReport> {
             source: dataset.identity.source.clone(),
             root: dataset.identity.root_sha256.clone(),
             counts: collect::counts(dataset)?,
+            skipped_count: dataset.identity.skipped.len() as u64,
+            skipped: super::build::first_skipped(&dataset.identity.skipped),
             ..DatasetSummary::default()
         },
         recorded_root: String::new(),
@@ -128,12 +130,44 @@ pub fn render(report: &DatasetReport) -> String {
         }
     }
     out.push_str("</table>");
+    skipped_list(&mut out, d);
     let chart = html::distribution(&run);
     let _ = write!(out, "<div class=\"chart\" id=\"{}\"></div>", chart.id);
     html::samples_grid(&mut out, &run);
     out.push_str("</section></main>");
     html::page_end(&mut out, [(chart.id.to_owned(), chart.figure)]);
     out
+}
+
+/// The entries left out of the data, with why (nothing when none were).
+pub(crate) fn skipped_list(out: &mut String, d: &DatasetSummary) {
+    if d.skipped_count == 0 {
+        return;
+    }
+    let noun = if d.skipped_count == 1 {
+        "entry"
+    } else {
+        "entries"
+    };
+    let _ = write!(
+        out,
+        "<h3 id=\"skipped\">{} {noun} left out</h3><table class=\"skipped\">\
+         <tr><th>path</th><th>why</th></tr>",
+        d.skipped_count
+    );
+    for (path, reason) in &d.skipped {
+        let _ = write!(
+            out,
+            "<tr><td class=\"mono\">{}</td><td>{}</td></tr>",
+            html::esc(path),
+            html::esc(reason)
+        );
+    }
+    out.push_str("</table>");
+    let more = d.skipped_count.saturating_sub(d.skipped.len() as u64);
+    if more > 0 {
+        let _ = write!(out, "<p>and {more} more.</p>");
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +194,23 @@ mod tests {
         let page = render(&report);
         assert!(page.contains("id=\"chart-distribution\"") && page.contains("id=\"samples\""));
         assert!(page.contains("the files loaded are that version"));
+        assert!(!page.contains("left out"), "nothing was left out");
+        let mut thin = report.clone();
+        thin.dataset.skipped_count = 3;
+        thin.dataset.skipped = vec![
+            (
+                "cat/fake.png".into(),
+                "not a PNG or JPEG: starts with bytes 3c 68 74 6d at byte 0".into(),
+            ),
+            (
+                "notes.txt".into(),
+                "files at the top level belong to no class".into(),
+            ),
+        ];
+        let page = render(&thin);
+        assert!(page.contains("3 entries left out"), "the count");
+        assert!(page.contains("<td class=\"mono\">cat/fake.png</td><td>not a PNG or JPEG: starts with bytes 3c 68 74 6d at byte 0</td>"));
+        assert!(page.contains("and 1 more."));
         let dir = tempfile::tempdir().unwrap();
         let written = write(dir.path(), &report).unwrap();
         assert_eq!(

@@ -617,6 +617,7 @@ fn dataset_section(out: &mut String, report: &RunReport) {
         "<tr><td>growth</td><td>{}</td></tr></table>",
         esc(&growth)
     );
+    super::dataset::skipped_list(out, d);
 }
 
 pub(crate) fn samples_grid(out: &mut String, report: &RunReport) {

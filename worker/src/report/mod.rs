@@ -38,6 +38,9 @@ pub const JSON: &str = "report.json";
 /// The split names, in display order.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 
+/// Left-out entries a report lists by name (a version records as many).
+pub const SKIPPED_LISTED: usize = 20;
+
 /// Where and on what a run trained.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct System {
@@ -86,6 +89,13 @@ pub struct DatasetSummary {
     pub counts: BTreeMap<String, Vec<u64>>,
     /// The version before it, for the growth.
     pub previous: Option<PreviousVersion>,
+    /// How many entries were left out of it (by its scan, or by the loader's walk), and the
+    /// first of them with why.
+    #[serde(default)]
+    pub skipped_count: u64,
+    /// See `skipped_count`.
+    #[serde(default)]
+    pub skipped: Vec<(String, String)>,
 }
 
 impl DatasetSummary {
@@ -397,6 +407,8 @@ pub(crate) mod tests {
                     root: "ef".repeat(32),
                     samples: 300,
                 }),
+                skipped_count: 0,
+                skipped: Vec::new(),
             },
             samples: (0..3)
                 .flat_map(|c| (0..2).map(move |i| thumb(c, None, 40 * (c + i) as u8 + 20)))
