@@ -536,7 +536,12 @@ fn a_bad_upload_is_left_out_and_a_class_left_empty_is_not_trained() -> anyhow::R
     assert!(
         page.contains("1 entry left out") && page.contains("checker/upload.png"),
         "the run report lists what the version left out: {}",
-        page.split("id=\"dataset\"").nth(1).unwrap_or("no dataset section").chars().take(1500).collect::<String>()
+        page.split("id=\"dataset\"")
+            .nth(1)
+            .unwrap_or("no dataset section")
+            .chars()
+            .take(1500)
+            .collect::<String>()
     );
 
     // Every checker image is replaced by a broken upload: the version is recorded, the class

@@ -106,7 +106,9 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("trainfleet-worker: error: {err:#}");
+            // Each cause once: many errors here already say their source in their message.
+            let text = trainfleet_core::error::chain(err.as_ref());
+            eprintln!("trainfleet-worker: error: {text}");
             ExitCode::FAILURE
         }
     }

@@ -72,7 +72,9 @@ pub struct Identity {
     /// Each source file and its sha256.
     pub files: Vec<(String, String)>,
     /// What a walk of an image folder left out, and why (the scan's rules). Empty for a pinned
-    /// version (its record says what its scan left out) and for sample datasets.
+    /// version (its record says what its scan left out) and for sample datasets. Cards written
+    /// before this field read it as empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<(String, String)>,
 }
 
