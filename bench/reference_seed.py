@@ -4,7 +4,10 @@ PyTorch. A torch.utils.data.Dataset over the same IDX files, per-sample normalis
 torchvision's Normalize does), a DataLoader, the classic MNIST CNN, Adam. No torchvision.
 
 Prints one JSON object: per-epoch training throughput and mean training loss, and the final test
-accuracy.
+accuracy. With --phases, each epoch also says where a step's time went (milliseconds per step):
+gather (the DataLoader's next batch), forward (model and loss), backward (zero_grad and
+backward), step (the optimiser and reading the loss), as trainfleet's TRAINFLEET_PROFILE_PHASES
+splits its step.
 """
 import argparse
 import gzip
@@ -69,6 +72,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--phases", action="store_true", help="time each phase of a step")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -86,16 +90,37 @@ def main():
         start = time.perf_counter()
         seen = 0
         loss_sum = 0.0
-        for x, y in train:
+        phases = [0.0, 0.0, 0.0, 0.0]
+        clock = time.perf_counter
+        batches = iter(train)
+        steps = 0
+        while True:
+            t0 = clock()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            t1 = clock()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            t2 = clock()
             opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
             loss.backward()
+            t3 = clock()
             opt.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
+            t4 = clock()
+            steps += 1
+            if a.phases:
+                for i, d in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    phases[i] += d
         seconds = time.perf_counter() - start
         epochs.append({"epoch": epoch, "images_per_sec": seen / seconds, "train_seconds": seconds,
                        "train_loss": loss_sum / seen})
+        if a.phases:
+            names = ("gather", "forward", "backward", "step")
+            epochs[-1]["phases_ms"] = {n: 1e3 * t / steps for n, t in zip(names, phases)}
     model.eval()
     correct = 0
     with torch.no_grad():

@@ -8,7 +8,10 @@ same optimiser and hyperparameters, same libtorch thread count, same epochs. Eac
 Reports mean per-epoch images/s, the ratio trainfleet/reference, peak RSS, and the numerics: the
 first epoch's mean training loss and the test error, mean over the seeds, with their ratios.
 
-    python bench/train_throughput.py [--rounds 5] [--epochs 2] [--threads 2] [--device cpu]
+    python bench/train_throughput.py [--rounds 5] [--epochs 2] [--threads 2] [--device cpu] [--phases]
+
+--phases also times each phase of a training step on both sides (gather, forward, backward,
+optimiser step; milliseconds per step, mean over epochs and rounds), to show where the time goes.
 
 Needs `cargo build --release -p trainfleet-worker` first (bench/run.sh does it).
 """
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_measured(cmd, env=None):
-    """Runs cmd in a fresh process; returns (stdout, peak RSS in MiB)."""
+    """Runs cmd in a fresh process; returns (stdout, peak RSS in MiB, stderr)."""
     # A tiny Python shim forks the command and reports the child's own ru_maxrss, so each
     # measurement covers exactly one process tree.
     shim = (
@@ -40,7 +43,16 @@ def run_measured(cmd, env=None):
     report = json.loads(done.stdout)
     if report["rc"] != 0:
         sys.exit(f"{cmd[0]} failed:\n{done.stderr}\n{report['out']}")
-    return report["out"], report["rss_kib"] / 1024
+    return report["out"], report["rss_kib"] / 1024, done.stderr
+
+
+PHASES = ("gather", "forward", "backward", "step")
+
+
+def worker_phases(stderr):
+    """The mean of the PHASES lines a worker run printed (TRAINFLEET_PROFILE_PHASES=1)."""
+    epochs = [json.loads(line[len("PHASES "):]) for line in stderr.splitlines() if line.startswith("PHASES ")]
+    return {n: statistics.mean(e[n] for e in epochs) for n in PHASES} if epochs else None
 
 
 def main():
@@ -53,6 +65,7 @@ def main():
     p.add_argument("--test-samples", type=int, default=4000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=42, help="seed of the first round; round r uses seed + r")
+    p.add_argument("--phases", action="store_true", help="time each phase of a step on both sides")
     a = p.parse_args()
 
     worker = ROOT / "target/release/trainfleet-worker"
@@ -78,6 +91,8 @@ def main():
         },
     }
     env = dict(os.environ, PYTHONWARNINGS="ignore", RUST_LOG="warn")
+    if a.phases:
+        env["TRAINFLEET_PROFILE_PHASES"] = "1"
     results = {"trainfleet": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         job_path = Path(tmp) / "job.yaml"
@@ -90,26 +105,30 @@ def main():
             for who in order:
                 if who == "trainfleet":
                     out = Path(tmp) / f"run{round_}"
-                    _, rss = run_measured(
+                    _, rss, stderr = run_measured(
                         [str(worker), "train", "--config", str(job_path), "--out", str(out), "--data-dir", str(data_dir)], env
                     )
                     metrics = json.loads((out / "metrics.json").read_text())
                     card = json.loads((out / "model.json").read_text())
                     ips = statistics.mean(e["images_per_sec"] for e in metrics["epochs"])
                     results[who].append({"ips": ips, "rss": rss, "acc": card["metrics"]["accuracy"],
-                                         "loss1": metrics["epochs"][0]["train_loss"], "seed": seed})
+                                         "loss1": metrics["epochs"][0]["train_loss"], "seed": seed,
+                                         "phases_ms": worker_phases(stderr)})
                     synth = next((data_dir / "synth-digits").glob(f"v*-seed1-train{a.train_samples}-test{a.test_samples}"))
                 else:
                     if synth is None:
                         continue  # the first trainfleet run generates the data
                     cmd = [str(python), str(ROOT / "bench/reference_seed.py"), "--data", str(synth),
                            "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--threads", str(a.threads),
-                           "--seed", str(seed)]
-                    out, rss = run_measured(cmd, env)
+                           "--seed", str(seed)] + (["--phases"] if a.phases else [])
+                    out, rss, _ = run_measured(cmd, env)
                     r = json.loads(out)
                     ips = statistics.mean(e["images_per_sec"] for e in r["epochs"])
+                    phases = [e["phases_ms"] for e in r["epochs"] if "phases_ms" in e]
                     results[who].append({"ips": ips, "rss": rss, "acc": r["test_accuracy"],
-                                         "loss1": r["epochs"][0]["train_loss"], "seed": seed})
+                                         "loss1": r["epochs"][0]["train_loss"], "seed": seed,
+                                         "phases_ms": {n: statistics.mean(e[n] for e in phases) for n in PHASES}
+                                         if phases else None})
                 print(f"round {round_ + 1} {who:<10} {results[who][-1]}" if results[who] else "", file=sys.stderr)
 
     def med(who, key):
@@ -136,6 +155,14 @@ def main():
                        "ratio": error("trainfleet") / error("reference") if error("reference") > 0 else None},
         "runs": results,
     }
+    if a.phases:
+        def phase(who, n):
+            return statistics.mean(r["phases_ms"][n] for r in results[who] if r["phases_ms"])
+        summary["phases_ms_per_step"] = {
+            n: {"trainfleet": phase("trainfleet", n), "reference": phase("reference", n),
+                "ratio": phase("trainfleet", n) / phase("reference", n)}
+            for n in PHASES
+        }
     print(json.dumps(summary, indent=2))
 
 

@@ -12,7 +12,9 @@
 //! - [`checkpoint`]: one safetensors file per checkpoint, replaced atomically.
 
 pub mod checkpoint;
+mod fused;
 pub mod optim;
+pub mod phases;
 pub mod schedule;
 
 use std::path::Path;
@@ -32,6 +34,7 @@ use crate::metrics::{self, Evaluation};
 use crate::model::{self, Geometry};
 use checkpoint::{Checkpoint, CheckpointMeta};
 use optim::Optimizer;
+use phases::{Phase, PhaseClock};
 
 /// Batch size used for evaluation (no gradients, so it can be larger than training's).
 const EVAL_BATCH: i64 = 512;
@@ -296,7 +299,9 @@ pub fn train(
         let mut hits = Tensor::zeros([], (Kind::Int64, device));
         let report_every = (batches / 50).max(1);
         let mut lr = t.learning_rate;
+        let mut clock = PhaseClock::from_env(device);
         for b in 0..batches {
+            clock.start();
             if options.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Err(Error::Cancelled);
             }
@@ -314,20 +319,24 @@ pub fn train(
                 pixels = augment(&pixels, &spec.dataset.augment);
             }
             let x = normalizer.apply_float(&pixels);
+            clock.end(Phase::Gather);
             let logits = model.forward_t(&x, true);
             let loss = logits.cross_entropy_for_logits(&y);
+            clock.end(Phase::Forward);
             optimizer.zero_grad();
             loss.backward();
+            clock.end(Phase::Backward);
             if let Some(max) = t.grad_clip {
                 optimizer.clip_grad_norm(max);
             }
             lr = schedule::learning_rate(t, meta.global_step, batches);
-            optimizer.step(lr);
+            optimizer.step(lr)?;
             meta.global_step += 1;
             tch::no_grad(|| {
                 loss_sum += loss.detach().to_kind(Kind::Double) * len as f64;
                 hits += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
             });
+            clock.end(Phase::Step);
             if (b + 1) % report_every == 0 || b + 1 == batches {
                 let done = ((b + 1) * batch as u64).min(n as u64);
                 on_event(&Event::Batch {
@@ -340,6 +349,7 @@ pub fn train(
             }
         }
         let train_seconds = started.elapsed().as_secs_f64();
+        clock.report(epoch);
         let val = (!dataset.val.is_empty()).then(|| {
             metrics::evaluate(
                 model.as_ref(),

@@ -3,7 +3,10 @@
 //! and resuming without the momentum buffers is not resuming).
 //!
 //! Semantics follow PyTorch's `torch.optim` (SGD with dampening 0; Adam with L2 weight decay in
-//! the gradient; AdamW with decoupled decay), so hyperparameters mean what users expect.
+//! the gradient; AdamW with decoupled decay), so hyperparameters mean what users expect. Adam and
+//! AdamW run libtorch's fused multi-tensor kernel (`torch.optim.Adam(fused=True)`: one pass over
+//! each parameter); `zero_grad` drops the gradients as PyTorch's `set_to_none=True` does, so
+//! backward writes them fresh instead of adding into zeroed buffers.
 
 use std::collections::HashMap;
 
@@ -26,6 +29,8 @@ pub struct Optimizer {
     params: Vec<(String, Tensor)>,
     // SGD: [momentum buffer]; Adam/AdamW: [first moment, second moment].
     state: Vec<Vec<Tensor>>,
+    // Adam/AdamW: each parameter's step count as the float scalar the fused kernel reads.
+    steps: Vec<Tensor>,
     step: i64,
 }
 
@@ -47,6 +52,13 @@ impl Optimizer {
             .iter()
             .map(|(_, p)| (0..slots).map(|_| p.zeros_like().detach()).collect())
             .collect();
+        let steps = match spec.optimizer {
+            OptimizerKind::Adam | OptimizerKind::Adamw => params
+                .iter()
+                .map(|(_, p)| Tensor::zeros([], (tch::Kind::Float, p.device())))
+                .collect(),
+            OptimizerKind::Sgd => Vec::new(),
+        };
         Self {
             kind: spec.optimizer,
             momentum: spec.momentum,
@@ -54,6 +66,7 @@ impl Optimizer {
             weight_decay: spec.weight_decay,
             params,
             state,
+            steps,
             step: 0,
         }
     }
@@ -63,10 +76,10 @@ impl Optimizer {
         self.step
     }
 
-    /// Clears every parameter's gradient.
+    /// Drops every parameter's gradient (the next backward pass writes fresh ones).
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
+        for (_, p) in &self.params {
+            super::fused::clear_grad(p);
         }
     }
 
@@ -95,62 +108,74 @@ impl Optimizer {
         })
     }
 
-    /// One update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr`. Parameters without a gradient are left alone.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        let t = self.step as i32;
+        match self.kind {
+            OptimizerKind::Sgd => {
+                self.sgd_step(lr);
+                Ok(())
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => self.adam_step(lr),
+        }
+    }
+
+    fn sgd_step(&mut self, lr: f64) {
         tch::no_grad(|| {
             for ((_, p), state) in self.params.iter_mut().zip(&mut self.state) {
                 let grad = p.grad();
                 if !grad.defined() {
                     continue;
                 }
-                match self.kind {
-                    OptimizerKind::Sgd => {
-                        let mut g = if self.weight_decay > 0.0 {
-                            &grad + &*p * self.weight_decay
-                        } else {
-                            grad
-                        };
-                        if let Some(buf) = state.first_mut() {
-                            let _ = buf.g_mul_scalar_(self.momentum);
-                            let _ = buf.g_add_(&g);
-                            g = if self.nesterov {
-                                &g + &*buf * self.momentum
-                            } else {
-                                buf.shallow_clone()
-                            };
-                        }
-                        let _ = p.g_sub_(&(g * lr));
-                    }
-                    OptimizerKind::Adam | OptimizerKind::Adamw => {
-                        let g = if self.kind == OptimizerKind::Adam && self.weight_decay > 0.0 {
-                            &grad + &*p * self.weight_decay
-                        } else {
-                            grad
-                        };
-                        if self.kind == OptimizerKind::Adamw && self.weight_decay > 0.0 {
-                            let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                        }
-                        let (m, v) = state.split_at_mut(1);
-                        let (m, v) = (&mut m[0], &mut v[0]);
-                        // Few passes over memory and few temporaries: the step is memory-bound
-                        // on large layers. m = β1·m + (1-β1)·g is a lerp toward g.
-                        let _ = m.lerp_(&g, 1.0 - BETA1);
-                        let _ = v.lerp_(&g.square(), 1.0 - BETA2);
-                        let bias1 = 1.0 - BETA1.powi(t);
-                        let bias2 = 1.0 - BETA2.powi(t);
-                        // p -= lr/b1 · m / (sqrt(v)/sqrt(b2) + eps), with the step size folded
-                        // into the denominator so that addcdiv_ (value 1) does it all.
-                        let mut denom = v.sqrt();
-                        let _ = denom.g_div_scalar_(bias2.sqrt());
-                        let _ = denom.g_add_scalar_(EPS);
-                        let _ = denom.g_div_scalar_(-lr / bias1);
-                        let _ = p.addcdiv_(&*m, &denom);
-                    }
+                let mut g = if self.weight_decay > 0.0 {
+                    &grad + &*p * self.weight_decay
+                } else {
+                    grad
+                };
+                if let Some(buf) = state.first_mut() {
+                    let _ = buf.g_mul_scalar_(self.momentum);
+                    let _ = buf.g_add_(&g);
+                    g = if self.nesterov {
+                        &g + &*buf * self.momentum
+                    } else {
+                        buf.shallow_clone()
+                    };
                 }
+                let _ = p.g_sub_(&(g * lr));
             }
         });
+    }
+
+    fn adam_step(&mut self, lr: f64) -> Result<()> {
+        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        let mut group = super::fused::AdamGroup {
+            params: Vec::new(),
+            grads: Vec::new(),
+            exp_avgs: Vec::new(),
+            exp_avg_sqs: Vec::new(),
+            steps: Vec::new(),
+        };
+        let step = self.step as f64;
+        for (i, grad) in grads.iter().enumerate() {
+            if !grad.defined() {
+                continue;
+            }
+            let _ = self.steps[i].shallow_clone().fill_(step);
+            group.params.push(&self.params[i].1);
+            group.grads.push(grad);
+            group.exp_avgs.push(&self.state[i][0]);
+            group.exp_avg_sqs.push(&self.state[i][1]);
+            group.steps.push(&self.steps[i]);
+        }
+        let config = super::fused::AdamConfig {
+            lr,
+            beta1: BETA1,
+            beta2: BETA2,
+            weight_decay: self.weight_decay,
+            eps: EPS,
+            decoupled: self.kind == OptimizerKind::Adamw,
+        };
+        tch::no_grad(|| super::fused::adam_step(&group, config))
     }
 
     /// The state as named tensors (`{param}/{slot}`), for a checkpoint.
@@ -207,7 +232,7 @@ mod tests {
         for _ in 0..500 {
             opt.zero_grad();
             (&w - 3.0).square().sum(Kind::Float).backward();
-            opt.step(lr);
+            opt.step(lr).unwrap();
         }
         f64::try_from(w.sum(Kind::Double)).unwrap()
     }
@@ -238,7 +263,7 @@ mod tests {
         );
         opt.zero_grad();
         w.square().sum(Kind::Float).backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         let w = f64::try_from(w.sum(Kind::Double)).unwrap();
         assert!((w - 0.9).abs() < 1e-6, "{w}");
     }
@@ -261,7 +286,7 @@ mod tests {
         let w = vs.root().ones("w", &[3]);
         let mut opt = Optimizer::new(&vs, &TrainingSpec::default());
         w.square().sum(Kind::Float).backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         let saved: HashMap<String, Tensor> = opt
             .state_tensors()
             .into_iter()
