@@ -13,7 +13,12 @@
 //!   loss, cancellation. Pure; [`control`] drives it.
 //! - [`control`]: jobs, tasks, models, champions and datasets over the scheduler, and the
 //!   retrain loop; every change journaled to the KV store ([`journal`]: write-behind with group
-//!   commit, compare-and-swap on champion pointers), rebuilt from it when a term starts.
+//!   commit, compare-and-swap on champion pointers), rebuilt from it when a term starts. One
+//!   room per part, all under one lock: `control/jobs.rs` (submit, list, cancel, watch),
+//!   `leasing.rs` (queue, polls, heartbeats, lost workers), `completion.rs` (task reports,
+//!   progress, finishing), `evals.rs` (evals and the gate), `models.rs` (registry, champions),
+//!   `datasets.rs` (registration, scans), `retrain/` (the retrain loop: the policy's book, the job
+//!   a retrain runs, the ticker).
 //! - [`records`]: what is stored under which key.
 //! - [`convert`]: the one place wire types become domain types (and back), with validation.
 //! - [`state`]: what the services of one replica share, and the current term (none on a

@@ -1,0 +1,360 @@
+//! The model registry and champions: listing, promotion and rollback (compare-and-swap on the
+//! champion pointer).
+
+use std::time::SystemTime;
+
+use trainfleet_core::kv::TxnOp;
+use trainfleet_proto::v1;
+
+use crate::error::{Error, Result};
+use crate::records;
+use crate::records::{ChampionRecord, ModelRecord};
+
+use super::{Control, Inner};
+
+impl Control {
+    /// Models newest first, optionally of one dataset.
+    pub fn models(
+        &self,
+        dataset: &str,
+        page_size: usize,
+        page_token: &str,
+    ) -> (Vec<v1::Model>, String) {
+        let inner = self.lock();
+        let mut all: Vec<&ModelRecord> = inner
+            .models
+            .values()
+            .filter(|m| dataset.is_empty() || m.dataset == dataset)
+            .filter(|m| page_token.is_empty() || m.id.as_str() < page_token)
+            .collect();
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        let next = if all.len() > page_size {
+            all[page_size - 1].id.clone()
+        } else {
+            String::new()
+        };
+        let page = all
+            .into_iter()
+            .take(page_size)
+            .map(|m| m.to_wire(inner.is_champion(m)))
+            .collect();
+        (page, next)
+    }
+
+    /// One model.
+    pub fn model(&self, id: &str) -> Result<v1::Model> {
+        let inner = self.lock();
+        let m = inner
+            .models
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?;
+        Ok(m.to_wire(inner.is_champion(m)))
+    }
+
+    /// A dataset's champion.
+    pub fn champion(&self, dataset: &str) -> Result<v1::Model> {
+        let inner = self.lock();
+        let id = inner
+            .champions
+            .get(dataset)
+            .map(|c| c.model_id.clone())
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "dataset `{dataset}` has no champion yet (no model has passed its gate)"
+                ))
+            })?;
+        Ok(inner.models[&id].to_wire(true))
+    }
+
+    /// Makes a model its dataset's champion by hand, after re-verifying its artifacts. With
+    /// `expected` the pointer moves only if it still points there (`Some(None)`: no champion
+    /// yet): checked and moved under one lock, so of two promotions expecting the same
+    /// champion exactly one wins and the other is [`Error::Aborted`].
+    pub async fn promote(
+        &self,
+        id: &str,
+        reason: &str,
+        expected: Option<Option<&str>>,
+    ) -> Result<v1::Model> {
+        let run = {
+            let inner = self.lock();
+            inner
+                .models
+                .get(id)
+                .map(|m| m.run_uri.clone())
+                .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?
+        };
+        self.check_run(&run, true).await.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "model `{id}` cannot be promoted: its artifacts did not verify: {e}"
+            ))
+        })?;
+        let (model, ack) = {
+            let mut inner = self.lock();
+            let dataset = inner.models[id].dataset.clone();
+            inner.check_champion(&dataset, expected)?;
+            let mut ops = Vec::new();
+            inner.set_champion(
+                &dataset,
+                id,
+                &format!("promoted by hand: {reason}"),
+                &mut ops,
+            );
+            (inner.models[id].to_wire(true), self.journal.record(ops))
+        };
+        ack.durable().await.map_err(Error::Store)?;
+        Ok(model)
+    }
+
+    /// Moves a dataset's champion pointer back to the previous champion (with `expected`, only
+    /// if it still points there, as in [`Control::promote`]).
+    pub async fn rollback(
+        &self,
+        dataset: &str,
+        reason: &str,
+        expected: Option<Option<&str>>,
+    ) -> Result<v1::Model> {
+        let (model, ack) = {
+            let mut inner = self.lock();
+            inner.check_champion(dataset, expected)?;
+            let champion = inner.champions.get_mut(dataset).ok_or_else(|| {
+                Error::NotFound(format!("dataset `{dataset}` has no champion to roll back"))
+            })?;
+            let Some(previous) = champion.previous.pop() else {
+                return Err(Error::FailedPrecondition(format!(
+                    "dataset `{dataset}` has had only one champion ({}); there is nothing to \
+                     roll back to",
+                    champion.model_id
+                )));
+            };
+            champion.model_id = previous.clone();
+            champion.reason = format!("rolled back: {reason}");
+            champion.updated_at = SystemTime::now();
+            let ops = vec![TxnOp::Put(
+                records::champion_key(dataset),
+                records::encode(&*champion),
+            )];
+            (
+                inner.models[&previous].to_wire(true),
+                self.journal.record(ops),
+            )
+        };
+        ack.durable().await.map_err(Error::Store)?;
+        Ok(model)
+    }
+}
+
+impl Inner {
+    /// The compare half of a compare-and-swap on the champion pointer.
+    pub(super) fn check_champion(
+        &self,
+        dataset: &str,
+        expected: Option<Option<&str>>,
+    ) -> Result<()> {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        let current = self.champions.get(dataset).map(|c| c.model_id.as_str());
+        if current == expected {
+            return Ok(());
+        }
+        Err(Error::Aborted(format!(
+            "the champion of `{dataset}` is {} now, not {} as expected: another promotion \
+             moved it first; read it again and decide again",
+            current.unwrap_or("none"),
+            expected.unwrap_or("none")
+        )))
+    }
+
+    pub(super) fn is_champion(&self, m: &ModelRecord) -> bool {
+        self.champions
+            .get(&m.dataset)
+            .is_some_and(|c| c.model_id == m.id)
+    }
+
+    pub(super) fn set_champion(
+        &mut self,
+        dataset: &str,
+        model_id: &str,
+        reason: &str,
+        ops: &mut Vec<TxnOp>,
+    ) {
+        let now = SystemTime::now();
+        let record = match self.champions.remove(dataset) {
+            Some(mut c) if c.model_id != model_id => {
+                c.previous.push(std::mem::take(&mut c.model_id));
+                c.model_id = model_id.to_owned();
+                c.reason = reason.to_owned();
+                c.updated_at = now;
+                c
+            }
+            Some(c) => c,
+            None => ChampionRecord {
+                dataset: dataset.to_owned(),
+                model_id: model_id.to_owned(),
+                previous: Vec::new(),
+                reason: reason.to_owned(),
+                updated_at: now,
+            },
+        };
+        ops.push(TxnOp::Put(
+            records::champion_key(dataset),
+            records::encode(&record),
+        ));
+        tracing::info!(%dataset, %model_id, %reason, "champion moved");
+        self.champions.insert(dataset.to_owned(), record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The champion pointer's compare-and-swap, with runs written to a real artifact store.
+
+    use std::collections::BTreeMap;
+
+    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
+
+    use super::super::tests::{close, open};
+    use super::*;
+
+    /// Writes a run whose weights verify and records its model.
+    async fn model(f: &super::super::tests::Fixture, id: &str) {
+        let store = f.control.artifacts().clone();
+        let prefix = format!("runs/j-{id}/attempt-1");
+        let weights = format!("weights of {id}").into_bytes();
+        let entry = FileEntry {
+            size: weights.len() as u64,
+            sha256: sha256_hex(&weights),
+        };
+        store
+            .put_bytes(&format!("{prefix}/model.safetensors"), weights)
+            .await
+            .unwrap();
+        let manifest = Manifest {
+            job_id: format!("j-{id}"),
+            attempt: 1,
+            files: BTreeMap::from([("model.safetensors".to_owned(), entry)]),
+            dataset_root: String::new(),
+            code_version: String::new(),
+            libtorch_version: String::new(),
+        };
+        store
+            .put_bytes(
+                &format!("{prefix}/{MANIFEST}"),
+                serde_json::to_vec(&manifest).unwrap(),
+            )
+            .await
+            .unwrap();
+        let record = records::ModelRecord {
+            id: id.into(),
+            dataset: "digits".into(),
+            dataset_version: String::new(),
+            job_id: format!("j-{id}"),
+            parent_id: String::new(),
+            config_hash: String::new(),
+            metrics: BTreeMap::new(),
+            artifact_uri: String::new(),
+            artifact_sha256: String::new(),
+            run_uri: store.uri(&prefix),
+            gate: Default::default(),
+            created_at: SystemTime::now(),
+            labels: BTreeMap::new(),
+            dataset_version_number: 0,
+            eval_samples_uri: String::new(),
+            report_uri: String::new(),
+        };
+        let ack = f.control.journal.record(vec![TxnOp::Put(
+            records::model_key(id),
+            records::encode(&record),
+        )]);
+        f.control.lock().models.insert(id.into(), record);
+        ack.durable().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_concurrent_promotions_one_wins_and_rollback_restores_the_previous_champion() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        for id in ["m-a", "m-b", "m-c"] {
+            model(&f, id).await;
+        }
+        f.control
+            .promote("m-a", "first", Some(None))
+            .await
+            .expect("no champion yet, as expected");
+        let err = f
+            .control
+            .promote("m-b", "late", Some(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Aborted(_)), "{err}");
+
+        // Two promotions race, both expecting m-a: exactly one moves the pointer.
+        for round in 0..20 {
+            let (b, c) = tokio::join!(
+                f.control.promote("m-b", "race", Some(Some("m-a"))),
+                f.control.promote("m-c", "race", Some(Some("m-a"))),
+            );
+            let winner = match (&b, &c) {
+                (Ok(_), Err(Error::Aborted(m))) => {
+                    assert!(m.contains("is m-b now, not m-a"), "{m}");
+                    "m-b"
+                }
+                (Err(Error::Aborted(m)), Ok(_)) => {
+                    assert!(m.contains("is m-c now, not m-a"), "{m}");
+                    "m-c"
+                }
+                other => panic!("round {round}: exactly one must win: {other:?}"),
+            };
+            assert_eq!(f.control.champion("digits").unwrap().id, winner);
+            // Rollback (expecting the winner) restores m-a for the next round.
+            let back = f
+                .control
+                .rollback("digits", "next round", Some(Some(winner)))
+                .await
+                .unwrap();
+            assert_eq!(back.id, "m-a");
+            assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        }
+        // A rollback expecting a champion that is no longer there changes nothing.
+        let err = f
+            .control
+            .rollback("digits", "stale", Some(Some("m-b")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Aborted(_)), "{err}");
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        let err = f
+            .control
+            .rollback("digits", "nothing left", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+
+        // Weights changed after training: promotion refused, the pointer stays.
+        let store = f.control.artifacts().clone();
+        store
+            .put_bytes(
+                "runs/j-m-c/attempt-1/model.safetensors",
+                b"tampered".to_vec(),
+            )
+            .await
+            .unwrap();
+        let err = f
+            .control
+            .promote("m-c", "tampered", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FailedPrecondition(ref m) if m.contains("did not verify")),
+            "{err}"
+        );
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+
+        // The pointer and its history survive a restart.
+        close(f).await;
+        let f = open(dir.path()).await;
+        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        close(f).await;
+    }
+}

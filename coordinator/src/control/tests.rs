@@ -1,0 +1,211 @@
+//! The control plane's unit tests and the fixture its modules' tests share.
+
+use std::collections::BTreeMap;
+
+use trainfleet_core::device::DeviceKind;
+use trainfleet_core::kv::embedded::EmbeddedStore;
+
+use super::*;
+use crate::registry::Registration;
+
+pub(crate) struct Fixture {
+    pub(crate) control: Arc<Control>,
+    pub(crate) registry: Arc<WorkerRegistry>,
+    journal: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) async fn open(dir: &std::path::Path) -> Fixture {
+    let store = Arc::new(EmbeddedStore::open(&dir.join("state.redb")).unwrap());
+    let artifacts = ArtifactStore::open(dir.join("artifacts").to_str().unwrap()).unwrap();
+    let registry = Arc::new(WorkerRegistry::new(
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ));
+    let (control, journal) = Control::load(
+        store,
+        registry.clone(),
+        artifacts,
+        Duration::from_secs(10),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    Fixture {
+        control,
+        registry,
+        journal,
+    }
+}
+
+pub(crate) async fn close(f: Fixture) {
+    drop(f.control);
+    f.journal.await.unwrap();
+}
+
+pub(crate) fn register(f: &Fixture, id: &str) -> String {
+    register_with(f, id, DeviceKind::Cpu)
+}
+
+pub(crate) fn register_with(f: &Fixture, id: &str, kind: DeviceKind) -> String {
+    let session = f
+        .registry
+        .register(Registration {
+            worker_id: id.into(),
+            host: "h".into(),
+            devices: vec![Device {
+                kind,
+                index: 0,
+                name: "device".into(),
+                memory_bytes: 1 << 30,
+                cores: 2,
+            }],
+            slots: 1,
+            version: "0".into(),
+            libtorch_version: String::new(),
+            labels: BTreeMap::new(),
+            peer: String::new(),
+        })
+        .session_id;
+    f.control.worker_registered(id);
+    session
+}
+
+fn sleep_job() -> Submission {
+    Submission::Sleep {
+        name: "nap".into(),
+        duration: Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path()).await;
+    let never = CancellationToken::new();
+    let job = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
+    let again = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
+    assert_eq!(
+        again.id, job.id,
+        "the idempotency key returns the first job"
+    );
+
+    let s1 = register(&f, "w1");
+    let first = f
+        .control
+        .poll("w1", &s1, 1, Duration::from_millis(10), &never)
+        .await
+        .unwrap()
+        .expect("a queued task is handed out at once");
+    assert_eq!((first.attempt, first.job_id.as_str()), (1, job.id.as_str()));
+    assert_eq!(
+        f.control.get(&job.id).unwrap().state,
+        v1::JobState::Training as i32
+    );
+
+    // w1 goes silent; the sleep job allows one attempt, so it fails with the history.
+    f.control.workers_lost(&["w1".to_owned()]);
+    let failed = f.control.get(&job.id).unwrap();
+    assert_eq!(failed.state, v1::JobState::Failed as i32);
+    assert!(
+        failed.error.contains("lost with worker w1"),
+        "{}",
+        failed.error
+    );
+
+    // Its late report is refused and changes nothing.
+    let err = f
+        .control
+        .complete("w1", &first.id, 1, Report::Cancelled)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+    assert_eq!(f.control.get(&job.id).unwrap(), failed);
+
+    // A second job completes normally on w2, whose poll was parked before it was queued.
+    let s2 = register(&f, "w2");
+    let parked = tokio::spawn({
+        let control = f.control.clone();
+        async move {
+            control
+                .poll(
+                    "w2",
+                    &s2,
+                    1,
+                    Duration::from_secs(30),
+                    &CancellationToken::new(),
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = f.control.submit(sleep_job(), String::new()).await.unwrap();
+    let task = parked
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the parked poll got it");
+    assert_eq!(task.job_id, second.id);
+    f.control
+        .complete(
+            "w2",
+            &task.id,
+            task.attempt,
+            Report::Success {
+                metrics: BTreeMap::new(),
+                artifacts: BTreeMap::new(),
+                detail_json: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let done = f.control.get(&second.id).unwrap();
+    assert_eq!(done.state, v1::JobState::Succeeded as i32);
+    let (listed, next) = f.control.list(&[], 1, "");
+    assert_eq!(listed[0].id, second.id, "newest first");
+    assert_eq!(next, second.id);
+    let (rest, _) = f.control.list(&[], 10, &next);
+    assert_eq!(rest.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
+    close(f).await;
+
+    // A coordinator restarted on the same store knows both jobs, their attempts and workers.
+    let f = open(dir.path()).await;
+    assert_eq!(f.control.get(&job.id).unwrap(), failed);
+    assert_eq!(f.control.get(&second.id).unwrap(), done);
+    assert_eq!(f.registry.list(None).len(), 2);
+    let again = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
+    assert_eq!(again.id, job.id, "idempotency keys survive too");
+    close(f).await;
+}
+
+#[tokio::test]
+async fn cancel_takes_a_queued_job_at_once_and_refuses_a_finished_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path()).await;
+    let job = f.control.submit(sleep_job(), String::new()).await.unwrap();
+    let cancelled = f.control.cancel(&job.id, "changed my mind").await.unwrap();
+    assert_eq!(cancelled.state, v1::JobState::Cancelled as i32);
+    assert_eq!(cancelled.error, "cancelled: changed my mind");
+    let err = f.control.cancel(&job.id, "").await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+    assert!(matches!(
+        f.control.cancel("j-nope", "").await.unwrap_err(),
+        Error::NotFound(_)
+    ));
+    let s = register(&f, "w");
+    let nothing = f
+        .control
+        .poll(
+            "w",
+            &s,
+            1,
+            Duration::from_millis(20),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        nothing.is_none(),
+        "a cancelled job's task is never handed out"
+    );
+    close(f).await;
+}
