@@ -20,7 +20,8 @@
 //!   `datasets.rs` (registration, scans), `retrain/` (the retrain loop: the policy's book, the job
 //!   a retrain runs, the ticker).
 //! - [`records`]: what is stored under which key.
-//! - [`convert`]: the one place wire types become domain types (and back), with validation.
+//! - [`convert`]: where wire types become domain types (and back), with validation; the wire
+//!   form of every record (`convert/records.rs`).
 //! - [`state`]: what the services of one replica share, and the current term (none on a
 //!   follower).
 //! - [`error`]: the error enum and its mapping to gRPC status codes.
