@@ -9,6 +9,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 step "format"
 cargo fmt --all -- --check
 
+step "no import circle among the coordinator's modules"
+python3 scripts/module_cycles.py coordinator/src
+
 step "build (binaries are what the end-to-end tests start)"
 cargo build --workspace --bins --tests
 

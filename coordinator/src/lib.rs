@@ -20,6 +20,7 @@
 //!   `datasets.rs` (registration, scans), `retrain/` (the retrain loop: the policy's book, the job
 //!   a retrain runs, the ticker).
 //! - [`records`]: what is stored under which key.
+//! - [`requests`]: what the control plane is asked to act on (a submission, a task report).
 //! - [`convert`]: where wire types become domain types (and back), with validation; the wire
 //!   form of every record (`convert/records.rs`).
 //! - [`state`]: what the services of one replica share, and the current term (none on a
@@ -37,6 +38,7 @@ pub mod journal;
 pub mod probe;
 pub mod records;
 pub mod registry;
+pub mod requests;
 pub mod scheduler;
 pub mod server;
 pub mod services;

@@ -31,7 +31,6 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::device::Device;
-use trainfleet_core::job::JobSpec;
 use trainfleet_core::kv::KvStore;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_event::Event;
@@ -59,54 +58,12 @@ use crate::records::{
 use crate::registry::{WorkerRegistry, WorkerSnapshot};
 use crate::scheduler::{Refused, Scheduler};
 
+pub use crate::requests::{Report, Submission};
+
 /// Longest sleep a sleep job may ask for.
 pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Events buffered per watched job before a slow watcher skips progress events.
 const WATCH_BUFFER: usize = 1024;
-
-/// What a user submits.
-#[derive(Debug, Clone)]
-pub enum Submission {
-    /// A validated training job.
-    Train(Box<JobSpec>),
-    /// A sleep job.
-    Sleep {
-        /// Human name.
-        name: String,
-        /// How long.
-        duration: Duration,
-    },
-    /// A scan of a registered dataset.
-    Scan {
-        /// The dataset.
-        dataset: String,
-        /// Re-read every file.
-        full: bool,
-    },
-}
-
-/// How a worker says a task ended.
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// It finished with these metrics, artifacts and task-specific JSON.
-    Success {
-        /// Final metrics.
-        metrics: BTreeMap<String, f64>,
-        /// Artifact URIs by role.
-        artifacts: BTreeMap<String, String>,
-        /// Eval details.
-        detail_json: String,
-    },
-    /// It failed.
-    Failure {
-        /// The worker's message.
-        reason: String,
-        /// No retry can help.
-        permanent: bool,
-    },
-    /// It stopped on a cancel directive.
-    Cancelled,
-}
 
 struct Waiter {
     worker_id: String,

@@ -430,12 +430,12 @@ fn parse_scalar(raw: &str) -> serde_yaml::Value {
     serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::from(raw))
 }
 
-/// The outcome of a `CompleteTask` as a [`Report`](crate::control::Report).
+/// The outcome of a `CompleteTask` as a [`Report`](crate::requests::Report).
 pub fn report(
     outcome: Option<v1::complete_task_request::Outcome>,
     permanent: bool,
-) -> CoreResult<crate::control::Report> {
-    use crate::control::Report;
+) -> CoreResult<crate::requests::Report> {
+    use crate::requests::Report;
     use v1::complete_task_request::Outcome;
     match outcome {
         None => Err(CoreError::invalid_field(
