@@ -356,6 +356,15 @@ pub struct ModelRecord {
     pub report_uri: String,
 }
 
+/// A model as the registry shows it: its record, and whether it is its dataset's champion now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelView {
+    /// The stored record.
+    pub record: ModelRecord,
+    /// Whether the champion pointer names it.
+    pub champion: bool,
+}
+
 /// A dataset's best-model pointer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChampionRecord {

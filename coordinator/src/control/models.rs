@@ -4,13 +4,28 @@
 use std::time::SystemTime;
 
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
 
 use crate::error::{Error, Result};
 use crate::records;
-use crate::records::{ChampionRecord, ModelRecord};
+use crate::records::{ChampionRecord, ModelRecord, ModelView};
 
 use super::{Control, Inner};
+
+impl Inner {
+    fn view(&self, m: &ModelRecord) -> ModelView {
+        ModelView {
+            record: m.clone(),
+            champion: self.is_champion(m),
+        }
+    }
+
+    fn champion_view(&self, id: &str) -> ModelView {
+        ModelView {
+            record: self.models[id].clone(),
+            champion: true,
+        }
+    }
+}
 
 impl Control {
     /// Models newest first, optionally of one dataset.
@@ -19,7 +34,7 @@ impl Control {
         dataset: &str,
         page_size: usize,
         page_token: &str,
-    ) -> (Vec<v1::Model>, String) {
+    ) -> (Vec<ModelView>, String) {
         let inner = self.lock();
         let mut all: Vec<&ModelRecord> = inner
             .models
@@ -36,23 +51,23 @@ impl Control {
         let page = all
             .into_iter()
             .take(page_size)
-            .map(|m| m.to_wire(inner.is_champion(m)))
+            .map(|m| inner.view(m))
             .collect();
         (page, next)
     }
 
     /// One model.
-    pub fn model(&self, id: &str) -> Result<v1::Model> {
+    pub fn model(&self, id: &str) -> Result<ModelView> {
         let inner = self.lock();
         let m = inner
             .models
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?;
-        Ok(m.to_wire(inner.is_champion(m)))
+        Ok(inner.view(m))
     }
 
     /// A dataset's champion.
-    pub fn champion(&self, dataset: &str) -> Result<v1::Model> {
+    pub fn champion(&self, dataset: &str) -> Result<ModelView> {
         let inner = self.lock();
         let id = inner
             .champions
@@ -63,7 +78,7 @@ impl Control {
                     "dataset `{dataset}` has no champion yet (no model has passed its gate)"
                 ))
             })?;
-        Ok(inner.models[&id].to_wire(true))
+        Ok(inner.champion_view(&id))
     }
 
     /// Makes a model its dataset's champion by hand, after re-verifying its artifacts. With
@@ -75,7 +90,7 @@ impl Control {
         id: &str,
         reason: &str,
         expected: Option<Option<&str>>,
-    ) -> Result<v1::Model> {
+    ) -> Result<ModelView> {
         let run = {
             let inner = self.lock();
             inner
@@ -100,7 +115,7 @@ impl Control {
                 &format!("promoted by hand: {reason}"),
                 &mut ops,
             );
-            (inner.models[id].to_wire(true), self.journal.record(ops))
+            (inner.champion_view(id), self.journal.record(ops))
         };
         ack.durable().await.map_err(Error::Store)?;
         Ok(model)
@@ -113,7 +128,7 @@ impl Control {
         dataset: &str,
         reason: &str,
         expected: Option<Option<&str>>,
-    ) -> Result<v1::Model> {
+    ) -> Result<ModelView> {
         let (model, ack) = {
             let mut inner = self.lock();
             inner.check_champion(dataset, expected)?;
@@ -134,10 +149,7 @@ impl Control {
                 records::champion_key(dataset),
                 records::encode(&*champion),
             )];
-            (
-                inner.models[&previous].to_wire(true),
-                self.journal.record(ops),
-            )
+            (inner.champion_view(&previous), self.journal.record(ops))
         };
         ack.durable().await.map_err(Error::Store)?;
         Ok(model)
@@ -306,15 +318,15 @@ mod tests {
                 }
                 other => panic!("round {round}: exactly one must win: {other:?}"),
             };
-            assert_eq!(f.control.champion("digits").unwrap().id, winner);
+            assert_eq!(f.control.champion("digits").unwrap().record.id, winner);
             // Rollback (expecting the winner) restores m-a for the next round.
             let back = f
                 .control
                 .rollback("digits", "next round", Some(Some(winner)))
                 .await
                 .unwrap();
-            assert_eq!(back.id, "m-a");
-            assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+            assert_eq!(back.record.id, "m-a");
+            assert_eq!(f.control.champion("digits").unwrap().record.id, "m-a");
         }
         // A rollback expecting a champion that is no longer there changes nothing.
         let err = f
@@ -323,7 +335,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Aborted(_)), "{err}");
-        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        assert_eq!(f.control.champion("digits").unwrap().record.id, "m-a");
         let err = f
             .control
             .rollback("digits", "nothing left", None)
@@ -349,12 +361,12 @@ mod tests {
             matches!(err, Error::FailedPrecondition(ref m) if m.contains("did not verify")),
             "{err}"
         );
-        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        assert_eq!(f.control.champion("digits").unwrap().record.id, "m-a");
 
         // The pointer and its history survive a restart.
         close(f).await;
         let f = open(dir.path()).await;
-        assert_eq!(f.control.champion("digits").unwrap().id, "m-a");
+        assert_eq!(f.control.champion("digits").unwrap().record.id, "m-a");
         close(f).await;
     }
 }

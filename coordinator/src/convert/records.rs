@@ -6,7 +6,7 @@ use trainfleet_proto::v1;
 use super::{job_spec_to_wire, timestamp};
 use crate::records::{
     DatasetRecord, DecisionOutcome, DecisionRecord, JobKind, JobRecord, JobState, ModelRecord,
-    TaskRole, VersionRecord,
+    ModelView, TaskRole, VersionRecord,
 };
 
 impl JobState {
@@ -252,5 +252,12 @@ impl DatasetRecord {
             last_retrain_at: self.retrain.last_retrain_at.map(timestamp),
             next_scan_at: self.retrain.next_scan_at.map(timestamp),
         }
+    }
+}
+
+impl ModelView {
+    /// The wire form.
+    pub fn to_wire(&self) -> v1::Model {
+        self.record.to_wire(self.champion)
     }
 }

@@ -48,7 +48,7 @@ impl ModelService for ModelApi {
                 .control
                 .models(&req.dataset, size, &req.page_token);
         Ok(Response::new(v1::ListModelsResponse {
-            models,
+            models: models.iter().map(|m| m.to_wire()).collect(),
             next_page_token,
         }))
     }
@@ -58,7 +58,11 @@ impl ModelService for ModelApi {
         request: Request<v1::GetModelRequest>,
     ) -> Result<Response<v1::Model>, Status> {
         Ok(Response::new(
-            self.state.term()?.control.model(&request.get_ref().id)?,
+            self.state
+                .term()?
+                .control
+                .model(&request.get_ref().id)?
+                .to_wire(),
         ))
     }
 
@@ -68,7 +72,9 @@ impl ModelService for ModelApi {
     ) -> Result<Response<v1::Model>, Status> {
         let dataset = &request.get_ref().dataset;
         required("dataset", dataset)?;
-        Ok(Response::new(self.state.term()?.control.champion(dataset)?))
+        Ok(Response::new(
+            self.state.term()?.control.champion(dataset)?.to_wire(),
+        ))
     }
 
     async fn promote(
@@ -82,7 +88,8 @@ impl ModelService for ModelApi {
                 .term()?
                 .control
                 .promote(&req.id, &req.reason, expected(&req.expected_champion))
-                .await?,
+                .await?
+                .to_wire(),
         ))
     }
 
@@ -98,7 +105,8 @@ impl ModelService for ModelApi {
                 .term()?
                 .control
                 .rollback(&req.dataset, &req.reason, expected(&req.expected_champion))
-                .await?,
+                .await?
+                .to_wire(),
         ))
     }
 }
