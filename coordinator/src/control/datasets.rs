@@ -18,8 +18,8 @@ use super::{Control, Inner, Submission, no_dataset, retrain};
 impl Control {
     /// Registers a dataset, or replaces the source and policy of one with the same name (its
     /// versions stay).
-    pub async fn register_dataset(&self, mut record: DatasetRecord) -> Result<v1::Dataset> {
-        let (wire, ack) = {
+    pub async fn register_dataset(&self, mut record: DatasetRecord) -> Result<DatasetRecord> {
+        let (registered, ack) = {
             let mut inner = self.lock();
             if let Some(existing) = inner.datasets.get(&record.name) {
                 record.versions = existing.versions.clone();
@@ -31,21 +31,17 @@ impl Control {
                 records::dataset_key(&record.name),
                 records::encode(&record),
             )];
-            let wire = record.to_wire();
+            let registered = record.clone();
             inner.datasets.insert(record.name.clone(), record);
-            (wire, self.journal.record(ops))
+            (registered, self.journal.record(ops))
         };
         ack.durable().await.map_err(Error::Store)?;
-        Ok(wire)
+        Ok(registered)
     }
 
     /// Every registered dataset, by name.
-    pub fn datasets(&self) -> Vec<v1::Dataset> {
-        self.lock()
-            .datasets
-            .values()
-            .map(DatasetRecord::to_wire)
-            .collect()
+    pub fn datasets(&self) -> Vec<DatasetRecord> {
+        self.lock().datasets.values().cloned().collect()
     }
 
     /// A dataset's versions, newest first, starting below version number `before` (0: newest).
@@ -54,7 +50,7 @@ impl Control {
         name: &str,
         page_size: usize,
         before: u64,
-    ) -> Result<(Vec<v1::DatasetVersion>, u64)> {
+    ) -> Result<(Vec<VersionRecord>, u64)> {
         let inner = self.lock();
         let d = inner.datasets.get(name).ok_or_else(|| no_dataset(name))?;
         let mut matching = d
@@ -62,11 +58,7 @@ impl Control {
             .iter()
             .rev()
             .filter(|v| before == 0 || v.number < before);
-        let page: Vec<_> = matching
-            .by_ref()
-            .take(page_size)
-            .map(|v| v.to_wire(name))
-            .collect();
+        let page: Vec<_> = matching.by_ref().take(page_size).cloned().collect();
         let next = match (matching.next(), page.last()) {
             (Some(_), Some(last)) => last.number,
             _ => 0,
@@ -75,7 +67,7 @@ impl Control {
     }
 
     /// One version: by root hash, by number, or "latest".
-    pub fn version(&self, name: &str, which: &str) -> Result<v1::DatasetVersion> {
+    pub fn version(&self, name: &str, which: &str) -> Result<VersionRecord> {
         let inner = self.lock();
         let d = inner.datasets.get(name).ok_or_else(|| no_dataset(name))?;
         let found = match which {
@@ -85,7 +77,7 @@ impl Control {
                 Err(_) => d.versions.iter().find(|v| v.root == text),
             },
         };
-        found.map(|v| v.to_wire(name)).ok_or_else(|| {
+        found.cloned().ok_or_else(|| {
             Error::NotFound(format!(
                 "dataset `{name}` has no version {which:?} ({} recorded)",
                 d.versions.len()
@@ -100,7 +92,7 @@ impl Control {
         name: &str,
         full: bool,
         shutdown: &CancellationToken,
-    ) -> Result<(v1::DatasetVersion, bool)> {
+    ) -> Result<(VersionRecord, bool)> {
         let job = self
             .submit(
                 Submission::Scan {

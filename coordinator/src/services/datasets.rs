@@ -156,7 +156,12 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<v1::Dataset>, Status> {
         let record = registration(request.into_inner())?;
         Ok(Response::new(
-            self.state.term()?.control.register_dataset(record).await?,
+            self.state
+                .term()?
+                .control
+                .register_dataset(record)
+                .await?
+                .to_wire(),
         ))
     }
 
@@ -165,7 +170,14 @@ impl DatasetService for DatasetApi {
         _request: Request<v1::ListDatasetsRequest>,
     ) -> Result<Response<v1::ListDatasetsResponse>, Status> {
         Ok(Response::new(v1::ListDatasetsResponse {
-            datasets: self.state.term()?.control.datasets(),
+            datasets: self
+                .state
+                .term()?
+                .control
+                .datasets()
+                .iter()
+                .map(|d| d.to_wire())
+                .collect(),
         }))
     }
 
@@ -178,7 +190,7 @@ impl DatasetService for DatasetApi {
         let term = self.state.term()?;
         let (version, changed) = term.control.scan(&req.name, req.full, &term.stop).await?;
         Ok(Response::new(v1::ScanDatasetResponse {
-            version: Some(version),
+            version: Some(version.to_wire(&req.name)),
             changed,
         }))
     }
@@ -204,7 +216,7 @@ impl DatasetService for DatasetApi {
             .control
             .versions(&req.name, size, before)?;
         Ok(Response::new(v1::ListDatasetVersionsResponse {
-            versions,
+            versions: versions.iter().map(|v| v.to_wire(&req.name)).collect(),
             next_page_token: if next == 0 {
                 String::new()
             } else {
@@ -224,7 +236,8 @@ impl DatasetService for DatasetApi {
                 .term()?
                 .control
                 .retrain(&req.name, &req.version, &req.reason)
-                .await?,
+                .await?
+                .to_wire(),
         ))
     }
 
@@ -239,7 +252,14 @@ impl DatasetService for DatasetApi {
             n => n.min(1000),
         };
         Ok(Response::new(v1::DatasetHistoryResponse {
-            decisions: self.state.term()?.control.history(&req.name, limit)?,
+            decisions: self
+                .state
+                .term()?
+                .control
+                .history(&req.name, limit)?
+                .iter()
+                .map(|d| d.to_wire())
+                .collect(),
         }))
     }
 
@@ -252,7 +272,8 @@ impl DatasetService for DatasetApi {
             self.state
                 .term()?
                 .control
-                .version(&req.name, &req.version)?,
+                .version(&req.name, &req.version)?
+                .to_wire(&req.name),
         ))
     }
 }

@@ -37,7 +37,6 @@ use crate::records::{
     VersionRecord,
 };
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
 
 /// Decisions kept per dataset; older ones are deleted.
 pub(super) const HISTORY: usize = 1000;
@@ -322,12 +321,7 @@ impl Inner {
 impl Control {
     /// A manual retrain request: the policy decides (idempotency, coalescing, min_interval
     /// still apply) and the decision is recorded and returned.
-    pub async fn retrain(
-        &self,
-        name: &str,
-        which: &str,
-        note: &str,
-    ) -> Result<v1::RetrainDecision> {
+    pub async fn retrain(&self, name: &str, which: &str, note: &str) -> Result<DecisionRecord> {
         let (decision, ack) = {
             let mut inner = self.lock();
             let record = inner
@@ -364,14 +358,14 @@ impl Control {
             );
             let ack = self.journal.record(ops);
             self.dispatch(&mut inner);
-            (decision.to_wire(), ack)
+            (decision, ack)
         };
         ack.durable().await.map_err(Error::Store)?;
         Ok(decision)
     }
 
     /// A dataset's retrain decisions, newest first.
-    pub fn history(&self, name: &str, limit: usize) -> Result<Vec<v1::RetrainDecision>> {
+    pub fn history(&self, name: &str, limit: usize) -> Result<Vec<DecisionRecord>> {
         let inner = self.lock();
         if !inner.datasets.contains_key(name) {
             return Err(super::no_dataset(name));
@@ -379,13 +373,7 @@ impl Control {
         Ok(inner
             .decisions
             .get(name)
-            .map(|h| {
-                h.iter()
-                    .rev()
-                    .take(limit)
-                    .map(DecisionRecord::to_wire)
-                    .collect()
-            })
+            .map(|h| h.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default())
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::device::DeviceKind;
 use trainfleet_core::policy::RetrainPolicy;
+use trainfleet_proto::v1;
 
 use super::super::tests::{Fixture, close, open, register, register_with};
 use super::super::{Report, Submission};
@@ -124,12 +125,18 @@ fn crown(f: &Fixture, job_id: &str, n: u64) {
 }
 
 fn outcomes(f: &Fixture) -> Vec<(String, i32)> {
-    let mut h = f.control.history("digits", 100).unwrap();
+    let mut h = wire_history(f, 100);
     h.reverse();
     h.into_iter().map(|d| (d.trigger, d.outcome)).collect()
 }
 
 use v1::retrain_decision::Outcome;
+
+/// The dataset's newest `n` decisions as the wire shows them.
+fn wire_history(f: &Fixture, n: usize) -> Vec<v1::RetrainDecision> {
+    let h = f.control.history("digits", n).unwrap();
+    h.iter().map(|d| d.to_wire()).collect()
+}
 
 fn retrain_jobs(f: &Fixture) -> Vec<v1::Job> {
     f.control
@@ -174,13 +181,23 @@ async fn a_burst_of_five_versions_makes_one_retrain_on_the_newest_and_a_repeat_i
     let g = register_with(&f, "g", DeviceKind::Cuda);
     let task = lease(&f, "g", &g).await;
     assert_eq!(task.job_id, jobs[0].id);
-    let again = f.control.retrain("digits", "5", "test").await.unwrap();
+    let again = f
+        .control
+        .retrain("digits", "5", "test")
+        .await
+        .unwrap()
+        .to_wire();
     assert_eq!(again.outcome, Outcome::Skipped as i32);
     assert!(again.reason.contains("idempotent"), "{}", again.reason);
     assert_eq!(retrain_jobs(&f).len(), 1);
 
     // An older version by hand is another retrain (different data).
-    let older = f.control.retrain("digits", "4", "compare").await.unwrap();
+    let older = f
+        .control
+        .retrain("digits", "4", "compare")
+        .await
+        .unwrap()
+        .to_wire();
     assert_eq!(older.outcome, Outcome::Fired as i32, "{}", older.reason);
     assert!(older.reason.contains("by hand") && older.reason.contains("asked: compare"));
     assert_eq!(retrain_jobs(&f).len(), 2);
@@ -218,7 +235,7 @@ async fn min_interval_defers_and_the_ticker_fires_when_it_has_passed() {
         .last_retrain_at
         .unwrap();
     scan(&f, &w, 2, 2000).await;
-    let last = f.control.history("digits", 1).unwrap().remove(0);
+    let last = wire_history(&f, 1).remove(0);
     assert_eq!(last.outcome, Outcome::Deferred as i32, "{}", last.reason);
     let until = started + Duration::from_secs(3600);
     assert_eq!(last.defer_until, Some(crate::convert::timestamp(until)));
@@ -229,7 +246,7 @@ async fn min_interval_defers_and_the_ticker_fires_when_it_has_passed() {
         .unwrap();
     assert_eq!(retrain_jobs(&f).len(), 1, "not a second early");
     f.control.tick(until).await.unwrap();
-    let last = f.control.history("digits", 1).unwrap().remove(0);
+    let last = wire_history(&f, 1).remove(0);
     assert_eq!(
         (last.trigger.as_str(), last.outcome),
         ("deferred", Outcome::Fired as i32)
@@ -321,7 +338,7 @@ async fn growth_is_measured_from_the_champions_version_and_a_failed_retrain_free
     let first = lease(&f, "g", &g).await;
     crown(&f, &first.job_id, 1);
     scan(&f, &w, 2, 1099).await;
-    let d = f.control.history("digits", 1).unwrap().remove(0);
+    let d = wire_history(&f, 1).remove(0);
     assert_eq!(d.outcome, Outcome::Skipped as i32);
     assert!(
         d.reason.contains("9.9%") && d.reason.contains("1000 → 1099"),
@@ -329,7 +346,7 @@ async fn growth_is_measured_from_the_champions_version_and_a_failed_retrain_free
         d.reason
     );
     scan(&f, &w, 3, 1100).await;
-    let d = f.control.history("digits", 1).unwrap().remove(0);
+    let d = wire_history(&f, 1).remove(0);
     assert_eq!(d.outcome, Outcome::Fired as i32, "{}", d.reason);
     assert!(d.reason.contains("10.0%"), "{}", d.reason);
 
@@ -352,7 +369,8 @@ async fn growth_is_measured_from_the_champions_version_and_a_failed_retrain_free
         .control
         .retrain("digits", "", "after fixing the data")
         .await
-        .unwrap();
+        .unwrap()
+        .to_wire();
     assert_eq!(retry.outcome, Outcome::Fired as i32, "{}", retry.reason);
     close(f).await;
 }
@@ -431,7 +449,7 @@ async fn a_relabel_with_the_same_count_fires_the_content_rule() {
     crown(&f, &first.job_id, 1);
     // Same 500 files, one relabelled: another root, the same count.
     scan(&f, &w, 2, 500).await;
-    let d = f.control.history("digits", 1).unwrap().remove(0);
+    let d = wire_history(&f, 1).remove(0);
     assert_eq!(d.outcome, Outcome::Fired as i32, "{}", d.reason);
     assert!(
         d.reason
