@@ -268,7 +268,10 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     for (path, reason) in &report.dataset.skipped {
         println!("left out: {path}: {reason}");
     }
-    let more = report.dataset.skipped_count - report.dataset.skipped.len() as u64;
+    let more = report
+        .dataset
+        .skipped_count
+        .saturating_sub(report.dataset.skipped.len() as u64);
     if more > 0 {
         println!("left out: and {more} more");
     }
