@@ -49,6 +49,26 @@ async fn the_etcd_store_passes_the_conformance_suite_in_its_own_namespace() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("etcd.prefix"), "{err}");
+
+    // A range larger than one gRPC answer may carry (4 MiB) is read whole, in key order: a
+    // coordinator's state outgrows one message long before it outgrows etcd.
+    let big = EtcdStore::connect(options(cluster.endpoints(), "/big"))
+        .await
+        .unwrap();
+    let value = vec![b'x'; 20 << 10];
+    for chunk in (0..600).collect::<Vec<u32>>().chunks(50) {
+        let ops = chunk
+            .iter()
+            .map(|i| {
+                trainfleet_core::kv::TxnOp::Put(format!("k/{i:04}").into_bytes(), value.clone())
+            })
+            .collect();
+        big.apply_batch(vec![ops]).await.unwrap();
+    }
+    let all = big.prefix(b"k/").await.unwrap();
+    assert_eq!(all.len(), 600, "12 MiB under one prefix");
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    assert_eq!(all[599].key, b"k/0599");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,9 @@ use tokio::sync::Mutex;
 use super::{Compare, KeyRange, KeyValue, KvStore, Txn, TxnOp, TxnResponse};
 use crate::{Error, Result};
 
+/// Keys per page of a range read (see `range`).
+const RANGE_PAGE: i64 = 256;
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -388,27 +391,55 @@ impl KvStore for EtcdStore {
             Some(_) if range.is_unbounded() => KeyRange::prefix(self.shared.prefix.clone()).end,
             Some(end) => Some(self.full_key(end)),
         };
-        let response = self
-            .call("range", |mut c| {
-                let (start, end) = (start.clone(), end.clone());
-                async move {
-                    let options = end.map(|e| GetOptions::new().with_range(e));
-                    c.get(start, options).await
-                }
-            })
-            .await?;
+        // A range is read in pages, all at the revision of the first: one answer must fit in a
+        // gRPC message (4 MiB by default), and a coordinator's whole state need not. A page too
+        // large even so (records of a MiB) is asked for again at half the size.
         let skip = self.shared.prefix.len();
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| KeyValue {
+        let mut found = Vec::new();
+        let mut from = start;
+        let mut revision = 0;
+        let mut limit = RANGE_PAGE;
+        loop {
+            let result = self
+                .call("range", |mut c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        let options = end.map(|e| {
+                            GetOptions::new()
+                                .with_range(e)
+                                .with_limit(limit)
+                                .with_revision(revision)
+                        });
+                        c.get(from, options).await
+                    }
+                })
+                .await;
+            let response = match result {
+                Err(e) if limit > 1 && e.to_string().contains("message length too large") => {
+                    limit /= 2;
+                    continue;
+                }
+                other => other?,
+            };
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let kvs = response.kvs();
+            found.extend(kvs.iter().map(|kv| KeyValue {
                 key: kv.key()[skip..].to_vec(),
                 value: kv.value().to_vec(),
                 create_revision: kv.create_revision(),
                 mod_revision: kv.mod_revision(),
                 version: kv.version(),
-            })
-            .collect())
+            }));
+            match kvs.last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(found),
+            }
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
