@@ -63,9 +63,14 @@ command -v cargo >/dev/null || die "cargo not found: install Rust from https://r
 stamp=".venv/.trainfleet-requirements"
 wanted="${PY_PACKAGES[*]}"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  # PyTorch with its CUDA libraries unpacks to about 5 GB; pip's cache would keep a second copy
+  # of every wheel, so it is off. Say so up front rather than fail half-installed.
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  need_kb=$((8 * 1024 * 1024))
+  [ "$free_kb" -ge "$need_kb" ] || die "only $((free_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); the .venv (PyTorch ${TORCH_VERSION} with its CUDA libraries) needs about 8 GiB while it installs: free some space and rerun"
   log "creating .venv with ${PY_PACKAGES[*]} (PyTorch is a large download the first time)"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir "${PY_PACKAGES[@]}"
   printf '%s' "$wanted" >"$stamp"
 fi
 PYTHONWARNINGS=ignore .venv/bin/python - <<PY || die "the PyTorch in .venv is not ${TORCH_VERSION}; delete .venv and rerun"

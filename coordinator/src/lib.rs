@@ -19,6 +19,9 @@
 //!   progress, finishing), `evals.rs` (evals and the gate), `models.rs` (registry, champions),
 //!   `datasets.rs` (registration, scans), `retrain/` (the retrain loop: the policy's book, the job
 //!   a retrain runs, the ticker).
+//!   `retention.rs` moves finished jobs past retention to the [`archive`].
+//! - [`archive`]: finished jobs out of the store, in the artifact store: one object per job and
+//!   an index that lists newest first.
 //! - [`records`]: what is stored under which key.
 //! - [`requests`]: what the control plane is asked to act on (a submission, a task report).
 //! - [`convert`]: where wire types become domain types (and back), with validation; the wire
@@ -28,6 +31,7 @@
 //! - [`error`]: the error enum and its mapping to gRPC status codes.
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod control;
 pub mod convert;
 pub mod election;

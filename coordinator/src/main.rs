@@ -39,6 +39,15 @@ struct Args {
     /// Where run artifacts go: a directory shared with the workers, or a URL (`s3://bucket/p`).
     #[arg(long, env = "TRAINFLEET_ARTIFACTS")]
     artifacts: Option<String>,
+    /// Finished jobs kept in the state store before older ones move to the archive.
+    #[arg(long, env = "TRAINFLEET_RETAIN_FINISHED_JOBS")]
+    retain_finished_jobs: Option<usize>,
+    /// Finished jobs older than this move to the archive, e.g. "7days".
+    #[arg(long, env = "TRAINFLEET_RETAIN_FINISHED_FOR", value_parser = humantime::parse_duration)]
+    retain_finished_for: Option<Duration>,
+    /// How often the archiver looks for jobs to move, e.g. "30s".
+    #[arg(long, env = "TRAINFLEET_ARCHIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    archive_interval: Option<Duration>,
     /// Once listening, write the bound address to this file (for scripts and tests using port 0).
     #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -103,7 +112,8 @@ impl Args {
         };
         let overridden = self.listen.is_some()
             || self.heartbeat_interval.is_some()
-            || self.lease_timeout.is_some();
+            || self.lease_timeout.is_some()
+            || self.archive_interval.is_some();
         if let Some(v) = self.listen {
             config.listen = v;
         }
@@ -115,6 +125,15 @@ impl Args {
         }
         if let Some(v) = self.lease_timeout {
             config.lease_timeout = v;
+        }
+        if let Some(v) = self.retain_finished_jobs {
+            config.retention.finished_jobs = v;
+        }
+        if let Some(v) = self.retain_finished_for {
+            config.retention.finished_age = v;
+        }
+        if let Some(v) = self.archive_interval {
+            config.retention.interval = v;
         }
         if let Some(v) = self.data_dir {
             config.data_dir = v;

@@ -356,6 +356,26 @@ pub struct ModelRecord {
     pub report_uri: String,
 }
 
+/// A job as the jobs room answers: its record, and when it was archived if it was read from the
+/// archive rather than the state store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobView {
+    /// The job.
+    pub record: JobRecord,
+    /// When it moved to the archive; `None` when it was read from the state store.
+    pub archived_at: Option<SystemTime>,
+}
+
+impl JobView {
+    /// A job read from the state store.
+    pub fn live(record: JobRecord) -> Self {
+        Self {
+            record,
+            archived_at: None,
+        }
+    }
+}
+
 /// A model as the registry shows it: its record, and whether it is its dataset's champion now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelView {

@@ -23,7 +23,7 @@ use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::embedded::EmbeddedStore;
 use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
 
-use crate::control::{Control, run_reaper, run_ticker};
+use crate::control::{Control, run_archiver, run_reaper, run_ticker};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::forward::ForwardLayer;
@@ -243,6 +243,11 @@ async fn begin_term(
     let loops = vec![
         tokio::spawn(run_reaper(control.clone(), registry.clone(), stop.clone())),
         tokio::spawn(run_ticker(control.clone(), stop.clone())),
+        tokio::spawn(run_archiver(
+            control.clone(),
+            config.retention.clone(),
+            stop.clone(),
+        )),
     ];
     state.begin_term(Arc::new(Term {
         control: control.clone(),

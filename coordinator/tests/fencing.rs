@@ -51,7 +51,11 @@ async fn a_deposed_leaders_changes_are_refused_and_it_steps_down() {
     .await
     .unwrap();
 
-    let first = control.submit(sleep_job(), String::new()).await.unwrap();
+    let first = control
+        .submit(sleep_job(), String::new())
+        .await
+        .unwrap()
+        .to_wire();
     assert!(!term.is_cancelled());
 
     // Another replica wins an election: its key replaces ours.

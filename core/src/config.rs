@@ -46,6 +46,36 @@ pub struct CoordinatorConfig {
     pub store: StoreKind,
     /// The etcd cluster, when `store: etcd`.
     pub etcd: EtcdConfig,
+    /// How long finished jobs stay in the state store before they move to the archive.
+    pub retention: RetentionConfig,
+}
+
+/// When finished jobs leave the state store for the archive in the artifact store (where `Get`,
+/// `List` and `runs show` still find them). A finished job is archived once it is not among the
+/// newest `finished_jobs` finished jobs, or once it finished more than `finished_age` ago;
+/// jobs a champion's lineage or a pending retrain refers to stay either way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished jobs kept in the store, newest first. Bounds the store and the leader's memory:
+    /// a job with its tasks is about 5 KiB there.
+    pub finished_jobs: usize,
+    /// Finished jobs older than this are archived even when fewer are kept.
+    #[serde(with = "humantime_serde")]
+    pub finished_age: Duration,
+    /// How often the archiver looks for jobs to move.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            finished_jobs: 1000,
+            finished_age: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Where coordinator state lives.
@@ -116,6 +146,7 @@ impl Default for CoordinatorConfig {
             artifacts: ".trainfleet/artifacts".to_owned(),
             store: StoreKind::default(),
             etcd: EtcdConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -154,6 +185,12 @@ impl CoordinatorConfig {
         }
         if self.max_poll_wait.is_zero() {
             return Err(invalid("max_poll_wait", "must be greater than 0".into()));
+        }
+        if self.retention.interval.is_zero() {
+            return Err(invalid(
+                "retention.interval",
+                "must be greater than 0".into(),
+            ));
         }
         if self.store == StoreKind::Etcd {
             if self.etcd.endpoints.is_empty() {

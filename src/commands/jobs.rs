@@ -201,6 +201,7 @@ pub async fn list(args: JobsArgs) -> anyhow::Result<()> {
                         "no".into()
                     }
                 }),
+                source_name(j).to_owned(),
             ]
         })
         .collect();
@@ -208,7 +209,8 @@ pub async fn list(args: JobsArgs) -> anyhow::Result<()> {
         "{}",
         table::render(
             &[
-                "JOB", "NAME", "STATE", "ATTEMPT", "WORKER", "EPOCHS", "ACCURACY", "CHAMPION"
+                "JOB", "NAME", "STATE", "ATTEMPT", "WORKER", "EPOCHS", "ACCURACY", "CHAMPION",
+                "FROM",
             ],
             &rows
         )
@@ -432,6 +434,7 @@ pub fn describe(job: &v1::Job) -> String {
         job_name(job),
         state_name(job.state)
     );
+    out.push_str(&archived_line(job));
     if !job.error.is_empty() {
         out.push_str(&format!("\n  error: {}", job.error));
     }
@@ -552,5 +555,23 @@ pub fn job_json(job: &v1::Job) -> serde_json::Value {
         })),
         "retrain_dataset": job.retrain_dataset,
         "spec_yaml": job.spec_yaml,
+        "source": source_name(job),
+        "archived_at": job.archived_at.as_ref().map(|t| t.to_string()),
     })
+}
+
+/// Where the coordinator read a job from: "store" (live) or "archive" (past retention).
+pub fn source_name(job: &v1::Job) -> &'static str {
+    match v1::JobSource::try_from(job.source) {
+        Ok(v1::JobSource::Archive) => "archive",
+        _ => "store",
+    }
+}
+
+/// "\n  archived <when> (read from the archive)" for an archived job; empty otherwise.
+pub fn archived_line(job: &v1::Job) -> String {
+    match (&job.archived_at, source_name(job)) {
+        (Some(at), "archive") => format!("\n  archived {at} (read from the archive)"),
+        _ => String::new(),
+    }
 }

@@ -14,7 +14,7 @@ use trainfleet_worker::report::compare::{self, RunSeries};
 
 use crate::cli::Remote;
 use crate::client::{connect, status_error};
-use crate::commands::jobs::{job_json, job_name, number, state_name};
+use crate::commands::jobs::{archived_line, job_json, job_name, number, state_name};
 use crate::table;
 
 /// `trainfleet runs ...`.
@@ -242,10 +242,11 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "run {} ({}): {}",
+        "run {} ({}): {}{}",
         job.id,
         job_name(&job),
-        state_name(job.state)
+        state_name(job.state),
+        archived_line(&job)
     );
     if let Some(r) = &job.run {
         println!(

@@ -205,6 +205,17 @@ pub fn start_coordinator(
     listen: &str,
     extra: &[&str],
 ) -> anyhow::Result<CoordinatorProc> {
+    start_coordinator_with_env(dir, name, listen, extra, &[])
+}
+
+/// Like [`start_coordinator`], with extra environment variables.
+pub fn start_coordinator_with_env(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<CoordinatorProc> {
     let addr_file = dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr_file);
     let addr_arg = addr_file.display().to_string();
@@ -223,7 +234,7 @@ pub fn start_coordinator(
         &artifacts,
     ];
     args.extend_from_slice(extra);
-    let proc = Proc::start(name, &binary("trainfleet-coordinator"), &args, dir)?;
+    let proc = Proc::start_with_env(name, &binary("trainfleet-coordinator"), &args, env, dir)?;
     let addr = wait_for(
         Duration::from_secs(20),
         "the coordinator's address file",

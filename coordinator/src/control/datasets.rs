@@ -102,7 +102,9 @@ impl Control {
                 String::new(),
             )
             .await?;
-        let (mut current, rx) = self.watch(&job.id)?;
+        let id = job.record.id;
+        let (view, rx) = self.watch(&id).await?;
+        let mut current = view.record;
         if let Some(mut rx) = rx {
             loop {
                 let event = tokio::select! {
@@ -111,32 +113,24 @@ impl Control {
                 };
                 match event {
                     Ok(v1::JobEvent {
-                        event: Some(Event::Finished(job)),
+                        event: Some(Event::Finished(_)),
                         ..
-                    }) => {
-                        current = job;
+                    })
+                    | Err(broadcast::error::RecvError::Closed) => {
+                        current = self.get(&id).await?.record;
                         break;
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        current = self.get(&job.id)?;
-                        break;
-                    }
                 }
             }
         }
-        if current.state != v1::JobState::Succeeded as i32 {
+        if current.state != JobState::Succeeded {
             return Err(Error::FailedPrecondition(format!(
-                "scan of `{name}` (job {}) failed, no version recorded: {}",
-                current.id, current.error
+                "scan of `{name}` (job {id}) failed, no version recorded: {}",
+                current.error
             )));
         }
-        let changed = self
-            .lock()
-            .jobs
-            .get(&current.id)
-            .and_then(|j| j.scanned)
-            .is_some_and(|(_, changed)| changed);
+        let changed = current.scanned.is_some_and(|(_, changed)| changed);
         Ok((self.version(name, "latest")?, changed))
     }
 }

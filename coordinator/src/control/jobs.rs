@@ -1,7 +1,7 @@
 //! Jobs as users see them: submit (idempotent), get, list, cancel and watch, and the records
 //! every job creation writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use tokio::sync::broadcast;
@@ -11,7 +11,7 @@ use trainfleet_proto::v1;
 
 use crate::error::{Error, Result};
 use crate::records;
-use crate::records::{JobKind, JobRecord, JobState, TaskRecord, TaskRole};
+use crate::records::{JobKind, JobRecord, JobState, JobView, TaskRecord, TaskRole};
 use crate::scheduler::{Needs, TaskState};
 
 use super::{Control, Inner, Submission, WATCH_BUFFER, new_job_id, no_dataset, no_job, retrain};
@@ -68,15 +68,14 @@ impl NewJob {
 
 impl Control {
     /// Queues a job (or returns the earlier job with the same idempotency key).
-    pub async fn submit(&self, submission: Submission, idempotency_key: String) -> Result<v1::Job> {
+    pub async fn submit(&self, submission: Submission, idempotency_key: String) -> Result<JobView> {
         let now = SystemTime::now();
         let (job, ack) = {
             let mut inner = self.lock();
             if !idempotency_key.is_empty()
                 && let Some(existing) = inner.idempotency.get(&idempotency_key)
             {
-                let job = inner.jobs[existing].to_wire();
-                return Ok(job);
+                return Ok(JobView::live(inner.jobs[existing].clone()));
             }
             let new = match submission {
                 Submission::Train(mut spec) => {
@@ -117,66 +116,147 @@ impl Control {
                 now,
                 &mut ops,
             );
-            let wire = inner.jobs[&id].to_wire();
+            let view = JobView::live(inner.jobs[&id].clone());
             let ack = self.journal.record(ops);
             self.dispatch(&mut inner);
-            (wire, ack)
+            (view, ack)
         };
         ack.durable().await.map_err(Error::Store)?;
-        tracing::info!(job_id = %job.id, "job queued");
+        tracing::info!(job_id = %job.record.id, "job queued");
         Ok(job)
     }
 
-    /// One job.
-    pub fn get(&self, id: &str) -> Result<v1::Job> {
-        self.lock()
-            .jobs
-            .get(id)
-            .map(JobRecord::to_wire)
-            .ok_or_else(|| no_job(id))
+    /// One job, from the store or else from the archive.
+    pub async fn get(&self, id: &str) -> Result<JobView> {
+        if let Some(job) = self.lock().jobs.get(id) {
+            return Ok(JobView::live(job.clone()));
+        }
+        self.archived(id).await?.ok_or_else(|| no_job(id))
     }
 
-    /// Jobs newest first, filtered by state, one page after `page_token`.
-    pub fn list(
+    /// A job from the archive. A job archived between the caller's look at the store and this
+    /// read is found here; one archived and then read from the store again is the store's.
+    async fn archived(&self, id: &str) -> Result<Option<JobView>> {
+        Ok(self.archive.get(id).await?.map(|a| JobView {
+            record: a.job,
+            archived_at: Some(a.archived_at),
+        }))
+    }
+
+    /// Jobs newest first, filtered by state, one page after `page_token` (the last id of the
+    /// page before): those in the store and archived ones, merged by id (submission time).
+    pub async fn list(
         &self,
         states: &[JobState],
         page_size: usize,
         page_token: &str,
-    ) -> (Vec<v1::Job>, String) {
-        let inner = self.lock();
-        let upper = if page_token.is_empty() {
-            std::ops::Bound::Unbounded
-        } else {
-            std::ops::Bound::Excluded(page_token.to_owned())
+    ) -> Result<(Vec<JobView>, String)> {
+        // One more than a page tells whether another page follows.
+        let (live, newest_archived) = {
+            let inner = self.lock();
+            let upper = if page_token.is_empty() {
+                std::ops::Bound::Unbounded
+            } else {
+                std::ops::Bound::Excluded(page_token.to_owned())
+            };
+            let live: Vec<JobRecord> = inner
+                .jobs
+                .range::<String, _>((std::ops::Bound::Unbounded, upper))
+                .rev()
+                .map(|(_, job)| job)
+                .filter(|job| states.is_empty() || states.contains(&job.state))
+                .take(page_size + 1)
+                .cloned()
+                .collect();
+            (live, inner.newest_archived.clone())
         };
-        let mut matching = inner
-            .jobs
-            .range::<String, _>((std::ops::Bound::Unbounded, upper))
-            .rev()
-            .map(|(_, job)| job)
-            .filter(|job| states.is_empty() || states.contains(&job.state));
-        let page: Vec<v1::Job> = matching
-            .by_ref()
-            .take(page_size)
-            .map(JobRecord::to_wire)
+        let newest_archived = match newest_archived {
+            Some(known) => known,
+            None => {
+                let newest = self.archive.newest().await?;
+                self.lock().newest_archived = Some(newest.clone());
+                newest
+            }
+        };
+        // The archive matters only if it holds jobs newer than the page's last live job.
+        let full_page_above_archive = live.len() > page_size
+            && newest_archived
+                .as_deref()
+                .is_none_or(|newest| newest < live[page_size - 1].id.as_str());
+        let archived_ids = match newest_archived {
+            Some(_) if !full_page_above_archive => {
+                self.archive.ids(states, page_token, page_size + 1).await?
+            }
+            _ => Vec::new(),
+        };
+        // Merge both newest-first lists; a job in both (archived, not yet let go) is the store's.
+        let mut merged: Vec<(String, Option<JobRecord>)> =
+            live.into_iter().map(|j| (j.id.clone(), Some(j))).collect();
+        for id in archived_ids {
+            if !merged.iter().any(|(m, _)| *m == id) {
+                merged.push((id, None));
+            }
+        }
+        merged.sort_by(|a, b| b.0.cmp(&a.0));
+        let more = merged.len() > page_size;
+        merged.truncate(page_size);
+        let wanted: Vec<String> = merged
+            .iter()
+            .filter(|(_, live)| live.is_none())
+            .map(|(id, _)| id.clone())
             .collect();
-        let next = match (matching.next(), page.last()) {
-            (Some(_), Some(last)) => last.id.clone(),
+        let mut from_archive: HashMap<String, JobView> = self
+            .archive
+            .get_all(&wanted)
+            .await?
+            .into_iter()
+            .map(|a| {
+                (
+                    a.job.id.clone(),
+                    JobView {
+                        record: a.job,
+                        archived_at: Some(a.archived_at),
+                    },
+                )
+            })
+            .collect();
+        let page: Vec<JobView> = merged
+            .into_iter()
+            .filter_map(|(id, live)| match live {
+                Some(job) => Some(JobView::live(job)),
+                None => from_archive.remove(&id),
+            })
+            .collect();
+        let next = match (more, page.last()) {
+            (true, Some(last)) => last.record.id.clone(),
             _ => String::new(),
         };
-        (page, next)
+        Ok((page, next))
     }
 
     /// Cancels a job: a queued task at once; a running one through its worker's next heartbeat.
-    pub async fn cancel(&self, id: &str, reason: &str) -> Result<v1::Job> {
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<JobView> {
         let reason = if reason.is_empty() {
             "cancelled by request".to_owned()
         } else {
             format!("cancelled: {reason}")
         };
+        let found = self.lock().jobs.contains_key(id);
+        if !found {
+            return Err(match self.archived(id).await? {
+                Some(job) => Error::FailedPrecondition(format!(
+                    "job `{id}` already ended ({:?}) and is archived; there is nothing to cancel",
+                    job.record.state
+                )),
+                None => no_job(id),
+            });
+        }
         let (job, ack) = {
             let mut inner = self.lock();
-            let job = inner.jobs.get(id).ok_or_else(|| no_job(id))?;
+            // Archived since the look above: it had ended, so there is nothing to cancel.
+            let job = inner.jobs.get(id).ok_or_else(|| {
+                Error::FailedPrecondition(format!("job `{id}` already ended and was archived"))
+            })?;
             if job.state.is_final() {
                 return Err(Error::FailedPrecondition(format!(
                     "job `{id}` already ended ({:?}); there is nothing to cancel",
@@ -196,26 +276,38 @@ impl Control {
                 _ => inner.finish(id, JobState::Cancelled, reason, &mut ops),
             }
             inner.put_job(id, &mut ops);
-            (inner.jobs[id].to_wire(), self.journal.record(ops))
+            (
+                JobView::live(inner.jobs[id].clone()),
+                self.journal.record(ops),
+            )
         };
         ack.durable().await.map_err(Error::Store)?;
         Ok(job)
     }
 
     /// The job now and, unless it is over, a receiver of its events from now on.
-    pub fn watch(&self, id: &str) -> Result<(v1::Job, Option<broadcast::Receiver<v1::JobEvent>>)> {
-        let mut inner = self.lock();
-        let job = inner.jobs.get(id).ok_or_else(|| no_job(id))?;
-        let wire = job.to_wire();
-        if job.state.is_final() {
-            return Ok((wire, None));
+    pub async fn watch(
+        &self,
+        id: &str,
+    ) -> Result<(JobView, Option<broadcast::Receiver<v1::JobEvent>>)> {
+        {
+            let mut inner = self.lock();
+            if let Some(job) = inner.jobs.get(id) {
+                let view = JobView::live(job.clone());
+                if job.state.is_final() {
+                    return Ok((view, None));
+                }
+                let rx = inner
+                    .watchers
+                    .entry(id.to_owned())
+                    .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
+                    .subscribe();
+                return Ok((view, Some(rx)));
+            }
         }
-        let rx = inner
-            .watchers
-            .entry(id.to_owned())
-            .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
-            .subscribe();
-        Ok((wire, Some(rx)))
+        // Archived jobs are over: the answer is the job as it ended.
+        let job = self.archived(id).await?.ok_or_else(|| no_job(id))?;
+        Ok((job, None))
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`models`]: the registry and champions: list, promote, roll back (compare-and-swap).
 //! - [`datasets`]: registration, versions, scans and what they recorded.
 //! - [`retrain`]: the retrain loop: the policy's decisions and the ticker.
+//! - [`retention`]: finished jobs past retention move to the archive ([`crate::archive`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,14 +42,17 @@ mod evals;
 mod jobs;
 mod leasing;
 mod models;
+mod retention;
 mod retrain;
 #[cfg(test)]
 mod tests;
 
+pub use retention::run_archiver;
 pub use retrain::{next_scan, retrain_spec, run_ticker};
 
 use jobs::NewJob;
 
+use crate::archive::JobArchive;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::journal::{Ack, Journal};
@@ -91,6 +95,9 @@ struct Inner {
     watchers: HashMap<String, broadcast::Sender<v1::JobEvent>>,
     /// Retrain decisions per dataset, oldest first (at most [`retrain::HISTORY`] each).
     decisions: HashMap<String, VecDeque<records::DecisionRecord>>,
+    /// The newest archived job's id: `None` until looked up, `Some(None)` for an empty archive.
+    /// A page of `List` that ends above it needs no archive read.
+    newest_archived: Option<Option<String>>,
 }
 
 /// The coordinator's jobs, tasks and models.
@@ -98,6 +105,7 @@ pub struct Control {
     lease_timeout: Duration,
     registry: Arc<WorkerRegistry>,
     artifacts: ArtifactStore,
+    archive: JobArchive,
     journal: Journal,
     inner: Mutex<Inner>,
 }
@@ -202,6 +210,7 @@ impl Control {
         let control = Arc::new(Self {
             lease_timeout,
             registry,
+            archive: JobArchive::new(artifacts.clone()),
             artifacts,
             journal,
             inner: Mutex::new(inner),

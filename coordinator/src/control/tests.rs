@@ -37,6 +37,37 @@ pub(crate) async fn open(dir: &std::path::Path) -> Fixture {
     }
 }
 
+/// The jobs room through the wire form, as the services answer.
+impl Fixture {
+    pub(crate) async fn submit(&self, s: Submission, key: String) -> Result<v1::Job> {
+        Ok(self.control.submit(s, key).await?.to_wire())
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<v1::Job> {
+        Ok(self.control.get(id).await?.to_wire())
+    }
+
+    pub(crate) async fn list(
+        &self,
+        states: &[records::JobState],
+        size: usize,
+        token: &str,
+    ) -> (Vec<v1::Job>, String) {
+        let (page, next) = self.control.list(states, size, token).await.unwrap();
+        (page.iter().map(records::JobView::to_wire).collect(), next)
+    }
+
+    /// Every job in memory (none archived), newest first, for checks that cannot await.
+    pub(crate) fn list_live(&self) -> Vec<v1::Job> {
+        let inner = self.control.lock();
+        inner.jobs.values().rev().map(JobRecord::to_wire).collect()
+    }
+
+    pub(crate) async fn cancel(&self, id: &str, reason: &str) -> Result<v1::Job> {
+        Ok(self.control.cancel(id, reason).await?.to_wire())
+    }
+}
+
 pub(crate) async fn close(f: Fixture) {
     drop(f.control);
     f.journal.await.unwrap();
@@ -82,8 +113,8 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
     let dir = tempfile::tempdir().unwrap();
     let f = open(dir.path()).await;
     let never = CancellationToken::new();
-    let job = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
-    let again = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
+    let job = f.submit(sleep_job(), "key-1".into()).await.unwrap();
+    let again = f.submit(sleep_job(), "key-1".into()).await.unwrap();
     assert_eq!(
         again.id, job.id,
         "the idempotency key returns the first job"
@@ -98,13 +129,13 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
         .expect("a queued task is handed out at once");
     assert_eq!((first.attempt, first.job_id.as_str()), (1, job.id.as_str()));
     assert_eq!(
-        f.control.get(&job.id).unwrap().state,
+        f.get(&job.id).await.unwrap().state,
         v1::JobState::Training as i32
     );
 
     // w1 goes silent; the sleep job allows one attempt, so it fails with the history.
     f.control.workers_lost(&["w1".to_owned()]);
-    let failed = f.control.get(&job.id).unwrap();
+    let failed = f.get(&job.id).await.unwrap();
     assert_eq!(failed.state, v1::JobState::Failed as i32);
     assert!(
         failed.error.contains("lost with worker w1"),
@@ -119,7 +150,7 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
         .await
         .unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
-    assert_eq!(f.control.get(&job.id).unwrap(), failed);
+    assert_eq!(f.get(&job.id).await.unwrap(), failed);
 
     // A second job completes normally on w2, whose poll was parked before it was queued.
     let s2 = register(&f, "w2");
@@ -138,7 +169,7 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
         }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = f.control.submit(sleep_job(), String::new()).await.unwrap();
+    let second = f.submit(sleep_job(), String::new()).await.unwrap();
     let task = parked
         .await
         .unwrap()
@@ -158,21 +189,21 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
         )
         .await
         .unwrap();
-    let done = f.control.get(&second.id).unwrap();
+    let done = f.get(&second.id).await.unwrap();
     assert_eq!(done.state, v1::JobState::Succeeded as i32);
-    let (listed, next) = f.control.list(&[], 1, "");
+    let (listed, next) = f.list(&[], 1, "").await;
     assert_eq!(listed[0].id, second.id, "newest first");
     assert_eq!(next, second.id);
-    let (rest, _) = f.control.list(&[], 10, &next);
+    let (rest, _) = f.list(&[], 10, &next).await;
     assert_eq!(rest.iter().map(|j| &j.id).collect::<Vec<_>>(), [&job.id]);
     close(f).await;
 
     // A coordinator restarted on the same store knows both jobs, their attempts and workers.
     let f = open(dir.path()).await;
-    assert_eq!(f.control.get(&job.id).unwrap(), failed);
-    assert_eq!(f.control.get(&second.id).unwrap(), done);
+    assert_eq!(f.get(&job.id).await.unwrap(), failed);
+    assert_eq!(f.get(&second.id).await.unwrap(), done);
     assert_eq!(f.registry.list(None).len(), 2);
-    let again = f.control.submit(sleep_job(), "key-1".into()).await.unwrap();
+    let again = f.submit(sleep_job(), "key-1".into()).await.unwrap();
     assert_eq!(again.id, job.id, "idempotency keys survive too");
     close(f).await;
 }
@@ -181,14 +212,14 @@ async fn a_lost_workers_task_moves_on_stale_reports_are_refused_and_state_surviv
 async fn cancel_takes_a_queued_job_at_once_and_refuses_a_finished_one() {
     let dir = tempfile::tempdir().unwrap();
     let f = open(dir.path()).await;
-    let job = f.control.submit(sleep_job(), String::new()).await.unwrap();
-    let cancelled = f.control.cancel(&job.id, "changed my mind").await.unwrap();
+    let job = f.submit(sleep_job(), String::new()).await.unwrap();
+    let cancelled = f.cancel(&job.id, "changed my mind").await.unwrap();
     assert_eq!(cancelled.state, v1::JobState::Cancelled as i32);
     assert_eq!(cancelled.error, "cancelled: changed my mind");
-    let err = f.control.cancel(&job.id, "").await.unwrap_err();
+    let err = f.cancel(&job.id, "").await.unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
     assert!(matches!(
-        f.control.cancel("j-nope", "").await.unwrap_err(),
+        f.cancel("j-nope", "").await.unwrap_err(),
         Error::NotFound(_)
     ));
     let s = register(&f, "w");

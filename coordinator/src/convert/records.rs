@@ -5,8 +5,8 @@ use trainfleet_proto::v1;
 
 use super::{job_spec_to_wire, timestamp};
 use crate::records::{
-    DatasetRecord, DecisionOutcome, DecisionRecord, JobKind, JobRecord, JobState, ModelRecord,
-    ModelView, TaskRole, VersionRecord,
+    DatasetRecord, DecisionOutcome, DecisionRecord, JobKind, JobRecord, JobState, JobView,
+    ModelRecord, ModelView, TaskRole, VersionRecord,
 };
 
 impl JobState {
@@ -48,8 +48,20 @@ impl TaskRole {
     }
 }
 
+impl JobView {
+    /// The wire form, saying where it was read from.
+    pub fn to_wire(&self) -> v1::Job {
+        let mut job = self.record.to_wire();
+        if let Some(at) = self.archived_at {
+            job.source = v1::JobSource::Archive as i32;
+            job.archived_at = Some(timestamp(at));
+        }
+        job
+    }
+}
+
 impl JobRecord {
-    /// The wire form.
+    /// The wire form (as read from the state store).
     pub fn to_wire(&self) -> v1::Job {
         let (spec, spec_yaml, sleep) = match &self.kind {
             JobKind::Train { spec } => (Some(job_spec_to_wire(spec)), spec.to_yaml(), None),
@@ -119,6 +131,8 @@ impl JobRecord {
                 train_seconds: r.train_seconds,
                 worker_id: r.worker_id.clone(),
             }),
+            source: v1::JobSource::Store as i32,
+            archived_at: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use trainfleet_proto::v1::job_service_server::JobService;
 use crate::control::{MAX_SLEEP, Submission};
 use crate::convert;
 use crate::error::Error;
-use crate::records::JobState;
+use crate::records::{JobState, JobView};
 use crate::state::State;
 
 /// Largest job YAML accepted. Real job files are a few hundred bytes; anything this big is a
@@ -112,12 +112,15 @@ impl JobService for JobApi {
         let key = req.idempotency_key.clone();
         let submission = submission(req)?;
         let job = self.state.term()?.control.submit(submission, key).await?;
-        Ok(Response::new(v1::SubmitJobResponse { job: Some(job) }))
+        Ok(Response::new(v1::SubmitJobResponse {
+            job: Some(job.to_wire()),
+        }))
     }
 
     async fn get(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let term = self.state.term()?;
         Ok(Response::new(
-            self.state.term()?.control.get(&request.get_ref().id)?,
+            term.control.get(&request.get_ref().id).await?.to_wire(),
         ))
     }
 
@@ -143,13 +146,10 @@ impl JobService for JobApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let (jobs, next_page_token) =
-            self.state
-                .term()?
-                .control
-                .list(&states, size, &req.page_token);
+        let term = self.state.term()?;
+        let (jobs, next_page_token) = term.control.list(&states, size, &req.page_token).await?;
         Ok(Response::new(v1::ListJobsResponse {
-            jobs,
+            jobs: jobs.iter().map(JobView::to_wire).collect(),
             next_page_token,
         }))
     }
@@ -159,12 +159,9 @@ impl JobService for JobApi {
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
         let req = request.into_inner();
+        let term = self.state.term()?;
         Ok(Response::new(
-            self.state
-                .term()?
-                .control
-                .cancel(&req.id, &req.reason)
-                .await?,
+            term.control.cancel(&req.id, &req.reason).await?.to_wire(),
         ))
     }
 
@@ -173,7 +170,8 @@ impl JobService for JobApi {
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let term = self.state.term()?;
-        let (job, rx) = term.control.watch(&request.get_ref().id)?;
+        let (job, rx) = term.control.watch(&request.get_ref().id).await?;
+        let job = job.to_wire();
         let (tx, out) = mpsc::channel(64);
         let shutdown = term.stop.clone();
         tokio::spawn(async move {

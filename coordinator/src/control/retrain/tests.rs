@@ -139,9 +139,7 @@ fn wire_history(f: &Fixture, n: usize) -> Vec<v1::RetrainDecision> {
 }
 
 fn retrain_jobs(f: &Fixture) -> Vec<v1::Job> {
-    f.control
-        .list(&[], 100, "")
-        .0
+    f.list_live()
         .into_iter()
         .filter(|j| j.spec.is_some())
         .collect()
@@ -288,9 +286,7 @@ async fn a_schedule_scans_at_its_time_in_its_time_zone() {
         .retrain
         .next_scan_at = Some(midnight);
     let scans = |f: &Fixture| {
-        f.control
-            .list(&[], 100, "")
-            .0
+        f.list_live()
             .into_iter()
             .filter(|j| j.name == "scan digits")
             .count()
@@ -407,12 +403,12 @@ async fn a_job_naming_a_registered_dataset_is_pinned_to_the_version_it_asks_for(
     scan(&f, &w, 1, 10).await;
     scan(&f, &w, 2, 20).await;
     let spec = |job: &v1::Job| JobSpec::from_yaml(&job.spec_yaml, "job").unwrap();
-    let latest = f.control.submit(by_name(""), String::new()).await.unwrap();
+    let latest = f.submit(by_name(""), String::new()).await.unwrap();
     let latest = spec(&latest);
     assert_eq!(latest.dataset.version.as_deref(), Some(root(2).as_str()));
     assert_eq!(latest.dataset.path.as_deref(), Some(dir.path()));
     assert_eq!(latest.dataset.manifest.as_deref(), Some("file:///m/2.json"));
-    let first = f.control.submit(by_name("1"), String::new()).await.unwrap();
+    let first = f.submit(by_name("1"), String::new()).await.unwrap();
     assert_eq!(
         spec(&first).dataset.version.as_deref(),
         Some(root(1).as_str())
@@ -429,7 +425,7 @@ async fn a_job_naming_a_registered_dataset_is_pinned_to_the_version_it_asks_for(
     let other = Submission::Train(Box::new(
         JobSpec::from_yaml("model: {arch: simple_cnn}\ndataset: {name: cats}\n", "job").unwrap(),
     ));
-    let err = f.control.submit(other, String::new()).await.unwrap_err();
+    let err = f.submit(other, String::new()).await.unwrap_err();
     assert!(
         matches!(err, Error::NotFound(ref m) if m.contains("not registered")),
         "{err}"

@@ -1,0 +1,207 @@
+//! The job archive: finished jobs past retention, moved out of the state store into the artifact
+//! store, where `Get`, `List`, `Watch` and `trainfleet runs show` still find them.
+//!
+//! Layout under the artifact store's base:
+//!
+//! ```text
+//! archive/jobs/<job_id>.json              one ArchivedJob: the job record and its tasks
+//! archive/index/<order key>.<state>       an empty marker per archived job
+//! ```
+//!
+//! The index is the marker keys themselves: the order key is the job id with every hex digit
+//! `d` written as `f - d`, so key order is newest first (job ids are `j-<millis>-<random>` in
+//! fixed-width hex), and the state after the dot lets `List` filter without reading a job. The
+//! job object is written before its marker, and both before the job leaves the state store (see
+//! `control/retention.rs`), so a crash at any point leaves the job in the store, in the
+//! archive, or in both, never in neither; writing either object again is harmless.
+
+use std::time::SystemTime;
+
+use futures::StreamExt;
+use trainfleet_core::artifacts::ArtifactStore;
+
+use crate::error::{Error, Result};
+use crate::records::{JobRecord, JobState, TaskRecord};
+
+const JOBS: &str = "archive/jobs/";
+const INDEX: &str = "archive/index/";
+/// Objects read or written at once.
+const CONCURRENCY: usize = 16;
+
+/// One archived job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArchivedJob {
+    /// The job as it was when it left the store.
+    pub job: JobRecord,
+    /// Its tasks.
+    pub tasks: Vec<TaskRecord>,
+    /// When it was archived.
+    pub archived_at: SystemTime,
+}
+
+/// The archive over an artifact store.
+#[derive(Debug, Clone)]
+pub struct JobArchive {
+    store: ArtifactStore,
+}
+
+fn archive_error(e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("job archive: {e}"))
+}
+
+/// Whether `id` can name an archived job (no path tricks reach the object store).
+fn plausible(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The id with its hex digits mirrored (`0`↔`f`, `1`↔`e`, ...): ascending order of the result is
+/// descending order of ids of one width. Its own inverse.
+fn mirrored(id: &str) -> String {
+    id.chars()
+        .map(|c| match c.to_digit(16) {
+            Some(d) if !c.is_ascii_uppercase() => char::from_digit(15 - d, 16).expect("hex digit"),
+            _ => c,
+        })
+        .collect()
+}
+
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Queued => "queued",
+        JobState::Training => "training",
+        JobState::Evaluating => "evaluating",
+    }
+}
+
+/// An index marker's job id and state.
+fn parse_marker(key: &str) -> Option<(String, String)> {
+    let (order, state) = key.rsplit_once('.')?;
+    Some((mirrored(order), state.to_owned()))
+}
+
+impl JobArchive {
+    /// The archive under `store`'s `archive/`.
+    pub fn new(store: ArtifactStore) -> Self {
+        Self { store }
+    }
+
+    /// Writes `archived` (job object, then its index marker). Idempotent.
+    pub async fn put(&self, archived: &ArchivedJob) -> Result<()> {
+        let id = &archived.job.id;
+        if !plausible(id) {
+            return Err(archive_error(format!("job id {id:?} cannot be archived")));
+        }
+        let body = serde_json::to_vec(archived).map_err(archive_error)?;
+        self.store
+            .put_bytes(&format!("{JOBS}{id}.json"), body)
+            .await
+            .map_err(archive_error)?;
+        let marker = format!("{INDEX}{}.{}", mirrored(id), state_name(archived.job.state));
+        self.store
+            .put_bytes(&marker, Vec::new())
+            .await
+            .map_err(archive_error)?;
+        Ok(())
+    }
+
+    /// Writes many, [`CONCURRENCY`] at a time; each job's own result, in order.
+    pub async fn put_all(&self, jobs: &[ArchivedJob]) -> Vec<Result<()>> {
+        // Futures collected first: a stream over a borrowing closure trips the compiler's
+        // higher-ranked Send check when a spawned task awaits it.
+        let writes: Vec<_> = jobs.iter().map(|j| self.put(j)).collect();
+        futures::stream::iter(writes)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// The archived job `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Result<Option<ArchivedJob>> {
+        if !plausible(id) {
+            return Ok(None);
+        }
+        let key = format!("{JOBS}{id}.json");
+        if !self.store.exists(&key).await.map_err(archive_error)? {
+            return Ok(None);
+        }
+        let bytes = self.store.get_bytes(&key).await.map_err(archive_error)?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| archive_error(format!("{} is not readable: {e}", self.store.uri(&key))))
+    }
+
+    /// Reads several archived jobs, in the order asked; a missing one is left out.
+    pub async fn get_all(&self, ids: &[String]) -> Result<Vec<ArchivedJob>> {
+        let reads: Vec<_> = ids.iter().map(|id| self.get(id)).collect();
+        let found: Vec<Result<Option<ArchivedJob>>> = futures::stream::iter(reads)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        found.into_iter().filter_map(Result::transpose).collect()
+    }
+
+    /// Ids of archived jobs older than `before` (every job when empty) in one of `states`
+    /// (any when empty), newest first, at most `limit`.
+    pub async fn ids(
+        &self,
+        states: &[JobState],
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let wanted: Vec<&str> = states.iter().map(|s| state_name(*s)).collect();
+        let mut markers: Vec<(String, String)> = self
+            .store
+            .list(INDEX)
+            .await
+            .map_err(archive_error)?
+            .into_iter()
+            .filter_map(|o| parse_marker(&o.key))
+            .filter(|(id, state)| {
+                (before.is_empty() || id.as_str() < before)
+                    && (wanted.is_empty() || wanted.contains(&state.as_str()))
+            })
+            .collect();
+        // Newest first; an object store need not list in key order.
+        markers.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        markers.dedup_by(|a, b| a.0 == b.0);
+        markers.truncate(limit);
+        Ok(markers.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The newest archived job's id, if any.
+    pub async fn newest(&self) -> Result<Option<String>> {
+        Ok(self.ids(&[], "", 1).await?.pop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrored_ids_sort_newest_first_and_mirror_back() {
+        let older = "j-0019a8c3f00-00ab12";
+        let newer = "j-0019a8c3f01-000000";
+        assert!(mirrored(newer) < mirrored(older));
+        assert_eq!(mirrored(&mirrored(older)), older);
+        assert_eq!(
+            parse_marker(&format!("{}.failed", mirrored(older))),
+            Some((older.to_owned(), "failed".to_owned()))
+        );
+    }
+
+    #[test]
+    fn only_plain_ids_reach_the_object_store() {
+        assert!(plausible("j-0019a8c3f00-00ab12"));
+        for bad in ["", "../x", "a/b", "j.json", &"x".repeat(65)] {
+            assert!(!plausible(bad), "{bad}");
+        }
+    }
+}

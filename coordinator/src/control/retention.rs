@@ -1,0 +1,385 @@
+//! Retention: finished jobs past `retention` leave memory and the state store for the archive
+//! ([`crate::archive`]), so a busy cluster's etcd use and a new leader's load time stay bounded.
+//!
+//! One pass ([`Control::archive_finished`]) moves a batch in three steps:
+//!
+//! 1. under the lock, pick finished jobs that are neither among the newest
+//!    `retention.finished_jobs` nor younger than `retention.finished_age`, and not protected
+//!    (a champion's job and its lineage, a pending retrain, a dataset's scheduled scan), and copy
+//!    them with their tasks;
+//! 2. without the lock, write each copy to the archive;
+//! 3. under the lock, drop each archived job that has not changed since its copy, and journal
+//!    the deletes of its keys (fenced like every other write of this leader).
+//!
+//! A crash before step 3 is durable leaves the job in both places: the store's copy wins, and a
+//! later pass archives it again. A job is never in neither.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use trainfleet_core::config::RetentionConfig;
+use trainfleet_core::kv::TxnOp;
+
+use crate::archive::ArchivedJob;
+use crate::error::{Error, Result};
+use crate::records::{self, TaskRecord};
+
+use super::{Control, Inner};
+
+/// Most jobs moved by one batch of a pass.
+const BATCH: usize = 512;
+/// `TRAINFLEET_CRASH_AT=archive-written` aborts the process after a batch is in the archive and
+/// before the store lets go of it: the crash the tests make to show that nothing is lost.
+const CRASH_AT: &str = "TRAINFLEET_CRASH_AT";
+
+impl Inner {
+    /// Jobs that stay in the store whatever their age: each champion's job and those of the
+    /// champions before it, pending retrains, and scheduled scans in flight.
+    fn protected_jobs(&self) -> HashSet<String> {
+        let mut keep = HashSet::new();
+        for champion in self.champions.values() {
+            for model_id in std::iter::once(&champion.model_id).chain(&champion.previous) {
+                if let Some(model) = self.models.get(model_id) {
+                    keep.insert(model.job_id.clone());
+                }
+            }
+        }
+        for dataset in self.datasets.values() {
+            if let Some(pending) = &dataset.retrain.pending {
+                keep.insert(pending.job_id.clone());
+            }
+            if !dataset.retrain.scheduled_scan.is_empty() {
+                keep.insert(dataset.retrain.scheduled_scan.clone());
+            }
+        }
+        keep
+    }
+
+    /// Step 1: copies of at most `limit` jobs due for the archive, oldest finish first.
+    fn due_for_archive(
+        &self,
+        policy: &RetentionConfig,
+        now: SystemTime,
+        limit: usize,
+    ) -> Vec<ArchivedJob> {
+        let protected = self.protected_jobs();
+        let mut finished: Vec<(SystemTime, &str)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final())
+            .map(|j| (j.finished_at.unwrap_or(j.created_at), j.id.as_str()))
+            .collect();
+        // Newest finish first: the first `finished_jobs` are kept.
+        finished.sort_unstable_by(|a, b| b.cmp(a));
+        finished
+            .iter()
+            .enumerate()
+            .filter(|(rank, (at, _))| {
+                *rank >= policy.finished_jobs
+                    || now.duration_since(*at).unwrap_or_default() > policy.finished_age
+            })
+            .map(|(_, (_, id))| *id)
+            .filter(|id| !protected.contains(*id))
+            .rev()
+            .filter_map(|id| self.archive_copy(id, now))
+            .take(limit)
+            .collect()
+    }
+
+    /// A job with its tasks, or `None` while any of its tasks is still queued or leased.
+    fn archive_copy(&self, id: &str, now: SystemTime) -> Option<ArchivedJob> {
+        let job = self.jobs.get(id)?;
+        let mut tasks = Vec::new();
+        for task in self.scheduler.tasks_of(id) {
+            if !task_is_final(task) {
+                return None;
+            }
+            if let Some(meta) = self.meta.get(&task.id) {
+                tasks.push(TaskRecord {
+                    task: task.clone(),
+                    meta: meta.clone(),
+                });
+            }
+        }
+        Some(ArchivedJob {
+            job: job.clone(),
+            tasks,
+            archived_at: now,
+        })
+    }
+
+    /// Step 3 for one job: forgets it if it is as copied; journals the deletes into `ops`.
+    fn release_archived(&mut self, archived: &ArchivedJob, ops: &mut Vec<TxnOp>) -> bool {
+        let id = &archived.job.id;
+        if self.jobs.get(id) != Some(&archived.job) {
+            return false;
+        }
+        let task_ids: Vec<String> = self
+            .scheduler
+            .tasks_of(id)
+            .into_iter()
+            .map(|t| t.id.clone())
+            .collect();
+        if task_ids.iter().any(|t| {
+            self.scheduler
+                .task(t)
+                .is_some_and(|task| !task_is_final(task))
+        }) {
+            return false;
+        }
+        for task_id in task_ids {
+            self.scheduler.forget(&task_id);
+            self.meta.remove(&task_id);
+            ops.push(TxnOp::Delete(records::task_key(&task_id)));
+        }
+        let job = self.jobs.remove(id).expect("compared above");
+        if self.idempotency.get(&job.idempotency_key) == Some(id) {
+            self.idempotency.remove(&job.idempotency_key);
+        }
+        self.watchers.remove(id);
+        ops.push(TxnOp::Delete(records::job_key(id)));
+        true
+    }
+}
+
+fn task_is_final(task: &crate::scheduler::Task) -> bool {
+    use crate::scheduler::TaskState;
+    !matches!(task.state, TaskState::Queued | TaskState::Leased { .. })
+}
+
+impl Control {
+    /// Moves every job due for the archive there, a batch at a time; returns how many moved. A
+    /// job whose archive write fails stays in the store (and is tried again next pass).
+    pub async fn archive_finished(&self, policy: &RetentionConfig) -> Result<usize> {
+        let mut moved = 0;
+        loop {
+            let due = self
+                .lock()
+                .due_for_archive(policy, SystemTime::now(), BATCH);
+            if due.is_empty() {
+                return Ok(moved);
+            }
+            let written = self.archive.put_all(&due).await;
+            let mut failed = 0;
+            for (job, result) in due.iter().zip(&written) {
+                if let Err(e) = result {
+                    failed += 1;
+                    tracing::warn!(job_id = %job.job.id, error = %e, "cannot archive a job; it stays in the store");
+                }
+            }
+            if std::env::var(CRASH_AT).is_ok_and(|v| v == "archive-written") {
+                tracing::error!("{CRASH_AT}=archive-written: aborting between archive and store");
+                std::process::abort();
+            }
+            let (released, ack) = {
+                let mut inner = self.lock();
+                let mut ops = Vec::new();
+                let mut released = 0;
+                for (job, result) in due.iter().zip(&written) {
+                    if result.is_ok() && inner.release_archived(job, &mut ops) {
+                        released += 1;
+                        let newer = inner
+                            .newest_archived
+                            .as_ref()
+                            .is_none_or(|n| n.as_deref() < Some(job.job.id.as_str()));
+                        if newer {
+                            inner.newest_archived = Some(Some(job.job.id.clone()));
+                        }
+                    }
+                }
+                (released, self.journal.record(ops))
+            };
+            ack.durable().await.map_err(Error::Store)?;
+            moved += released;
+            tracing::info!(
+                archived = released,
+                failed,
+                "finished jobs moved to the archive"
+            );
+            if failed == due.len() || released == 0 {
+                // Nothing moved this batch (the archive is failing, or every job changed):
+                // leave the rest to the next pass rather than spin.
+                return Ok(moved);
+            }
+        }
+    }
+}
+
+/// Runs the archiver until `shutdown`: a pass at once (a new leader may inherit a backlog),
+/// then one every `policy.interval`.
+pub async fn run_archiver(
+    control: Arc<Control>,
+    policy: RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(policy.interval.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = control.archive_finished(&policy).await {
+                    tracing::warn!(error = %e, "archiving finished jobs failed; retrying next pass");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Submission;
+    use crate::control::tests::{Fixture, close, open};
+    use trainfleet_proto::v1;
+
+    fn keep(finished_jobs: usize) -> RetentionConfig {
+        RetentionConfig {
+            finished_jobs,
+            ..RetentionConfig::default()
+        }
+    }
+
+    /// Three cancelled jobs, oldest first (ids are a millisecond apart, so they sort).
+    async fn three_finished(f: &Fixture) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let job = f
+                .submit(
+                    Submission::Sleep {
+                        name: format!("nap {i}"),
+                        duration: Duration::ZERO,
+                    },
+                    format!("key-{i}"),
+                )
+                .await
+                .unwrap();
+            f.cancel(&job.id, "done with it").await.unwrap();
+            ids.push(job.id);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        ids
+    }
+
+    fn sources(jobs: &[v1::Job]) -> Vec<(String, i32)> {
+        jobs.iter().map(|j| (j.id.clone(), j.source)).collect()
+    }
+
+    #[tokio::test]
+    async fn archived_jobs_leave_the_store_and_are_found_by_get_list_and_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        let ids = three_finished(&f).await;
+        let before: Vec<v1::Job> = {
+            let mut v = Vec::new();
+            for id in &ids {
+                v.push(f.get(id).await.unwrap());
+            }
+            v
+        };
+        assert_eq!(f.control.archive_finished(&keep(1)).await.unwrap(), 2);
+        assert_eq!(f.control.archive_finished(&keep(1)).await.unwrap(), 0);
+
+        let (store, archive) = (v1::JobSource::Store as i32, v1::JobSource::Archive as i32);
+        for (id, was) in ids.iter().zip(&before) {
+            let got = f.get(id).await.unwrap();
+            let expected = if *id == ids[2] { store } else { archive };
+            assert_eq!(got.source, expected, "{id}");
+            assert_eq!(got.archived_at.is_some(), expected == archive);
+            // Apart from where it was read from, the job is as it was.
+            let mut same = got.clone();
+            same.source = was.source;
+            same.archived_at = None;
+            assert_eq!(&same, was);
+        }
+        let (all, next) = f.list(&[], 10, "").await;
+        assert_eq!(
+            sources(&all),
+            [
+                (ids[2].clone(), store),
+                (ids[1].clone(), archive),
+                (ids[0].clone(), archive)
+            ]
+        );
+        assert_eq!(next, "");
+        // Pages cross from the store into the archive.
+        let (first, token) = f.list(&[], 2, "").await;
+        assert_eq!(sources(&first), sources(&all[..2]));
+        let (rest, last) = f.list(&[], 2, &token).await;
+        assert_eq!(sources(&rest), sources(&all[2..]));
+        assert_eq!(last, "");
+        let (none, _) = f.list(&[crate::records::JobState::Succeeded], 10, "").await;
+        assert!(none.is_empty(), "the state filter reaches the archive too");
+        let (job, events) = f.control.watch(&ids[0]).await.unwrap();
+        assert!(events.is_none(), "an archived job is over");
+        assert_eq!(job.record.id, ids[0]);
+        let err = f.cancel(&ids[0], "").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("archived")),
+            "{err}"
+        );
+        assert!(matches!(
+            f.get("j-00000000000-000000").await.unwrap_err(),
+            Error::NotFound(_)
+        ));
+        close(f).await;
+
+        // The store let go of them: a restart loads one job and still finds all three.
+        let f = open(dir.path()).await;
+        assert_eq!(f.control.lock().jobs.len(), 1);
+        assert_eq!(f.list(&[], 10, "").await.0.len(), 3);
+        close(f).await;
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_archive_and_store_loses_nothing_and_the_next_pass_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        let ids = three_finished(&f).await;
+        // Steps 1 and 2 of a pass, then the coordinator "dies" before step 3.
+        let due = f
+            .control
+            .lock()
+            .due_for_archive(&keep(1), SystemTime::now(), BATCH);
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].job.id, ids[0], "oldest finish first");
+        for written in f.control.archive.put_all(&due).await {
+            written.unwrap();
+        }
+        close(f).await;
+
+        let f = open(dir.path()).await;
+        assert_eq!(f.control.lock().jobs.len(), 3, "the store still has them");
+        let (all, _) = f.list(&[], 10, "").await;
+        assert_eq!(all.len(), 3, "a job in both places is listed once");
+        assert!(
+            all.iter().all(|j| j.source == v1::JobSource::Store as i32),
+            "the store's copy wins"
+        );
+        assert_eq!(f.control.archive_finished(&keep(1)).await.unwrap(), 2);
+        assert_eq!(f.control.lock().jobs.len(), 1);
+        for id in &ids {
+            f.get(id).await.unwrap();
+        }
+        close(f).await;
+    }
+
+    #[tokio::test]
+    async fn jobs_changed_after_their_copy_stay_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).await;
+        let ids = three_finished(&f).await;
+        let due = f
+            .control
+            .lock()
+            .due_for_archive(&keep(2), SystemTime::now(), BATCH);
+        assert_eq!(due.len(), 1);
+        f.control.lock().jobs.get_mut(&ids[0]).unwrap().error = "changed".into();
+        let mut ops = Vec::new();
+        assert!(!f.control.lock().release_archived(&due[0], &mut ops));
+        assert!(ops.is_empty());
+        close(f).await;
+    }
+}
