@@ -4,13 +4,16 @@
 //! Layout under the artifact store's base:
 //!
 //! ```text
-//! archive/jobs/<job_id>.json              one ArchivedJob: the job record and its tasks
-//! archive/index/<order key>.<state>       an empty marker per archived job
+//! archive/jobs/<job_id>.json                     one ArchivedJob: the job record and its tasks
+//! archive/index/<bucket>/<order key>.<state>     an empty marker per archived job
 //! ```
 //!
 //! The index is the marker keys themselves: the order key is the job id with every hex digit
 //! `d` written as `f - d`, so key order is newest first (job ids are `j-<millis>-<random>` in
 //! fixed-width hex), and the state after the dot lets `List` filter without reading a job. The
+//! bucket is the order key's first [`BUCKET_DIGITS`] digits of time (about 4.7 hours of
+//! submissions each), so a page deep in the history lists the buckets, then only the few it
+//! needs, newest first, rather than the whole index. The
 //! job object is written before its marker, and both before the job leaves the state store (see
 //! `control/retention.rs`), so a crash at any point leaves the job in the store, in the
 //! archive, or in both, never in neither; writing either object again is harmless.
@@ -25,6 +28,8 @@ use crate::records::{JobRecord, JobState, TaskRecord};
 
 const JOBS: &str = "archive/jobs/";
 const INDEX: &str = "archive/index/";
+/// Hex digits of the mirrored time that name a bucket: 16^6 ms (about 4.7 hours) each.
+const BUCKET_DIGITS: usize = 5;
 /// Objects read or written at once.
 const CONCURRENCY: usize = 16;
 
@@ -80,6 +85,12 @@ fn state_name(state: JobState) -> &'static str {
     }
 }
 
+/// The bucket of an order key: `j-` and the first [`BUCKET_DIGITS`] digits of time (or the whole
+/// key, for an id of another shape).
+fn bucket(order: &str) -> &str {
+    order.get(..2 + BUCKET_DIGITS).unwrap_or(order)
+}
+
 /// An index marker's job id and state.
 fn parse_marker(key: &str) -> Option<(String, String)> {
     let (order, state) = key.rsplit_once('.')?;
@@ -103,7 +114,12 @@ impl JobArchive {
             .put_bytes(&format!("{JOBS}{id}.json"), body)
             .await
             .map_err(archive_error)?;
-        let marker = format!("{INDEX}{}.{}", mirrored(id), state_name(archived.job.state));
+        let order = mirrored(id);
+        let marker = format!(
+            "{INDEX}{}/{order}.{}",
+            bucket(&order),
+            state_name(archived.job.state)
+        );
         self.store
             .put_bytes(&marker, Vec::new())
             .await
@@ -156,23 +172,36 @@ impl JobArchive {
         limit: usize,
     ) -> Result<Vec<String>> {
         let wanted: Vec<&str> = states.iter().map(|s| state_name(*s)).collect();
-        let mut markers: Vec<(String, String)> = self
-            .store
-            .list(INDEX)
-            .await
-            .map_err(archive_error)?
-            .into_iter()
-            .filter_map(|o| parse_marker(&o.key))
-            .filter(|(id, state)| {
-                (before.is_empty() || id.as_str() < before)
-                    && (wanted.is_empty() || wanted.contains(&state.as_str()))
-            })
-            .collect();
-        // Newest first; an object store need not list in key order.
-        markers.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        markers.dedup_by(|a, b| a.0 == b.0);
-        markers.truncate(limit);
-        Ok(markers.into_iter().map(|(id, _)| id).collect())
+        let before_order = mirrored(before);
+        let first_bucket = bucket(&before_order);
+        let mut found: Vec<String> = Vec::new();
+        // Buckets in key order are newest first; those newer than `before`'s are skipped.
+        for b in self.store.list_dirs(INDEX).await.map_err(archive_error)? {
+            if !before.is_empty() && b.as_str() < first_bucket {
+                continue;
+            }
+            let mut markers: Vec<(String, String)> = self
+                .store
+                .list(&format!("{INDEX}{b}/"))
+                .await
+                .map_err(archive_error)?
+                .into_iter()
+                .filter_map(|o| parse_marker(&o.key))
+                .filter(|(id, state)| {
+                    (before.is_empty() || id.as_str() < before)
+                        && (wanted.is_empty() || wanted.contains(&state.as_str()))
+                })
+                .collect();
+            // Newest first; an object store need not list in key order.
+            markers.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            markers.dedup_by(|a, b| a.0 == b.0);
+            found.extend(markers.into_iter().map(|(id, _)| id));
+            if found.len() >= limit {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// The newest archived job's id, if any.
@@ -195,6 +224,49 @@ mod tests {
             parse_marker(&format!("{}.failed", mirrored(older))),
             Some((older.to_owned(), "failed".to_owned()))
         );
+        // Buckets order as their keys do, and hold about 4.7 hours each.
+        assert_eq!(bucket(&mirrored(older)), "j-ffe65");
+        assert_eq!(bucket(&mirrored(older)), bucket(&mirrored(newer)));
+        let hours_later = format!("j-{:011x}-000000", 0x0019a8c3f00u64 + (1 << 24));
+        assert!(bucket(&mirrored(&hours_later)) < bucket(&mirrored(older)));
+    }
+
+    #[tokio::test]
+    async fn pages_run_newest_first_across_buckets_with_the_state_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = JobArchive::new(ArtifactStore::open(dir.path().to_str().unwrap()).unwrap());
+        // Twelve jobs an hour apart: three or four buckets of about 4.7 hours.
+        let ids: Vec<String> = (0..12u64)
+            .map(|h| {
+                format!(
+                    "j-{:011x}-00000{}",
+                    0x0019a8c3f00u64 + h * 3_600_000,
+                    h % 10
+                )
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let order = mirrored(id);
+            let state = if i % 3 == 0 { "failed" } else { "succeeded" };
+            let key = format!("{INDEX}{}/{order}.{state}", bucket(&order));
+            archive.store.put_bytes(&key, Vec::new()).await.unwrap();
+        }
+        assert!(archive.store.list_dirs(INDEX).await.unwrap().len() >= 3);
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(archive.newest().await.unwrap().as_ref(), Some(&ids[11]));
+        let mut paged = Vec::new();
+        let mut before = String::new();
+        loop {
+            let page = archive.ids(&[], &before, 5).await.unwrap();
+            let Some(last) = page.last() else { break };
+            before = last.clone();
+            paged.extend(page);
+        }
+        assert_eq!(paged, newest_first);
+        let failed = archive.ids(&[JobState::Failed], "", 10).await.unwrap();
+        assert_eq!(failed, [&*ids[9], &ids[6], &ids[3], &ids[0]]);
+        let older = archive.ids(&[JobState::Failed], &ids[6], 10).await.unwrap();
+        assert_eq!(older, [&*ids[3], &ids[0]]);
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //! - [`archive`]: finished jobs out of the store, in the artifact store: one object per job and
 //!   an index that lists newest first.
 //! - [`records`]: what is stored under which key.
-//! - [`requests`]: what the control plane is asked to act on (a submission, a task report).
+//! - [`requests`]: what the control plane is asked to act on (a submission, a task report, a
+//!   heartbeat's progress).
+//! - [`dispatch`]: what it hands workers and operators (a leased task, directives, the queue).
+//! - [`events`]: what a job's watchers are told.
 //! - [`convert`]: where wire types become domain types (and back), with validation; the wire
 //!   form of every record (`convert/records.rs`).
 //! - [`state`]: what the services of one replica share, and the current term (none on a
@@ -34,8 +37,10 @@
 pub mod archive;
 pub mod control;
 pub mod convert;
+pub mod dispatch;
 pub mod election;
 pub mod error;
+pub mod events;
 pub mod forward;
 pub mod health;
 pub mod journal;

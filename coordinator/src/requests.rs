@@ -49,3 +49,28 @@ pub enum Report {
     /// It stopped on a cancel directive.
     Cancelled,
 }
+
+/// One task's progress, as a worker's heartbeat reports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// The task.
+    pub task_id: String,
+    /// The attempt the worker runs.
+    pub attempt: u32,
+    /// Current epoch (1-based) and the epochs planned.
+    pub epoch: u32,
+    /// See `epoch`.
+    pub total_epochs: u32,
+    /// Batches done in the epoch, and batches per epoch.
+    pub batch: u32,
+    /// See `batch`.
+    pub total_batches: u32,
+    /// Recent throughput.
+    pub images_per_sec: f64,
+    /// Epochs finished since the last heartbeat, with their metrics.
+    pub finished_epochs: Vec<(u32, BTreeMap<String, f64>)>,
+    /// URI of the newest checkpoint; empty for none.
+    pub checkpoint: String,
+    /// Epochs that checkpoint completed.
+    pub checkpoint_epoch: u32,
+}

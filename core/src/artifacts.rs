@@ -238,6 +238,24 @@ impl ArtifactStore {
         Ok(listed)
     }
 
+    /// The "directories" right under `prefix` (keys sharing a next `/`-separated part), as
+    /// names, sorted.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let path = self.path(prefix)?;
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&path))
+            .await
+            .map_err(|e| self.error(prefix, "cannot list", e))?;
+        let mut dirs: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        dirs.sort();
+        Ok(dirs)
+    }
+
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let path = self.path(key)?;

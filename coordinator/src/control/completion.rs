@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use trainfleet_core::artifacts;
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::job_event::Event;
 
 use crate::error::{Error, Result};
-use crate::records::{Checkpoint, JobState, TaskRole};
+use crate::events::{BatchProgress, EventKind};
+use crate::records::{Checkpoint, JobState, JobView, TaskRole};
+use crate::requests::Progress;
 use crate::scheduler::{Outcome, TaskState};
 
 use super::{Control, Inner, Report, event, refused};
@@ -158,7 +158,7 @@ impl Inner {
         &mut self,
         artifacts: &ArtifactStore,
         session: &str,
-        report: &v1::TaskProgress,
+        report: &Progress,
         ops: &mut Vec<TxnOp>,
     ) {
         let mut changed = false;
@@ -177,13 +177,16 @@ impl Inner {
         let mut events = Vec::new();
         {
             let job = self.jobs.get_mut(&job_id).expect("exists");
-            for epoch in &report.finished_epochs {
-                job.epochs.retain(|(n, _)| *n < epoch.epoch);
-                job.epochs.push((
-                    epoch.epoch,
-                    epoch.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            for (epoch, values) in &report.finished_epochs {
+                job.epochs.retain(|(n, _)| n < epoch);
+                job.epochs.push((*epoch, values.clone()));
+                events.push(event(
+                    &job_id,
+                    EventKind::Epoch {
+                        epoch: *epoch,
+                        values: values.clone(),
+                    },
                 ));
-                events.push(event(&job_id, Event::Epoch(epoch.clone())));
                 changed = true;
             }
             if !report.checkpoint.is_empty()
@@ -206,7 +209,7 @@ impl Inner {
         if report.total_batches > 0 {
             events.push(event(
                 &job_id,
-                Event::Progress(v1::BatchProgress {
+                EventKind::Progress(BatchProgress {
                     epoch: report.epoch,
                     total_epochs: report.total_epochs,
                     batch: report.batch,
@@ -245,10 +248,10 @@ impl Inner {
         for e in detail.epochs.into_iter().filter(|e| e.epoch > known) {
             events.push(event(
                 job_id,
-                Event::Epoch(v1::EpochMetrics {
+                EventKind::Epoch {
                     epoch: e.epoch,
-                    values: e.values.clone().into_iter().collect(),
-                }),
+                    values: e.values.clone(),
+                },
             ));
             job.epochs.push((e.epoch, e.values));
         }
@@ -281,7 +284,7 @@ impl Inner {
                 let job = self.jobs.get_mut(&job_id).expect("exists");
                 job.state = JobState::Queued;
                 job.worker_id.clear();
-                self.emit(event(&job_id, Event::State(v1::JobState::Queued as i32)));
+                self.emit(event(&job_id, EventKind::State(JobState::Queued)));
             }
             TaskState::Failed { reason } => self.finish(&job_id, JobState::Failed, reason, ops),
             TaskState::Cancelled => {
@@ -316,9 +319,9 @@ impl Inner {
         job.active_task.clear();
         tracing::info!(%job_id, ?state, error = %job.error, "job ended");
         if self.watchers.contains_key(job_id) {
-            let wire = job.to_wire();
-            self.emit(event(job_id, Event::State(state.to_wire() as i32)));
-            self.emit(event(job_id, Event::Finished(wire)));
+            let ended = Box::new(JobView::live(job.clone()));
+            self.emit(event(job_id, EventKind::State(state)));
+            self.emit(event(job_id, EventKind::Finished(ended)));
             self.watchers.remove(job_id);
         }
     }

@@ -6,10 +6,9 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::job_event::Event;
 
 use crate::error::{Error, Result};
+use crate::events::{EventKind, JobEvent};
 use crate::records;
 use crate::records::{DatasetRecord, JobKind, JobState, VersionRecord};
 
@@ -112,8 +111,8 @@ impl Control {
                     _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
                 };
                 match event {
-                    Ok(v1::JobEvent {
-                        event: Some(Event::Finished(_)),
+                    Ok(JobEvent {
+                        kind: EventKind::Finished(_),
                         ..
                     })
                     | Err(broadcast::error::RecvError::Closed) => {

@@ -6,11 +6,10 @@ use std::time::SystemTime;
 
 use trainfleet_core::kv::TxnOp;
 use trainfleet_core::{artifacts, gate};
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::job_event::Event;
 
+use crate::events::EventKind;
 use crate::records;
-use crate::records::{JobOutcome, JobState, ModelRecord, TaskRole};
+use crate::records::{JobOutcome, JobState, ModelRecord, TaskRole, VersionRecord};
 use crate::scheduler::Needs;
 
 use super::{Inner, event};
@@ -52,7 +51,7 @@ impl Inner {
     pub(super) fn version_refs(
         &self,
         job_id: &str,
-    ) -> (Option<v1::VersionRef>, Option<v1::VersionRef>) {
+    ) -> (Option<VersionRecord>, Option<VersionRecord>) {
         let Some(spec) = self.jobs.get(job_id).and_then(|j| j.spec()) else {
             return (None, None);
         };
@@ -65,15 +64,8 @@ impl Inner {
         let Some(at) = dataset.versions.iter().position(|v| v.root == root) else {
             return (None, None);
         };
-        let wire = |v: &records::VersionRecord| v1::VersionRef {
-            number: v.number,
-            root: v.root.clone(),
-            samples: v.samples,
-            skipped_count: v.skipped,
-            skipped: v.skipped_wire(),
-        };
-        let previous = at.checked_sub(1).map(|p| wire(&dataset.versions[p]));
-        (Some(wire(&dataset.versions[at])), previous)
+        let previous = at.checked_sub(1).map(|p| dataset.versions[p].clone());
+        (Some(dataset.versions[at].clone()), previous)
     }
 
     /// Queues the eval task of a job whose training succeeded, against the current champion.
@@ -114,7 +106,7 @@ impl Inner {
         meta.challenger = challenger;
         meta.champion = champion.map(|c| c.1).unwrap_or_default();
         self.put_task(&task_id, ops);
-        self.emit(event(job_id, Event::State(v1::JobState::Evaluating as i32)));
+        self.emit(event(job_id, EventKind::State(JobState::Evaluating)));
     }
 
     /// What a finished training run was, from its verified manifest and its result's detail.

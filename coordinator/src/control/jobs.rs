@@ -7,9 +7,9 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 use trainfleet_core::job::JobSpec;
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
 
 use crate::error::{Error, Result};
+use crate::events::JobEvent;
 use crate::records;
 use crate::records::{JobKind, JobRecord, JobState, JobView, TaskRecord, TaskRole};
 use crate::scheduler::{Needs, TaskState};
@@ -289,7 +289,7 @@ impl Control {
     pub async fn watch(
         &self,
         id: &str,
-    ) -> Result<(JobView, Option<broadcast::Receiver<v1::JobEvent>>)> {
+    ) -> Result<(JobView, Option<broadcast::Receiver<JobEvent>>)> {
         {
             let mut inner = self.lock();
             if let Some(job) = inner.jobs.get(id) {
@@ -355,7 +355,7 @@ impl Inner {
         id
     }
 
-    pub(super) fn emit(&mut self, (job_id, ev): (String, v1::JobEvent)) {
+    pub(super) fn emit(&mut self, (job_id, ev): (String, JobEvent)) {
         if let Some(tx) = self.watchers.get(&job_id)
             && tx.send(ev).is_err()
         {

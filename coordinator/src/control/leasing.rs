@@ -6,38 +6,38 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use trainfleet_core::kv::TxnOp;
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::job_event::Event;
 
+use crate::dispatch::{
+    Assignment, Directive, DirectiveKind, EvalInputs, QueueView, QueuedTask, ScanInputs,
+};
 use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::records;
 use crate::records::{AttemptRecord, JobKind, JobState, TaskMeta, TaskRole};
+use crate::requests::Progress;
 use crate::scheduler::{Needs, TaskState};
-use crate::{convert, records};
 
 use super::{Assigned, Control, Inner, Waiter, event, retrain};
 
 impl Control {
     /// The queue (oldest first) and the leased tasks, for operators.
-    pub fn queue(&self) -> v1::GetQueueResponse {
+    pub fn queue(&self) -> QueueView {
         let inner = self.lock();
         let (queued, leased) = inner.scheduler.snapshot();
-        let wire = |t: &crate::scheduler::Task| v1::QueuedTask {
+        let view = |t: &crate::scheduler::Task| QueuedTask {
             task_id: t.id.clone(),
             job_id: t.job_id.clone(),
-            kind: inner
-                .meta
-                .get(&t.id)
-                .map_or(v1::TaskKind::Unspecified, |m| m.role.kind()) as i32,
+            role: inner.meta.get(&t.id).map(|m| m.role),
             attempt: t.attempt,
             worker_id: match &t.state {
                 TaskState::Leased { worker_id } => worker_id.clone(),
                 _ => String::new(),
             },
-            enqueued_at: Some(convert::timestamp(t.enqueued_at)),
+            enqueued_at: t.enqueued_at,
         };
-        v1::GetQueueResponse {
-            queued: queued.into_iter().map(wire).collect(),
-            running: leased.into_iter().map(wire).collect(),
+        QueueView {
+            queued: queued.into_iter().map(view).collect(),
+            running: leased.into_iter().map(view).collect(),
         }
     }
 
@@ -59,7 +59,7 @@ impl Control {
         free_slots: u32,
         wait: Duration,
         shutdown: &CancellationToken,
-    ) -> Result<Option<v1::Task>> {
+    ) -> Result<Option<Assignment>> {
         let devices = self.registry.session_devices(worker_id, session)?;
         let deadline = tokio::time::Instant::now() + wait;
         let parked = {
@@ -162,8 +162,8 @@ impl Control {
         &self,
         worker_id: &str,
         session: &str,
-        reports: Vec<v1::TaskProgress>,
-    ) -> Vec<v1::Directive> {
+        reports: Vec<Progress>,
+    ) -> Vec<Directive> {
         let mut inner = self.lock();
         let mut ops = Vec::new();
         let mut directives = Vec::new();
@@ -174,9 +174,9 @@ impl Control {
                     .scheduler
                     .check_holder(worker_id, &report.task_id, report.attempt)
             {
-                directives.push(v1::Directive {
+                directives.push(Directive {
                     task_id: report.task_id.clone(),
-                    kind: v1::DirectiveKind::Abandon as i32,
+                    kind: DirectiveKind::Abandon,
                     reason: refused.to_string(),
                 });
                 continue;
@@ -208,9 +208,9 @@ impl Control {
             }
         }
         for task in inner.scheduler.cancel_directives(worker_id) {
-            directives.push(v1::Directive {
+            directives.push(Directive {
                 task_id: task.id.clone(),
-                kind: v1::DirectiveKind::Cancel as i32,
+                kind: DirectiveKind::Cancel,
                 reason: "the job was cancelled".to_owned(),
             });
         }
@@ -270,14 +270,14 @@ impl Inner {
         self.put_task(task_id, ops);
     }
 
-    /// Records a lease on the job and builds the task message for the worker.
+    /// Records a lease on the job and builds what the worker is handed.
     pub(super) fn leased(
         &mut self,
         task_id: &str,
         worker_id: &str,
         session: &str,
         ops: &mut Vec<TxnOp>,
-    ) -> v1::Task {
+    ) -> Assignment {
         let now = SystemTime::now();
         let task = self.scheduler.task(task_id).expect("leased").clone();
         let meta = self.meta.get_mut(task_id).expect("every task has meta");
@@ -319,12 +319,10 @@ impl Inner {
         let champion_id = job.champion_id.clone();
         let (spec_yaml, sleep, scan) = match &job.kind {
             JobKind::Train { spec } => (spec.to_yaml(), None, None),
-            JobKind::Sleep { duration } => {
-                (String::new(), Some(convert::duration(*duration)), None)
-            }
+            JobKind::Sleep { duration } => (String::new(), Some(*duration), None),
             JobKind::Scan { dataset, full, .. } => {
                 let record = self.datasets.get(dataset);
-                let scan = v1::ScanInputs {
+                let scan = ScanInputs {
                     dataset: dataset.clone(),
                     directory: record.map(|d| d.directory.clone()).unwrap_or_default(),
                     full: *full,
@@ -340,28 +338,23 @@ impl Inner {
                 (String::new(), None, Some(scan))
             }
         };
-        let eval = (meta.role == TaskRole::Eval).then(|| v1::EvalInputs {
+        let eval = (meta.role == TaskRole::Eval).then(|| EvalInputs {
             challenger: meta.challenger.clone(),
             champion: meta.champion.clone(),
             champion_id,
             dataset_version,
             previous_version,
         });
-        let wire = v1::Task {
+        let assignment = Assignment {
             id: task_id.to_owned(),
             job_id: task.job_id.clone(),
-            kind: meta.role.kind() as i32,
+            role: meta.role,
             attempt: task.attempt,
             spec_yaml,
-            resume_from: resume.as_ref().map(|c| c.uri.clone()).unwrap_or_default(),
-            resources: Some(v1::ResourceRequest {
-                gpu: task.needs.gpu,
-                min_memory_bytes: task.needs.min_memory_bytes,
-                slots: task.needs.slots,
-            }),
+            resume,
+            needs: task.needs,
             sleep,
             eval,
-            resume_epoch: resume.map_or(0, |c| c.epoch),
             scan,
         };
         let state = job.state;
@@ -372,8 +365,8 @@ impl Inner {
         self.put_task(task_id, ops);
         self.put_job(&job_id, ops);
         if state != previous_state {
-            self.emit(event(&job_id, Event::State(state.to_wire() as i32)));
+            self.emit(event(&job_id, EventKind::State(state)));
         }
-        wire
+        assignment
     }
 }

@@ -33,8 +33,6 @@ use tokio_util::sync::CancellationToken;
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::device::Device;
 use trainfleet_core::kv::KvStore;
-use trainfleet_proto::v1;
-use trainfleet_proto::v1::job_event::Event;
 
 mod completion;
 mod datasets;
@@ -53,8 +51,9 @@ pub use retrain::{next_scan, retrain_spec, run_ticker};
 use jobs::NewJob;
 
 use crate::archive::JobArchive;
-use crate::convert;
+use crate::dispatch::Assignment;
 use crate::error::{Error, Result};
+use crate::events::{EventKind, JobEvent};
 use crate::journal::{Ack, Journal};
 use crate::records::{
     self, ChampionRecord, DatasetRecord, JobRecord, ModelRecord, TaskMeta, TaskRecord,
@@ -78,7 +77,7 @@ struct Waiter {
 }
 
 struct Assigned {
-    task: v1::Task,
+    task: Assignment,
     ack: Ack,
 }
 
@@ -92,7 +91,7 @@ struct Inner {
     datasets: BTreeMap<String, DatasetRecord>,
     idempotency: HashMap<String, String>,
     waiters: VecDeque<Waiter>,
-    watchers: HashMap<String, broadcast::Sender<v1::JobEvent>>,
+    watchers: HashMap<String, broadcast::Sender<JobEvent>>,
     /// Retrain decisions per dataset, oldest first (at most [`retrain::HISTORY`] each).
     decisions: HashMap<String, VecDeque<records::DecisionRecord>>,
     /// The newest archived job's id: `None` until looked up, `Some(None)` for an empty archive.
@@ -281,12 +280,6 @@ fn new_job_id(now: SystemTime) -> String {
     format!("j-{millis:011x}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-fn event(job_id: &str, event: Event) -> (String, v1::JobEvent) {
-    (
-        job_id.to_owned(),
-        v1::JobEvent {
-            at: Some(convert::timestamp(SystemTime::now())),
-            event: Some(event),
-        },
-    )
+fn event(job_id: &str, kind: EventKind) -> (String, JobEvent) {
+    (job_id.to_owned(), JobEvent::now(kind))
 }

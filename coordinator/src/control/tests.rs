@@ -6,6 +6,7 @@ use trainfleet_core::device::DeviceKind;
 use trainfleet_core::kv::embedded::EmbeddedStore;
 
 use super::*;
+use trainfleet_proto::v1;
 use crate::registry::Registration;
 
 pub(crate) struct Fixture {

@@ -2,6 +2,8 @@
 //! Everything that arrives is validated here, so services and the registry never see a
 //! malformed value; every error names the offending field.
 
+mod dispatch;
+mod events;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -14,6 +16,8 @@ use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_core::ids::validate_worker_id;
 use trainfleet_core::job::JobSpec;
 use trainfleet_proto::v1;
+
+pub use dispatch::progress_from_wire;
 
 use crate::registry::{Liveness, Registration, WorkerSnapshot};
 

@@ -72,6 +72,6 @@ impl ClusterService for ClusterApi {
         &self,
         _request: Request<v1::GetQueueRequest>,
     ) -> Result<Response<v1::GetQueueResponse>, Status> {
-        Ok(Response::new(self.state.term()?.control.queue()))
+        Ok(Response::new(self.state.term()?.control.queue().to_wire()))
     }
 }

@@ -16,6 +16,7 @@ use trainfleet_proto::v1::job_service_server::JobService;
 use crate::control::{MAX_SLEEP, Submission};
 use crate::convert;
 use crate::error::Error;
+use crate::events::EventKind;
 use crate::records::{JobState, JobView};
 use crate::state::State;
 
@@ -204,8 +205,8 @@ impl JobService for JobApi {
                 };
                 match event {
                     Ok(event) => {
-                        let last = matches!(event.event, Some(Event::Finished(_)));
-                        if tx.send(Ok(event)).await.is_err() || last {
+                        let last = matches!(event.kind, EventKind::Finished(_));
+                        if tx.send(Ok(event.to_wire())).await.is_err() || last {
                             return;
                         }
                     }

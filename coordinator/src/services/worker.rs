@@ -7,6 +7,7 @@ use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_server::WorkerService;
 
 use crate::convert;
+use crate::dispatch::{Assignment, Directive};
 use crate::error::Error;
 use crate::state::State;
 
@@ -86,7 +87,9 @@ impl WorkerService for WorkerApi {
                 "task leased"
             );
         }
-        Ok(Response::new(v1::PollTaskResponse { task }))
+        Ok(Response::new(v1::PollTaskResponse {
+            task: task.as_ref().map(Assignment::to_wire),
+        }))
     }
 
     async fn heartbeat(
@@ -99,11 +102,16 @@ impl WorkerService for WorkerApi {
         let deadline =
             term.registry
                 .heartbeat(&req.worker_id, &req.session_id, req.free_slots, running)?;
+        let reports = req
+            .tasks
+            .into_iter()
+            .map(convert::progress_from_wire)
+            .collect();
         let directives = term
             .control
-            .heartbeat(&req.worker_id, &req.session_id, req.tasks);
+            .heartbeat(&req.worker_id, &req.session_id, reports);
         Ok(Response::new(v1::HeartbeatResponse {
-            directives,
+            directives: directives.iter().map(Directive::to_wire).collect(),
             deadline: Some(convert::timestamp(deadline)),
         }))
     }

@@ -74,6 +74,7 @@ async fn lease(f: &Fixture, id: &str, session: &str) -> v1::Task {
         .await
         .unwrap()
         .expect("a task to lease")
+        .to_wire()
 }
 
 /// Completes scan `task` (held by worker "w") as a worker would: version `n` of `samples`
