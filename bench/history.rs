@@ -405,25 +405,33 @@ async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<serde_json::Value> 
         first.insert("rss_mib".into(), json!(r.rss_mib()));
         if retain != usize::MAX {
             let mut jobs = JobServiceClient::new(channel(&r.addr).await?);
-            let page = jobs
-                .list(v1::ListJobsRequest {
-                    states: vec![],
-                    page_size: 500,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            let began = Instant::now();
-            let deep = jobs
-                .list(v1::ListJobsRequest {
-                    states: vec![],
-                    page_size: 500,
-                    page_token: page.jobs.last().map(|j| j.id.clone()).unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            let list_ms = began.elapsed().as_secs_f64() * 1000.0;
-            let oldest = deep.jobs.last().map(|j| j.id.clone()).unwrap_or_default();
+            // Pages of 500 newest first: the first ones are the retained jobs, then the
+            // archive's; time the first page that is all archive.
+            let mut token = String::new();
+            let (list_ms, oldest) = loop {
+                let began = Instant::now();
+                let page = jobs
+                    .list(v1::ListJobsRequest {
+                        states: vec![],
+                        page_size: 500,
+                        page_token: token.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                let ms = began.elapsed().as_secs_f64() * 1000.0;
+                anyhow::ensure!(!page.jobs.is_empty(), "no page reached the archive");
+                if page
+                    .jobs
+                    .iter()
+                    .all(|j| j.source == v1::JobSource::Archive as i32)
+                {
+                    break (
+                        ms,
+                        page.jobs.last().map(|j| j.id.clone()).unwrap_or_default(),
+                    );
+                }
+                token = page.next_page_token;
+            };
             let began = Instant::now();
             let got = jobs
                 .get(v1::GetJobRequest { id: oldest })
@@ -433,10 +441,10 @@ async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<serde_json::Value> 
                 "archived_get_ms".into(),
                 json!(began.elapsed().as_secs_f64() * 1000.0),
             );
-            first.insert("second_list_page_ms".into(), json!(list_ms));
+            first.insert("archive_list_page_ms".into(), json!(list_ms));
             anyhow::ensure!(
                 got.source == v1::JobSource::Archive as i32,
-                "the page past the retained jobs comes from the archive"
+                "an archived job is read from the archive"
             );
             first.insert("rss_after_reads_mib".into(), json!(r.rss_mib()));
         }

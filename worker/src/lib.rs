@@ -12,12 +12,14 @@
 //! - [`artifacts`]: what a run leaves behind (weights, model card, metrics, config).
 //! - [`devices`]: the CPU and CUDA devices this worker reports.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`console`]: what the `train`, `devices` and `verify` commands print.
 //! - [`error`]: the crate's error type.
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod artifacts;
 pub mod backoff;
+pub mod console;
 pub mod data;
 pub mod devices;
 pub mod error;

@@ -27,6 +27,9 @@ impl Inner {
     }
 }
 
+/// Earlier champions kept per dataset for rollback (their jobs stay out of the archive).
+pub(super) const ROLLBACK_DEPTH: usize = 100;
+
 impl Control {
     /// Models newest first, optionally of one dataset.
     pub fn models(
@@ -195,6 +198,9 @@ impl Inner {
         let record = match self.champions.remove(dataset) {
             Some(mut c) if c.model_id != model_id => {
                 c.previous.push(std::mem::take(&mut c.model_id));
+                // The lineage rollback walks is bounded, as is what it keeps in the store.
+                let over = c.previous.len().saturating_sub(ROLLBACK_DEPTH);
+                c.previous.drain(..over);
                 c.model_id = model_id.to_owned();
                 c.reason = reason.to_owned();
                 c.updated_at = now;
@@ -281,6 +287,23 @@ mod tests {
         )]);
         f.control.lock().models.insert(id.into(), record);
         ack.durable().await.unwrap();
+    }
+
+    #[test]
+    fn the_rollback_lineage_keeps_the_newest_earlier_champions() {
+        let mut inner = Inner::default();
+        let mut ops = Vec::new();
+        for i in 0..=ROLLBACK_DEPTH + 5 {
+            inner.set_champion("digits", &format!("m-{i:03}"), "won", &mut ops);
+        }
+        let champion = &inner.champions["digits"];
+        assert_eq!(champion.model_id, format!("m-{:03}", ROLLBACK_DEPTH + 5));
+        assert_eq!(champion.previous.len(), ROLLBACK_DEPTH);
+        assert_eq!(champion.previous[0], "m-005", "the oldest go first");
+        assert_eq!(
+            champion.previous.last().unwrap(),
+            &format!("m-{:03}", ROLLBACK_DEPTH + 4)
+        );
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@ use trainfleet_core::device::DeviceKind;
 use trainfleet_core::kv::embedded::EmbeddedStore;
 
 use super::*;
-use trainfleet_proto::v1;
 use crate::registry::Registration;
+use trainfleet_proto::v1;
 
 pub(crate) struct Fixture {
     pub(crate) control: Arc<Control>,
