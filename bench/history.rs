@@ -2,7 +2,7 @@
 //!
 //! The history is written straight into the state store (the records a finished two-task
 //! training job leaves: spec, ten epochs of metrics, two attempts, result, run, a train and an
-//! eval task; about 5 KiB a job), because running 100,000 real trainings is not a benchmark. Then,
+//! eval task, and the model it trained; about 6 KiB a job), because running 100,000 real trainings is not a benchmark. Then,
 //! side by side in one run, with release `trainfleet-coordinator`s:
 //!
 //! 1. **Embedded, without retention** (`--retain-finished-jobs` above the history, the
@@ -28,8 +28,8 @@ use clap::Parser;
 use common::{channel, wait_addr};
 use serde_json::json;
 use trainfleet_coordinator::records::{
-    self, AttemptRecord, JobKind, JobOutcome, JobRecord, JobState, RunRecord, TaskMeta, TaskRecord,
-    TaskRole,
+    self, AttemptRecord, GateRecord, JobKind, JobOutcome, JobRecord, JobState, ModelRecord,
+    RunRecord, TaskMeta, TaskRecord, TaskRole,
 };
 use trainfleet_coordinator::scheduler::{Needs, Task, TaskState};
 use trainfleet_core::etcd_process::EtcdCluster;
@@ -154,14 +154,22 @@ async fn is_leader(addr: &str) -> bool {
 }
 
 async fn wait_leader(replicas: &[Replica], except: Option<usize>) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_leader_for(replicas, except, Duration::from_secs(120)).await
+}
+
+async fn wait_leader_for(
+    replicas: &[Replica],
+    except: Option<usize>,
+    limit: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + limit;
     loop {
         for (i, r) in replicas.iter().enumerate() {
             if Some(i) != except && r.child.is_some() && is_leader(&r.addr).await {
                 return Ok(i);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no leader within 120 s");
+        anyhow::ensure!(Instant::now() < deadline, "no leader within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -250,7 +258,36 @@ fn finished_job(template: &JobSpec, start: SystemTime, i: usize) -> Vec<TxnOp> {
             worker_id: "worker-0".into(),
         }),
     };
-    let mut ops = vec![TxnOp::Put(records::job_key(&id), records::encode(&job))];
+    let model = ModelRecord {
+        id: format!("m-{}", &id[2..]),
+        dataset: "synth-digits".into(),
+        dataset_version: "ab".repeat(32),
+        job_id: id.clone(),
+        parent_id: "m-champion".into(),
+        config_hash: "ef".repeat(32),
+        metrics: metrics(10),
+        artifact_uri: format!("{run_uri}/model.safetensors"),
+        artifact_sha256: "cd".repeat(32),
+        run_uri: run_uri.clone(),
+        gate: GateRecord {
+            promoted: false,
+            reasons: vec!["accuracy 0.9090 is not above the champion's 0.9950".into()],
+            metric: "accuracy".into(),
+            challenger_value: 0.909,
+            champion_value: 0.995,
+            champion_id: "m-champion".into(),
+            mcnemar: None,
+        },
+        created_at: created + Duration::from_secs(60),
+        labels: BTreeMap::new(),
+        dataset_version_number: 1,
+        eval_samples_uri: format!("{run_uri}/eval/samples.json"),
+        report_uri: format!("{run_uri}/report/index.html"),
+    };
+    let mut ops = vec![
+        TxnOp::Put(records::job_key(&id), records::encode(&job)),
+        TxnOp::Put(records::model_key(&model.id), records::encode(&model)),
+    ];
     for role in [TaskRole::Train, TaskRole::Eval] {
         let task_id = format!("{id}-{}", role.name());
         let task = TaskRecord {
@@ -545,7 +582,9 @@ async fn etcd(args: &Args, dir: &Path) -> anyhow::Result<serde_json::Value> {
     );
     let (seeded_size, _) = etcd_status(&endpoints).await?;
     let mut replicas = start("/history")?;
-    let leader = match wait_leader(&replicas, None).await {
+    let began = Instant::now();
+    // The first leader loads the whole unarchived history before it serves.
+    let leader = match wait_leader_for(&replicas, None, Duration::from_secs(900)).await {
         Ok(l) => l,
         Err(e) => {
             for r in &replicas {
@@ -554,6 +593,7 @@ async fn etcd(args: &Args, dir: &Path) -> anyhow::Result<serde_json::Value> {
             return Err(e);
         }
     };
+    let backlog_load_seconds = began.elapsed().as_secs_f64();
     let archive_seconds = wait_archived(&replicas[leader], args.jobs - 1000).await?;
     let (archived_size, revision) = etcd_status(&endpoints).await?;
     let history_times = failovers(args, &mut replicas).await?;
@@ -588,6 +628,7 @@ async fn etcd(args: &Args, dir: &Path) -> anyhow::Result<serde_json::Value> {
         "failover_empty_seconds": empty_times,
         "failover_history_seconds": history_times,
         "seed_seconds": seed_seconds,
+        "backlog_first_leader_seconds": backlog_load_seconds,
         "archive_backlog_seconds": archive_seconds,
         "db_mib_before": before_size as f64 / 1048576.0,
         "db_mib_with_history": seeded_size as f64 / 1048576.0,

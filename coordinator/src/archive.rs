@@ -4,9 +4,14 @@
 //! Layout under the artifact store's base:
 //!
 //! ```text
-//! archive/jobs/<job_id>.json                     one ArchivedJob: the job record and its tasks
+//! archive/jobs/<job_id>.json                     one ArchivedJob: the job record, its tasks and
+//!                                                 the model it trained (if any)
 //! archive/index/<bucket>/<order key>.<state>     an empty marker per archived job
+//! archive/models/<bucket>/<order key>.<digest>   an empty marker per archived model; the digest
+//!                                                 names its dataset (sha256, 16 hex digits)
 //! ```
+//!
+//! A model's id is its job's (`m-` for `j-`), so an archived model is read from its job's object.
 //!
 //! The index is the marker keys themselves: the order key is the job id with every hex digit
 //! `d` written as `f - d`, so key order is newest first (job ids are `j-<millis>-<random>` in
@@ -24,10 +29,11 @@ use futures::StreamExt;
 use trainfleet_core::artifacts::ArtifactStore;
 
 use crate::error::{Error, Result};
-use crate::records::{JobRecord, JobState, TaskRecord};
+use crate::records::{JobRecord, JobState, ModelRecord, TaskRecord};
 
 const JOBS: &str = "archive/jobs/";
 const INDEX: &str = "archive/index/";
+const MODELS: &str = "archive/models/";
 /// Hex digits of the mirrored time that name a bucket: 16^6 ms (about 4.7 hours) each.
 const BUCKET_DIGITS: usize = 5;
 /// Objects read or written at once.
@@ -40,6 +46,9 @@ pub struct ArchivedJob {
     pub job: JobRecord,
     /// Its tasks.
     pub tasks: Vec<TaskRecord>,
+    /// The model it trained, unless that model is a champion or one of the champions before.
+    #[serde(default)]
+    pub model: Option<ModelRecord>,
     /// When it was archived.
     pub archived_at: SystemTime,
 }
@@ -91,6 +100,16 @@ fn bucket(order: &str) -> &str {
     order.get(..2 + BUCKET_DIGITS).unwrap_or(order)
 }
 
+/// The job id of model `model_id` (`m-…` ↔ `j-…`).
+pub fn job_of_model(model_id: &str) -> Option<String> {
+    model_id.strip_prefix("m-").map(|rest| format!("j-{rest}"))
+}
+
+/// The tag of a model marker: its dataset's sha256, 16 hex digits.
+fn dataset_digest(dataset: &str) -> String {
+    trainfleet_core::artifacts::sha256_hex(dataset.as_bytes())[..16].to_owned()
+}
+
 /// An index marker's job id and state.
 fn parse_marker(key: &str) -> Option<(String, String)> {
     let (order, state) = key.rsplit_once('.')?;
@@ -124,7 +143,56 @@ impl JobArchive {
             .put_bytes(&marker, Vec::new())
             .await
             .map_err(archive_error)?;
+        if let Some(model) = &archived.model {
+            let order = mirrored(&model.id);
+            let marker = format!(
+                "{MODELS}{}/{order}.{}",
+                bucket(&order),
+                dataset_digest(&model.dataset)
+            );
+            self.store
+                .put_bytes(&marker, Vec::new())
+                .await
+                .map_err(archive_error)?;
+        }
         Ok(())
+    }
+
+    /// The archived model `model_id`, if there is one.
+    pub async fn get_model(&self, model_id: &str) -> Result<Option<ModelRecord>> {
+        let Some(job_id) = job_of_model(model_id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .get(&job_id)
+            .await?
+            .and_then(|a| a.model)
+            .filter(|m| m.id == model_id))
+    }
+
+    /// Reads several archived models, in the order asked; a missing one is left out.
+    pub async fn get_models(&self, ids: &[String]) -> Result<Vec<ModelRecord>> {
+        let reads: Vec<_> = ids.iter().map(|id| self.get_model(id)).collect();
+        let found: Vec<Result<Option<ModelRecord>>> = futures::stream::iter(reads)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        found.into_iter().filter_map(Result::transpose).collect()
+    }
+
+    /// Ids of archived models older than `before` (all when empty), of `dataset` (any when
+    /// empty), newest first, at most `limit`.
+    pub async fn model_ids(
+        &self,
+        dataset: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let digest = dataset_digest(dataset);
+        self.scan(MODELS, before, limit, |tag| {
+            dataset.is_empty() || tag == digest
+        })
+        .await
     }
 
     /// Writes many, [`CONCURRENCY`] at a time; each job's own result, in order.
@@ -172,25 +240,37 @@ impl JobArchive {
         limit: usize,
     ) -> Result<Vec<String>> {
         let wanted: Vec<&str> = states.iter().map(|s| state_name(*s)).collect();
+        self.scan(INDEX, before, limit, |state| {
+            wanted.is_empty() || wanted.contains(&state)
+        })
+        .await
+    }
+
+    /// Ids from the markers under `root` older than `before` whose tag `keep` accepts, newest
+    /// first, at most `limit`.
+    async fn scan(
+        &self,
+        root: &str,
+        before: &str,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         let before_order = mirrored(before);
         let first_bucket = bucket(&before_order);
         let mut found: Vec<String> = Vec::new();
         // Buckets in key order are newest first; those newer than `before`'s are skipped.
-        for b in self.store.list_dirs(INDEX).await.map_err(archive_error)? {
+        for b in self.store.list_dirs(root).await.map_err(archive_error)? {
             if !before.is_empty() && b.as_str() < first_bucket {
                 continue;
             }
             let mut markers: Vec<(String, String)> = self
                 .store
-                .list(&format!("{INDEX}{b}/"))
+                .list(&format!("{root}{b}/"))
                 .await
                 .map_err(archive_error)?
                 .into_iter()
                 .filter_map(|o| parse_marker(&o.key))
-                .filter(|(id, state)| {
-                    (before.is_empty() || id.as_str() < before)
-                        && (wanted.is_empty() || wanted.contains(&state.as_str()))
-                })
+                .filter(|(id, tag)| (before.is_empty() || id.as_str() < before) && keep(tag))
                 .collect();
             // Newest first; an object store need not list in key order.
             markers.sort_unstable_by(|a, b| b.0.cmp(&a.0));

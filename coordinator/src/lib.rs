@@ -19,7 +19,8 @@
 //!   progress, finishing), `evals.rs` (evals and the gate), `models.rs` (registry, champions),
 //!   `datasets.rs` (registration, scans), `retrain/` (the retrain loop: the policy's book, the job
 //!   a retrain runs, the ticker).
-//!   `retention.rs` moves finished jobs past retention to the [`archive`].
+//!   `retention/` moves finished jobs past retention (with their tasks and models) to the
+//!   [`archive`].
 //! - [`archive`]: finished jobs out of the store, in the artifact store: one object per job and
 //!   an index that lists newest first.
 //! - [`records`]: what is stored under which key.

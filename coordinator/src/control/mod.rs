@@ -140,14 +140,40 @@ impl Control {
         lease_timeout: Duration,
         fatal: CancellationToken,
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
+        let kvs = store
+            .prefix(records::ROOT.as_bytes())
+            .await
+            .map_err(store_error)?;
+        // Decoding a large state takes seconds of CPU: off the runtime, so that the leader's
+        // lease keeps being renewed meanwhile.
+        let restoring = registry.clone();
+        let (inner, champion_revisions) =
+            tokio::task::spawn_blocking(move || Self::restore(kvs, &restoring))
+                .await
+                .map_err(|e| store_error(format!("restoring state panicked: {e}")))??;
+        let guarded = champion_revisions;
+        let (journal, handle) = Journal::start(store, fatal, guarded);
+        let control = Arc::new(Self {
+            lease_timeout,
+            registry,
+            archive: JobArchive::new(artifacts.clone()),
+            artifacts,
+            journal,
+            inner: Mutex::new(inner),
+        });
+        Ok((control, handle))
+    }
+
+    /// Builds the in-memory state from every stored record; returns it with the champion
+    /// pointers' revisions (the journal's compare-and-swap baseline).
+    fn restore(
+        kvs: Vec<trainfleet_core::kv::KeyValue>,
+        registry: &WorkerRegistry,
+    ) -> Result<(Inner, HashMap<Vec<u8>, i64>)> {
         let mut inner = Inner::default();
         let mut tasks = Vec::new();
         let mut champion_revisions = HashMap::new();
-        for kv in store
-            .prefix(records::ROOT.as_bytes())
-            .await
-            .map_err(store_error)?
-        {
+        for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let rest = &key[records::ROOT.len()..];
             match rest.split_once('/').map(|(kind, _)| kind) {
@@ -204,17 +230,7 @@ impl Control {
             champions = inner.champions.len(),
             "state restored"
         );
-        let guarded = champion_revisions;
-        let (journal, handle) = Journal::start(store, fatal, guarded);
-        let control = Arc::new(Self {
-            lease_timeout,
-            registry,
-            archive: JobArchive::new(artifacts.clone()),
-            artifacts,
-            journal,
-            inner: Mutex::new(inner),
-        });
-        Ok((control, handle))
+        Ok((inner, champion_revisions))
     }
 
     /// The artifact store workers write to.

@@ -1,6 +1,7 @@
 //! The model registry and champions: listing, promotion and rollback (compare-and-swap on the
 //! champion pointer).
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use trainfleet_core::kv::TxnOp;
@@ -31,42 +32,93 @@ impl Inner {
 pub(super) const ROLLBACK_DEPTH: usize = 100;
 
 impl Control {
-    /// Models newest first, optionally of one dataset.
-    pub fn models(
+    /// Models newest first, optionally of one dataset: those in the store and archived ones,
+    /// merged by id (an archived model is never a champion).
+    pub async fn models(
         &self,
         dataset: &str,
         page_size: usize,
         page_token: &str,
-    ) -> (Vec<ModelView>, String) {
-        let inner = self.lock();
-        let mut all: Vec<&ModelRecord> = inner
-            .models
-            .values()
-            .filter(|m| dataset.is_empty() || m.dataset == dataset)
-            .filter(|m| page_token.is_empty() || m.id.as_str() < page_token)
-            .collect();
-        all.sort_by(|a, b| b.id.cmp(&a.id));
-        let next = if all.len() > page_size {
-            all[page_size - 1].id.clone()
-        } else {
-            String::new()
+    ) -> Result<(Vec<ModelView>, String)> {
+        let live: Vec<ModelView> = {
+            let inner = self.lock();
+            let mut all: Vec<&ModelRecord> = inner
+                .models
+                .values()
+                .filter(|m| dataset.is_empty() || m.dataset == dataset)
+                .filter(|m| page_token.is_empty() || m.id.as_str() < page_token)
+                .collect();
+            all.sort_by(|a, b| b.id.cmp(&a.id));
+            all.into_iter()
+                .take(page_size + 1)
+                .map(|m| inner.view(m))
+                .collect()
         };
-        let page = all
-            .into_iter()
-            .take(page_size)
-            .map(|m| inner.view(m))
+        let archived = self
+            .archive
+            .model_ids(dataset, page_token, page_size + 1)
+            .await?;
+        let mut ids: Vec<(String, bool)> =
+            live.iter().map(|m| (m.record.id.clone(), true)).collect();
+        for id in archived {
+            if !ids.iter().any(|(m, _)| *m == id) {
+                ids.push((id, false));
+            }
+        }
+        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        let more = ids.len() > page_size;
+        ids.truncate(page_size);
+        let wanted: Vec<String> = ids
+            .iter()
+            .filter(|(_, live)| !live)
+            .map(|(id, _)| id.clone())
             .collect();
-        (page, next)
+        let mut from_archive: HashMap<String, ModelRecord> = self
+            .archive
+            .get_models(&wanted)
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let mut live: HashMap<String, ModelView> =
+            live.into_iter().map(|m| (m.record.id.clone(), m)).collect();
+        let page: Vec<ModelView> = ids
+            .into_iter()
+            .filter_map(|(id, is_live)| {
+                if is_live {
+                    live.remove(&id)
+                } else {
+                    from_archive.remove(&id).map(|record| ModelView {
+                        record,
+                        champion: false,
+                    })
+                }
+            })
+            .collect();
+        let next = match (more, page.last()) {
+            (true, Some(last)) => last.record.id.clone(),
+            _ => String::new(),
+        };
+        Ok((page, next))
     }
 
-    /// One model.
-    pub fn model(&self, id: &str) -> Result<ModelView> {
-        let inner = self.lock();
-        let m = inner
-            .models
-            .get(id)
+    /// One model, from the store or else from the archive.
+    pub async fn model(&self, id: &str) -> Result<ModelView> {
+        {
+            let inner = self.lock();
+            if let Some(m) = inner.models.get(id) {
+                return Ok(inner.view(m));
+            }
+        }
+        let record = self
+            .archive
+            .get_model(id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?;
-        Ok(inner.view(m))
+        Ok(ModelView {
+            record,
+            champion: false,
+        })
     }
 
     /// A dataset's champion.
@@ -94,14 +146,9 @@ impl Control {
         reason: &str,
         expected: Option<Option<&str>>,
     ) -> Result<ModelView> {
-        let run = {
-            let inner = self.lock();
-            inner
-                .models
-                .get(id)
-                .map(|m| m.run_uri.clone())
-                .ok_or_else(|| Error::NotFound(format!("model `{id}` does not exist")))?
-        };
+        // An archived model comes back into the registry when it is promoted.
+        let model = self.model(id).await?.record;
+        let run = model.run_uri.clone();
         self.check_run(&run, true).await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "model `{id}` cannot be promoted: its artifacts did not verify: {e}"
@@ -109,9 +156,13 @@ impl Control {
         })?;
         let (model, ack) = {
             let mut inner = self.lock();
-            let dataset = inner.models[id].dataset.clone();
+            let dataset = model.dataset.clone();
             inner.check_champion(&dataset, expected)?;
             let mut ops = Vec::new();
+            if !inner.models.contains_key(id) {
+                ops.push(TxnOp::Put(records::model_key(id), records::encode(&model)));
+                inner.models.insert(id.to_owned(), model);
+            }
             inner.set_champion(
                 &dataset,
                 id,

@@ -42,11 +42,11 @@ impl ModelService for ModelApi {
             0 => 50,
             n => n.min(500),
         };
-        let (models, next_page_token) =
-            self.state
-                .term()?
-                .control
-                .models(&req.dataset, size, &req.page_token);
+        let term = self.state.term()?;
+        let (models, next_page_token) = term
+            .control
+            .models(&req.dataset, size, &req.page_token)
+            .await?;
         Ok(Response::new(v1::ListModelsResponse {
             models: models.iter().map(|m| m.to_wire()).collect(),
             next_page_token,
@@ -57,12 +57,9 @@ impl ModelService for ModelApi {
         &self,
         request: Request<v1::GetModelRequest>,
     ) -> Result<Response<v1::Model>, Status> {
+        let term = self.state.term()?;
         Ok(Response::new(
-            self.state
-                .term()?
-                .control
-                .model(&request.get_ref().id)?
-                .to_wire(),
+            term.control.model(&request.get_ref().id).await?.to_wire(),
         ))
     }
 

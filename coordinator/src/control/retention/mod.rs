@@ -1,5 +1,7 @@
 //! Retention: finished jobs past `retention` leave memory and the state store for the archive
-//! ([`crate::archive`]), so a busy cluster's etcd use and a new leader's load time stay bounded.
+//! ([`crate::archive`]), with the tasks they ran and the model they trained (unless it is a
+//! champion or one before it), so a busy cluster's etcd use and a new leader's load time stay
+//! bounded.
 //!
 //! One pass ([`Control::archive_finished`]) moves a batch in three steps:
 //!
@@ -24,7 +26,7 @@ use trainfleet_core::kv::TxnOp;
 
 use crate::archive::ArchivedJob;
 use crate::error::{Error, Result};
-use crate::records::{self, TaskRecord};
+use crate::records::{self, ModelRecord, TaskRecord};
 
 use super::{Control, Inner};
 
@@ -106,14 +108,23 @@ impl Inner {
         Some(ArchivedJob {
             job: job.clone(),
             tasks,
+            model: self.model_of(id).cloned(),
             archived_at: now,
         })
+    }
+
+    /// The model job `id` trained, if it is in the registry. The job of a champion (or of one
+    /// before it) is never archived, so neither is its model.
+    fn model_of(&self, id: &str) -> Option<&ModelRecord> {
+        let model_id = format!("m-{}", id.strip_prefix("j-")?);
+        self.models.get(&model_id).filter(|m| m.job_id == id)
     }
 
     /// Step 3 for one job: forgets it if it is as copied; journals the deletes into `ops`.
     fn release_archived(&mut self, archived: &ArchivedJob, ops: &mut Vec<TxnOp>) -> bool {
         let id = &archived.job.id;
-        if self.jobs.get(id) != Some(&archived.job) {
+        if self.jobs.get(id) != Some(&archived.job) || self.model_of(id) != archived.model.as_ref()
+        {
             return false;
         }
         let task_ids: Vec<String> = self
@@ -133,6 +144,10 @@ impl Inner {
             self.scheduler.forget(&task_id);
             self.meta.remove(&task_id);
             ops.push(TxnOp::Delete(records::task_key(&task_id)));
+        }
+        if let Some(model) = &archived.model {
+            self.models.remove(&model.id);
+            ops.push(TxnOp::Delete(records::model_key(&model.id)));
         }
         let job = self.jobs.remove(id).expect("compared above");
         if self.idempotency.get(&job.idempotency_key) == Some(id) {

@@ -152,3 +152,138 @@ async fn jobs_changed_after_their_copy_stay_in_the_store() {
     assert!(ops.is_empty());
     close(f).await;
 }
+
+/// Records model `m-…` for finished job `job_id`, with a run whose weights verify.
+async fn model_for(f: &Fixture, job_id: &str) -> String {
+    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
+    let store = f.control.artifacts().clone();
+    let prefix = format!("runs/{job_id}/attempt-1");
+    let weights = format!("weights of {job_id}").into_bytes();
+    let entry = FileEntry {
+        size: weights.len() as u64,
+        sha256: sha256_hex(&weights),
+    };
+    store
+        .put_bytes(&format!("{prefix}/model.safetensors"), weights)
+        .await
+        .unwrap();
+    let manifest = Manifest {
+        job_id: job_id.into(),
+        attempt: 1,
+        files: std::collections::BTreeMap::from([("model.safetensors".to_owned(), entry)]),
+        dataset_root: String::new(),
+        code_version: String::new(),
+        libtorch_version: String::new(),
+    };
+    store
+        .put_bytes(
+            &format!("{prefix}/{MANIFEST}"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await
+        .unwrap();
+    let id = format!("m-{}", job_id.trim_start_matches("j-"));
+    let record = ModelRecord {
+        id: id.clone(),
+        dataset: "digits".into(),
+        dataset_version: String::new(),
+        job_id: job_id.into(),
+        parent_id: String::new(),
+        config_hash: String::new(),
+        metrics: Default::default(),
+        artifact_uri: String::new(),
+        artifact_sha256: String::new(),
+        run_uri: store.uri(&prefix),
+        gate: Default::default(),
+        created_at: SystemTime::now(),
+        labels: Default::default(),
+        dataset_version_number: 0,
+        eval_samples_uri: String::new(),
+        report_uri: String::new(),
+    };
+    let ack = f.control.journal.record(vec![TxnOp::Put(
+        records::model_key(&id),
+        records::encode(&record),
+    )]);
+    f.control.lock().models.insert(id.clone(), record);
+    ack.durable().await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_models_record_moves_with_its_job_unless_it_is_the_champion_and_comes_back_when_promoted()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path()).await;
+    let ids = three_finished(&f).await;
+    let mut models = Vec::new();
+    for id in &ids {
+        models.push(model_for(&f, id).await);
+    }
+    // The oldest is the champion: it and its job stay; the other two go.
+    f.control
+        .promote(&models[0], "first", Some(None))
+        .await
+        .unwrap();
+    assert_eq!(f.control.archive_finished(&keep(0)).await.unwrap(), 2);
+    assert_eq!(
+        f.get(&ids[0]).await.unwrap().source,
+        v1::JobSource::Store as i32
+    );
+    {
+        let inner = f.control.lock();
+        assert_eq!(inner.models.len(), 1);
+        assert!(inner.models.contains_key(&models[0]));
+    }
+    close(f).await;
+
+    // After a restart the store holds the champion alone; the registry still lists all three.
+    let f = open(dir.path()).await;
+    assert_eq!(f.control.lock().models.len(), 1);
+    let archived = f.control.model(&models[2]).await.unwrap();
+    assert_eq!(archived.record.job_id, ids[2]);
+    assert!(!archived.champion);
+    let (listed, next) = f.control.models("digits", 10, "").await.unwrap();
+    let listed: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|m| (m.record.id.as_str(), m.champion))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (models[2].as_str(), false),
+            (models[1].as_str(), false),
+            (models[0].as_str(), true)
+        ]
+    );
+    assert_eq!(next, "");
+    let (first, token) = f.control.models("", 1, "").await.unwrap();
+    assert_eq!(first[0].record.id, models[2]);
+    let (second, _) = f.control.models("", 1, &token).await.unwrap();
+    assert_eq!(second[0].record.id, models[1]);
+    assert!(
+        f.control
+            .models("other", 10, "")
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    assert!(matches!(
+        f.control.model("m-00000000000-000000").await.unwrap_err(),
+        Error::NotFound(_)
+    ));
+
+    // Promoting an archived model brings its record back into the store.
+    let promoted = f
+        .control
+        .promote(&models[2], "by hand", Some(Some(&models[0])))
+        .await
+        .unwrap();
+    assert!(promoted.champion);
+    close(f).await;
+    let f = open(dir.path()).await;
+    assert_eq!(f.control.champion("digits").unwrap().record.id, models[2]);
+    assert_eq!(f.control.lock().models.len(), 2);
+    close(f).await;
+}
