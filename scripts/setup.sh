@@ -7,10 +7,11 @@
 #     python3-venv, chromium (the report test opens a report in it, offline); for the images and
 #     the container tests: podman and buildah (no Docker engine runs here), runc (crun fails on
 #     some hosts' cgroups), netavark and aardvark-dns (container networks with DNS names),
-#     debootstrap (the base image, since none can be pulled), patchelf and cpio (staging).
+#     debootstrap (the base image, since none can be pulled), patchelf and cpio (staging); Go
+#     with sprig and yaml.v3 (the chart checks render the Helm chart with Helm's template engine).
 #   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against), the
-#     Python gRPC reflection client used by the end-to-end tests, and MLflow (the tracking
-#     server the MLflow test records runs in).
+#     Python gRPC reflection client used by the end-to-end tests, MLflow (the tracking
+#     server the MLflow test records runs in), and kubernetes-validate (the chart checks).
 #   - .tools: `buf` from npm, a second reflection client (`buf curl`, grpcurl-style).
 #
 # Rust itself is expected (https://rustup.rs); everything else comes from here.
@@ -20,7 +21,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 TORCH_VERSION=2.13.0
-PY_PACKAGES=("torch==${TORCH_VERSION}" "safetensors==0.8.0" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1" "mlflow==3.17.2")
+PY_PACKAGES=("torch==${TORCH_VERSION}" "safetensors==0.8.0" "grpcio==1.85.1" "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1" "mlflow==3.17.2" "kubernetes-validate==1.37.0")
 BUF_VERSION=1.75.0
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
@@ -35,7 +36,8 @@ as_root() {
 
 # --- Debian packages ---------------------------------------------------------------------------
 APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl ca-certificates g++ make pkg-config python3-venv npm chromium
-  podman buildah runc netavark aardvark-dns containernetworking-plugins fuse-overlayfs debootstrap patchelf cpio)
+  podman buildah runc netavark aardvark-dns containernetworking-plugins fuse-overlayfs debootstrap patchelf cpio
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -57,6 +59,7 @@ for tool in podman buildah runc debootstrap patchelf; do
   command -v "$tool" >/dev/null || die "$tool not found after installing it (the images need it)"
 done
 command -v chromium >/dev/null || die "chromium not found (the report test renders a report in it)"
+command -v go >/dev/null || die "go not found after installing golang-go (the chart checks build their renderer with it)"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then rerun"
 
 # --- Python: libtorch and the reflection client -----------------------------------------------

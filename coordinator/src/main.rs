@@ -104,8 +104,10 @@ enum Command {
 impl Args {
     fn into_config(self) -> anyhow::Result<(CoordinatorConfig, Option<PathBuf>)> {
         let (mut config, origin) = match &self.config {
+            // Validated once, below, with the environment and flags applied: a file may leave
+            // to them what goes with its keys (the etcd password with `etcd.user`).
             Some(path) => (
-                CoordinatorConfig::from_file(path)?,
+                trainfleet_core::config::load_yaml_file::<CoordinatorConfig>(path)?,
                 path.display().to_string(),
             ),
             None => (CoordinatorConfig::default(), "defaults".to_owned()),

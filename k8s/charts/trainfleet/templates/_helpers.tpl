@@ -1,0 +1,121 @@
+{{/* The release's base name, at most 50 characters (suffixes follow). */}}
+{{- define "trainfleet.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "trainfleet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: trainfleet
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "coordinator"). */}}
+{{- define "trainfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* An image reference: call with (dict "root" $ "repository" "trainfleet-worker" "tag" ""). */}}
+{{- define "trainfleet.image" -}}
+{{- $tag := .tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- if .root.Values.image.registry -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* etcd client URLs, comma-separated: the bundled members or externalEtcd.endpoints. */}}
+{{- define "trainfleet.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled -}}
+{{- $fullname := include "trainfleet.fullname" . -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.etcd.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-etcd-%d.%s-etcd-peer.%s.svc:2379" $fullname $i $fullname $.Release.Namespace) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- else -}}
+{{- if not .Values.externalEtcd.endpoints -}}
+{{- fail "externalEtcd.endpoints: set the etcd client URLs, or etcd.enabled: true for the bundled etcd" -}}
+{{- end -}}
+{{- join "," .Values.externalEtcd.endpoints -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The artifact store URL the coordinators and workers share. */}}
+{{- define "trainfleet.artifacts" -}}
+{{- if .Values.artifacts.s3.bucket -}}
+{{- printf "s3://%s/%s" .Values.artifacts.s3.bucket (.Values.artifacts.s3.prefix | trimPrefix "/") | trimSuffix "/" -}}
+{{- else if .Values.artifacts.volume.claimName -}}
+{{- .Values.artifacts.volume.mountPath -}}
+{{- else -}}
+{{- fail "artifacts: set artifacts.s3.bucket (with artifacts.s3.existingSecret) or artifacts.volume.claimName (a ReadWriteMany volume): the coordinators and workers must share run artifacts" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env of the S3 credentials and endpoint, for every pod that reads or writes artifacts. */}}
+{{- define "trainfleet.artifactsEnv" -}}
+{{- with .Values.artifacts.s3 }}
+{{- if .bucket }}
+- name: AWS_REGION
+  value: {{ .region | quote }}
+{{- if .endpoint }}
+- name: AWS_ENDPOINT
+  value: {{ .endpoint | quote }}
+{{- if hasPrefix "http://" .endpoint }}
+- name: AWS_ALLOW_HTTP
+  value: "true"
+{{- end }}
+{{- end }}
+{{- if .existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret }}, key: AWS_ACCESS_KEY_ID}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ .existingSecret }}, key: AWS_SECRET_ACCESS_KEY}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of artifacts and data, and their mounts. */}}
+{{- define "trainfleet.sharedVolumes" -}}
+{{- if .Values.artifacts.volume.claimName }}
+- name: artifacts
+  persistentVolumeClaim: {claimName: {{ .Values.artifacts.volume.claimName }}}
+{{- end }}
+{{- if .Values.data.volume.claimName }}
+- name: data
+  persistentVolumeClaim: {claimName: {{ .Values.data.volume.claimName }}}
+{{- end }}
+{{- end -}}
+{{- define "trainfleet.sharedMounts" -}}
+{{- if .Values.artifacts.volume.claimName }}
+- name: artifacts
+  mountPath: {{ .Values.artifacts.volume.mountPath }}
+{{- end }}
+{{- if .Values.data.volume.claimName }}
+- name: data
+  mountPath: {{ .Values.data.volume.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The container security context of every trainfleet container. */}}
+{{- define "trainfleet.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities: {drop: [ALL]}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}

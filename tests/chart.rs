@@ -1,0 +1,434 @@
+//! The Helm chart (`k8s/charts/trainfleet`), checked as far as a machine without helm or a
+//! cluster allows. Rendering uses Helm's own template engine (Go's text/template with sprig, in
+//! `k8s/charts/render`, built here with Debian's Go); values are checked against
+//! `values.schema.json` (JSON schema, as `helm install` does); every rendered document is
+//! validated with `kubernetes-validate --strict` for two Kubernetes versions; and the config
+//! files the chart writes are loaded with the binaries' own loaders (`deny_unknown_fields`: a key
+//! the chart writes that the binary does not know fails here).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_yaml::Value;
+use support::repo_root;
+use trainfleet_core::config::{CoordinatorConfig, StoreKind, WorkerConfig};
+
+const KUBE_VERSIONS: [&str; 2] = ["1.29.0", "1.33.0"];
+
+fn chart() -> PathBuf {
+    repo_root().join("k8s/charts/trainfleet")
+}
+
+/// The renderer, built once per test run into the target directory.
+fn renderer() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = Path::new(env!("CARGO_BIN_EXE_trainfleet"))
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("chart-render");
+        let out = target.join("render");
+        let built = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(repo_root().join("k8s/charts/render"))
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", target.join("go-cache"))
+            .output()
+            .expect("go (Debian's golang-go; scripts/setup.sh installs it)");
+        assert!(
+            built.status.success(),
+            "building the chart renderer: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    })
+}
+
+/// Renders the chart with `args` (`-f FILE`, `--set k=v`, `--print-values`, `--notes`): its
+/// output, or the renderer's error.
+fn render(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(renderer())
+        .args(args)
+        .arg(chart())
+        .output()
+        .expect("run the renderer");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("utf-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn python() -> PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+/// What `helm install` checks first: the merged values against `values.schema.json`.
+fn check_values(args: &[&str]) -> Result<(), String> {
+    let mut all = args.to_vec();
+    all.push("--print-values");
+    let values = render(&all)?;
+    let mut child = Command::new(python())
+        .arg(repo_root().join("k8s/charts/validate_values.py"))
+        .arg(chart().join("values.schema.json"))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the .venv's python");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), values.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Checks the values, renders, validates every document for each Kubernetes version; returns
+/// the documents.
+fn install(values_file: &Path) -> Vec<Value> {
+    let file = values_file.to_str().unwrap();
+    check_values(&["-f", file]).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let rendered = render(&["-f", file]).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("rendered.yaml");
+    std::fs::write(&manifest, &rendered).unwrap();
+    for version in KUBE_VERSIONS {
+        let out = Command::new(repo_root().join(".venv/bin/kubernetes-validate"))
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&manifest)
+            .output()
+            .expect("kubernetes-validate (scripts/setup.sh installs it in .venv)");
+        assert!(
+            out.status.success(),
+            "{file} against Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Documents are separated by `---` lines, as helm prints them.
+    format!("\n{rendered}")
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str::<Value>(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn ci(name: &str) -> PathBuf {
+    chart().join("ci").join(name)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered chart"))
+}
+
+fn container(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The env entry `name` of a container.
+fn env<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    c["env"].as_sequence()?.iter().find(|e| e["name"] == name)
+}
+
+/// The coordinator config a ConfigMap carries, as the binary reads it: the file, then what the
+/// pod's environment adds (the etcd password, from its Secret), then validation.
+fn coordinator_config(path: &Path, c: &Value) -> trainfleet_core::Result<CoordinatorConfig> {
+    let mut config: CoordinatorConfig = trainfleet_core::config::load_yaml_file(path)?;
+    if env(c, "TRAINFLEET_ETCD_PASSWORD").is_some() {
+        config.etcd.password = Some("from the Secret".into());
+    }
+    config.validate(&path.display().to_string())?;
+    Ok(config)
+}
+
+/// Writes the config a ConfigMap carries under `key`, for the binary's loader.
+fn config_file(docs: &[Value], map: &str, key: &str) -> (tempfile::TempDir, PathBuf) {
+    let text = find(docs, "ConfigMap", map)["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{map} has no {key}"))
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(key);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn every_value_set_renders_validates_and_writes_configs_the_binaries_accept() {
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    sets.sort();
+    assert!(sets.len() >= 3, "{sets:?}");
+    for set in sets {
+        let docs = install(&set);
+        let name = set.display().to_string();
+        let coordinator = find(&docs, "Deployment", "trainfleet-coordinator");
+        let (_dir, path) = config_file(&docs, "trainfleet-coordinator", "coordinator.yaml");
+        let config = coordinator_config(&path, container(coordinator))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(config.store, StoreKind::Etcd, "{name}");
+        assert!(!config.etcd.endpoints.is_empty(), "{name}");
+        // The service dials the replicas' port; probes ask the per-replica health name.
+        let c = container(coordinator);
+        assert_eq!(
+            c["ports"][0]["containerPort"],
+            config.listen.port(),
+            "{name}"
+        );
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                c[probe]["grpc"]["port"],
+                config.listen.port(),
+                "{name} {probe}"
+            );
+            assert_eq!(c[probe]["grpc"]["service"], "", "{name} {probe}");
+        }
+        assert_eq!(
+            env(c, "TRAINFLEET_ADVERTISE_ADDRESS").unwrap()["value"],
+            format!("$(POD_IP):{}", config.listen.port())
+        );
+        let annotation = &coordinator["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotation["checksum/config"].as_str().unwrap().len(), 64);
+        // Every workload's selector picks its own pods, and the Service picks the coordinators.
+        for d in docs
+            .iter()
+            .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        {
+            let selector = d["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+            let labels = d["spec"]["template"]["metadata"]["labels"]
+                .as_mapping()
+                .unwrap();
+            for (k, v) in selector {
+                assert_eq!(
+                    labels.get(k),
+                    Some(v),
+                    "{name}: {:?}",
+                    d["metadata"]["name"]
+                );
+            }
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(pod["automountServiceAccountToken"], false);
+            let security = &pod["containers"][0]["securityContext"];
+            assert_eq!(security["runAsNonRoot"], true, "{name}");
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(security["capabilities"]["drop"][0], "ALL", "{name}");
+        }
+        let service = find(&docs, "Service", "trainfleet");
+        for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {
+            assert_eq!(
+                coordinator["spec"]["template"]["metadata"]["labels"]
+                    .as_mapping()
+                    .unwrap()
+                    .get(k),
+                Some(v)
+            );
+        }
+        // Each worker group's config loads, and points at the client Service.
+        for d in docs.iter().filter(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("trainfleet-worker-"))
+        }) {
+            let map = d["metadata"]["name"].as_str().unwrap();
+            let (_dir, path) = config_file(&docs, map, "worker.yaml");
+            let worker = WorkerConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                worker.coordinator,
+                format!("http://trainfleet.default.svc:{}", config.listen.port())
+            );
+        }
+    }
+}
+
+#[test]
+fn the_defaults_run_three_coordinators_a_bundled_etcd_and_a_cpu_group() {
+    let docs = install(&ci("default-values.yaml"));
+    let coordinator = find(&docs, "Deployment", "trainfleet-coordinator");
+    assert_eq!(coordinator["spec"]["replicas"], 3);
+    let pdb = find(&docs, "PodDisruptionBudget", "trainfleet-coordinator");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "a drain is never blocked");
+    let etcd = find(&docs, "StatefulSet", "trainfleet-etcd");
+    assert_eq!(etcd["spec"]["replicas"], 3);
+    let command: Vec<&str> = container(etcd)["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(command.contains(&"--auto-compaction-mode=periodic"));
+    assert!(command.iter().any(|a| a.starts_with("--initial-cluster=trainfleet-etcd-0=http://trainfleet-etcd-0.trainfleet-etcd-peer.default.svc:2380,")));
+    assert_eq!(
+        find(&docs, "Service", "trainfleet-etcd-peer")["spec"]["publishNotReadyAddresses"],
+        true
+    );
+    let (_dir, path) = config_file(&docs, "trainfleet-coordinator", "coordinator.yaml");
+    let config = CoordinatorConfig::from_file(&path).unwrap();
+    assert_eq!(config.etcd.endpoints.len(), 3);
+    assert_eq!(config.artifacts, "s3://trainfleet-runs/trainfleet");
+    let c = container(coordinator);
+    assert_eq!(
+        env(c, "AWS_ACCESS_KEY_ID").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "trainfleet-s3"
+    );
+    let cpu = find(&docs, "Deployment", "trainfleet-worker-cpu");
+    assert_eq!(cpu["spec"]["replicas"], 2);
+    assert!(
+        container(cpu)["resources"]["limits"]
+            .get("nvidia.com/gpu")
+            .is_none()
+    );
+    assert_eq!(
+        env(container(cpu), "AWS_SECRET_ACCESS_KEY").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "trainfleet-s3",
+        "workers write artifacts too"
+    );
+    let notes = render(&["-f", ci("default-values.yaml").to_str().unwrap(), "--notes"]).unwrap();
+    assert!(
+        notes.contains(
+            "grpcurl -plaintext localhost:50051 trainfleet.v1.ClusterService/ListWorkers"
+        )
+    );
+    assert!(notes.contains("gpus: 1"));
+}
+
+#[test]
+fn a_gpu_group_gets_its_gpus_runtime_shm_and_nodes() {
+    let docs = install(&ci("gpu-values.yaml"));
+    let gpu = find(&docs, "Deployment", "trainfleet-worker-gpu");
+    let pod = &gpu["spec"]["template"]["spec"];
+    assert_eq!(pod["runtimeClassName"], "nvidia");
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 120);
+    let c = container(gpu);
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 2);
+    assert_eq!(c["resources"]["limits"]["memory"], "32Gi");
+    let shm = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "shm")
+        .unwrap();
+    assert_eq!(shm["emptyDir"]["medium"], "Memory");
+    assert_eq!(shm["emptyDir"]["sizeLimit"], "8Gi");
+    assert_eq!(
+        env(c, "AWS_ENDPOINT").unwrap()["value"],
+        "http://minio.storage.svc:9000"
+    );
+    assert_eq!(env(c, "AWS_ALLOW_HTTP").unwrap()["value"], "true");
+    let (_dir, path) = config_file(&docs, "trainfleet-worker-gpu", "worker.yaml");
+    let worker = WorkerConfig::from_file(&path).unwrap();
+    assert_eq!(worker.labels["accelerator"], "a100");
+    assert_eq!(worker.labels["group"], "gpu");
+    // The CPU group is still there.
+    find(&docs, "Deployment", "trainfleet-worker-cpu");
+}
+
+#[test]
+fn external_etcd_takes_its_password_and_tls_from_the_secret() {
+    let docs = install(&ci("external-etcd-values.yaml"));
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "StatefulSet"),
+        "no bundled etcd"
+    );
+    let coordinator = find(&docs, "Deployment", "trainfleet-coordinator");
+    assert_eq!(coordinator["spec"]["replicas"], 5);
+    let c = container(coordinator);
+    let password = &env(c, "TRAINFLEET_ETCD_PASSWORD").unwrap()["valueFrom"]["secretKeyRef"];
+    assert_eq!(password["name"], "trainfleet-etcd");
+    assert_eq!(password["key"], "password");
+    let pod = &coordinator["spec"]["template"]["spec"];
+    let tls = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "etcd-tls")
+        .unwrap();
+    assert_eq!(tls["secret"]["secretName"], "trainfleet-etcd");
+    let (_dir, path) = config_file(&docs, "trainfleet-coordinator", "coordinator.yaml");
+    let config = coordinator_config(&path, c).unwrap();
+    assert_eq!(config.etcd.user.as_deref(), Some("trainfleet"));
+    let files = config.etcd.tls.expect("tls");
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "etcd-tls")
+        .unwrap();
+    assert!(
+        files
+            .ca_file
+            .starts_with(mount["mountPath"].as_str().unwrap())
+    );
+    assert_eq!(config.retention.finished_jobs, 5000);
+    assert_eq!(config.artifacts, "/srv/artifacts");
+    for workload in ["trainfleet-coordinator", "trainfleet-worker-cpu"] {
+        let mounts = container(find(&docs, "Deployment", workload))["volumeMounts"].clone();
+        let names: Vec<&str> = mounts
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"artifacts") && names.contains(&"data"),
+            "{workload}: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn a_typo_a_wrong_type_or_a_missing_bucket_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let typo = write("typo.yaml", "coordinator: {replica: 5}\n");
+    let err = check_values(&["-f", &typo]).unwrap_err();
+    assert!(
+        err.contains("coordinator:") && err.contains("'replica' was unexpected"),
+        "{err}"
+    );
+    let err = check_values(&["--set", "coordinator.replicas=three"]).unwrap_err();
+    assert!(
+        err.contains("coordinator.replicas: 'three' is not of type 'integer'"),
+        "{err}"
+    );
+    let err = check_values(&["--set", "workerGroups.gpu.gpus=1"]).unwrap_err();
+    assert!(
+        err.contains("workerGroups.gpu: 'enabled' is a required property"),
+        "{err}"
+    );
+
+    // Values that pass the schema but not together are refused by the templates.
+    let no_bucket = write("s3.yaml", "artifacts: {s3: {existingSecret: keys}}\n");
+    let err = render(&["-f", &no_bucket]).unwrap_err();
+    assert!(err.contains("artifacts.s3.bucket"), "{err}");
+    let no_endpoints = write(
+        "etcd.yaml",
+        "etcd: {enabled: false}\nartifacts: {s3: {bucket: b}}\n",
+    );
+    let err = render(&["-f", &no_endpoints]).unwrap_err();
+    assert!(err.contains("externalEtcd.endpoints"), "{err}");
+    let no_secret = write(
+        "auth.yaml",
+        "etcd: {enabled: false}\nexternalEtcd: {endpoints: [http://e:2379], user: u}\nartifacts: {s3: {bucket: b}}\n",
+    );
+    let err = render(&["-f", &no_secret]).unwrap_err();
+    assert!(err.contains("externalEtcd.existingSecret"), "{err}");
+}
