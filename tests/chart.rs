@@ -432,3 +432,56 @@ fn a_typo_a_wrong_type_or_a_missing_bucket_fails_naming_the_key() {
     let err = render(&["-f", &no_secret]).unwrap_err();
     assert!(err.contains("externalEtcd.existingSecret"), "{err}");
 }
+
+#[test]
+fn the_network_policy_admits_workers_and_named_clients_and_only_coordinators_reach_etcd() {
+    let docs = install(&ci("network-policy-values.yaml"));
+    let labels = |workload: &str, kind: &str| {
+        find(&docs, kind, workload)["spec"]["template"]["metadata"]["labels"]
+            .as_mapping()
+            .unwrap()
+            .clone()
+    };
+    let matches = |selector: &Value, labels: &serde_yaml::Mapping| {
+        selector["matchLabels"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let coordinator = find(&docs, "NetworkPolicy", "trainfleet-coordinator");
+    let from = coordinator["spec"]["ingress"][0]["from"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(coordinator["spec"]["ingress"][0]["ports"][0]["port"], 50051);
+    let worker = labels("trainfleet-worker-cpu", "Deployment");
+    let replica = labels("trainfleet-coordinator", "Deployment");
+    let member = labels("trainfleet-etcd", "StatefulSet");
+    assert!(
+        matches(&from[0]["podSelector"], &worker),
+        "workers reach the API"
+    );
+    assert!(
+        matches(&from[0]["podSelector"], &replica),
+        "followers forward"
+    );
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ml-pipelines"
+    );
+    let etcd = find(&docs, "NetworkPolicy", "trainfleet-etcd");
+    let client_from = &etcd["spec"]["ingress"][0]["from"][0]["podSelector"];
+    assert!(matches(client_from, &replica));
+    assert!(!matches(client_from, &worker), "workers do not reach etcd");
+    assert!(matches(
+        &etcd["spec"]["ingress"][1]["from"][0]["podSelector"],
+        &member
+    ));
+    let workers = find(&docs, "NetworkPolicy", "trainfleet-workers");
+    assert_eq!(
+        workers["spec"]["ingress"].as_sequence().map(Vec::len),
+        Some(0)
+    );
+    let defaults = render(&["-f", ci("default-values.yaml").to_str().unwrap()]).unwrap();
+    assert!(!defaults.contains("kind: NetworkPolicy"), "off by default");
+}
