@@ -335,6 +335,24 @@ fn a_gpu_group_gets_its_gpus_runtime_shm_and_nodes() {
     assert_eq!(worker.labels["group"], "gpu");
     // The CPU group is still there.
     find(&docs, "Deployment", "trainfleet-worker-cpu");
+    // `helm test` asks through the client Service for every worker of both groups.
+    let test = find(&docs, "Pod", "trainfleet-test");
+    assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let args: Vec<&str> = test["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "health",
+            "--addr=trainfleet.default.svc:50051",
+            "--timeout=10s",
+            "--workers=4"
+        ]
+    );
 }
 
 #[test]

@@ -102,6 +102,32 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
         2,
         "both workers took training tasks: {trained_on:?}"
     );
+    // What `helm test` asks: a replica serves, and the cluster has the workers it should.
+    let health = |workers: &str| {
+        std::process::Command::new(binary("trainfleet-coordinator"))
+            .args([
+                "health",
+                "--addr",
+                &addr,
+                "--timeout",
+                "2s",
+                "--workers",
+                workers,
+            ])
+            .output()
+    };
+    let out = health("2")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("SERVING, 2 of 2 workers alive"),
+        "{out:?}"
+    );
+    let out = health("3")?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 of 2 workers alive; wanted at least 3"),
+        "{out:?}"
+    );
 
     // Kill -9 the worker training a longer job once an epoch's checkpoint is recorded: the other
     // worker resumes from it.

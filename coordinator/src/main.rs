@@ -98,6 +98,10 @@ enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Also require this many alive workers (ClusterService/ListWorkers, answered through
+        /// any replica): what `helm test` checks.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
 }
 
@@ -201,6 +205,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         addr,
         service,
         timeout,
+        workers,
     }) = args.command.take()
     {
         let addr = addr.unwrap_or_else(|| match args.listen {
@@ -211,7 +216,18 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         trainfleet_coordinator::probe::check(&addr, &service, timeout)
             .await
             .map_err(anyhow::Error::msg)?;
-        println!("{addr}: SERVING");
+        if workers == 0 {
+            println!("{addr}: SERVING");
+            return Ok(());
+        }
+        let (alive, all) = trainfleet_coordinator::probe::workers(&addr, timeout)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            alive >= workers,
+            "{addr}: {alive} of {all} workers alive; wanted at least {workers}"
+        );
+        println!("{addr}: SERVING, {alive} of {all} workers alive");
         return Ok(());
     }
     let (config, addr_file) = args.into_config()?;

@@ -1,5 +1,7 @@
 //! `trainfleet-coordinator health`: one `grpc.health.v1.Health/Check`, for container
-//! `HEALTHCHECK`s, Compose healthchecks and scripts; no `grpc_health_probe` binary needed.
+//! `HEALTHCHECK`s, Compose healthchecks and scripts; no `grpc_health_probe` binary needed. With
+//! `--workers N` it also asks `ClusterService/ListWorkers` (any replica forwards it to the
+//! leader) and wants N alive workers: the Helm chart's `helm test` check.
 
 use std::time::Duration;
 
@@ -11,27 +13,12 @@ use tonic_health::pb::health_client::HealthClient;
 /// server as a whole). `Err` says why not: unreachable (and how), timed out, NOT_SERVING, or a
 /// name the server does not know.
 pub async fn check(address: &str, service: &str, timeout: Duration) -> Result<(), String> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
+    let channel = connect(address, timeout).await?;
     let shown = if service.is_empty() {
         "the server (\"\")".to_owned()
     } else {
         format!("service {service:?}")
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| format!("{address:?} is not an address: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot reach {address} within {}: {}",
-            humantime::format_duration(timeout),
-            crate::error::chain(&e)
-        )
-    })?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_owned(),
@@ -57,4 +44,40 @@ pub async fn check(address: &str, service: &str, timeout: Duration) -> Result<()
             answer.status
         )),
     }
+}
+
+async fn connect(address: &str, timeout: Duration) -> Result<tonic::transport::Channel, String> {
+    let url = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| format!("{address:?} is not an address: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach {address} within {}: {}",
+            humantime::format_duration(timeout),
+            crate::error::chain(&e)
+        )
+    })
+}
+
+/// Asks the cluster behind `address` for its workers: `(alive, all)`, or why it could not.
+pub async fn workers(address: &str, timeout: Duration) -> Result<(usize, usize), String> {
+    use trainfleet_proto::v1;
+    let channel = connect(address, timeout).await?;
+    let workers = v1::cluster_service_client::ClusterServiceClient::new(channel)
+        .list_workers(v1::ListWorkersRequest { state: 0 })
+        .await
+        .map_err(|s| format!("{address}: ListWorkers: {:?}: {}", s.code(), s.message()))?
+        .into_inner()
+        .workers;
+    let alive = workers
+        .iter()
+        .filter(|w| w.state == v1::WorkerState::Alive as i32)
+        .count();
+    Ok((alive, workers.len()))
 }
