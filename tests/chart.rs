@@ -503,3 +503,88 @@ fn the_network_policy_admits_workers_and_named_clients_and_only_coordinators_rea
     let defaults = render(&["-f", ci("default-values.yaml").to_str().unwrap()]).unwrap();
     assert!(!defaults.contains("kind: NetworkPolicy"), "off by default");
 }
+
+/// The values table of `k8s/charts/trainfleet/README.md`, from the `## @section` and
+/// `## @param key description` comments of values.yaml, with each key's default.
+fn values_table(values_yaml: &str) -> (String, Vec<String>) {
+    let values: Value = serde_yaml::from_str(values_yaml).unwrap();
+    let mut table = String::new();
+    let mut keys = Vec::new();
+    for line in values_yaml.lines().map(str::trim) {
+        if let Some(section) = line.strip_prefix("## @section ") {
+            table.push_str(&format!(
+                "\n### {section}\n\n| Key | Description | Default |\n|---|---|---|\n"
+            ));
+        } else if let Some(param) = line.strip_prefix("## @param ") {
+            let (key, description) = param.split_once(' ').unwrap_or((param, ""));
+            let default = key
+                .split('.')
+                .try_fold(&values, |v, part| v.get(part))
+                .unwrap_or_else(|| panic!("values.yaml documents {key}, which it does not set"));
+            let shown = serde_json::to_string(default).unwrap();
+            let shown = if shown.len() > 60 {
+                "see `values.yaml`".to_owned()
+            } else {
+                format!("`{}`", shown.replace('|', "\\|"))
+            };
+            table.push_str(&format!("| `{key}` | {description} | {shown} |\n"));
+            keys.push(key.to_owned());
+        }
+    }
+    (table, keys)
+}
+
+/// Every leaf of `value` under `prefix`, as dotted paths.
+fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value.as_mapping() {
+        Some(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = k.as_str().unwrap();
+                let path = if prefix.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(v, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn every_value_is_documented_and_the_readme_table_is_current() {
+    let values_yaml = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let (table, keys) = values_table(&values_yaml);
+    let mut all = Vec::new();
+    leaves(&serde_yaml::from_str(&values_yaml).unwrap(), "", &mut all);
+    for leaf in &all {
+        assert!(
+            keys.iter()
+                .any(|k| leaf == k || leaf.starts_with(&format!("{k}."))),
+            "values.yaml sets {leaf} without a `## @param` comment for it (or a key above it)"
+        );
+    }
+    let readme_path = chart().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap_or_default();
+    let (begin, end) = ("<!-- values table: begin -->", "<!-- values table: end -->");
+    let current = readme
+        .split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(t, _)| t.to_owned())
+        .unwrap_or_default();
+    if std::env::var_os("TRAINFLEET_BLESS").is_some() {
+        let (head, tail) = match (readme.split_once(begin), readme.split_once(end)) {
+            (Some((head, _)), Some((_, tail))) => (head.to_owned(), tail.to_owned()),
+            _ => (readme.clone(), "\n".to_owned()),
+        };
+        std::fs::write(&readme_path, format!("{head}{begin}\n{table}\n{end}{tail}")).unwrap();
+        return;
+    }
+    assert_eq!(
+        current.trim(),
+        table.trim(),
+        "k8s/charts/trainfleet/README.md's values table is not values.yaml's: regenerate it with \
+         TRAINFLEET_BLESS=1 cargo test --test chart every_value_is_documented"
+    );
+}
