@@ -39,6 +39,7 @@ fn renderer() -> &'static Path {
             .current_dir(repo_root().join("k8s/charts/render"))
             .env("GOPATH", "/usr/share/gocode")
             .env("GO111MODULE", "off")
+            .env("GOENV", "off")
             .env("GOCACHE", target.join("go-cache"))
             .output()
             .expect("go (Debian's golang-go; scripts/setup.sh installs it)");
