@@ -279,65 +279,12 @@ impl Inner {
 mod tests {
     //! The champion pointer's compare-and-swap, with runs written to a real artifact store.
 
-    use std::collections::BTreeMap;
-
-    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
-
     use super::super::tests::{close, open};
     use super::*;
 
     /// Writes a run whose weights verify and records its model.
     async fn model(f: &super::super::tests::Fixture, id: &str) {
-        let store = f.control.artifacts().clone();
-        let prefix = format!("runs/j-{id}/attempt-1");
-        let weights = format!("weights of {id}").into_bytes();
-        let entry = FileEntry {
-            size: weights.len() as u64,
-            sha256: sha256_hex(&weights),
-        };
-        store
-            .put_bytes(&format!("{prefix}/model.safetensors"), weights)
-            .await
-            .unwrap();
-        let manifest = Manifest {
-            job_id: format!("j-{id}"),
-            attempt: 1,
-            files: BTreeMap::from([("model.safetensors".to_owned(), entry)]),
-            dataset_root: String::new(),
-            code_version: String::new(),
-            libtorch_version: String::new(),
-        };
-        store
-            .put_bytes(
-                &format!("{prefix}/{MANIFEST}"),
-                serde_json::to_vec(&manifest).unwrap(),
-            )
-            .await
-            .unwrap();
-        let record = records::ModelRecord {
-            id: id.into(),
-            dataset: "digits".into(),
-            dataset_version: String::new(),
-            job_id: format!("j-{id}"),
-            parent_id: String::new(),
-            config_hash: String::new(),
-            metrics: BTreeMap::new(),
-            artifact_uri: String::new(),
-            artifact_sha256: String::new(),
-            run_uri: store.uri(&prefix),
-            gate: Default::default(),
-            created_at: SystemTime::now(),
-            labels: BTreeMap::new(),
-            dataset_version_number: 0,
-            eval_samples_uri: String::new(),
-            report_uri: String::new(),
-        };
-        let ack = f.control.journal.record(vec![TxnOp::Put(
-            records::model_key(id),
-            records::encode(&record),
-        )]);
-        f.control.lock().models.insert(id.into(), record);
-        ack.durable().await.unwrap();
+        super::super::tests::verified_model(f, id, &format!("j-{id}")).await;
     }
 
     #[test]

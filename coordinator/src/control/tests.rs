@@ -69,6 +69,65 @@ impl Fixture {
     }
 }
 
+/// Records model `model_id` of `job_id` (dataset "digits") with a run in the artifact store whose
+/// weights verify, as an eval that passed would leave it.
+pub(crate) async fn verified_model(f: &Fixture, model_id: &str, job_id: &str) {
+    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
+    let store = f.control.artifacts().clone();
+    let prefix = format!("runs/{job_id}/attempt-1");
+    let weights = format!("weights of {model_id}").into_bytes();
+    let entry = FileEntry {
+        size: weights.len() as u64,
+        sha256: sha256_hex(&weights),
+    };
+    store
+        .put_bytes(&format!("{prefix}/model.safetensors"), weights)
+        .await
+        .unwrap();
+    let manifest = Manifest {
+        job_id: job_id.into(),
+        attempt: 1,
+        files: BTreeMap::from([("model.safetensors".to_owned(), entry)]),
+        dataset_root: String::new(),
+        code_version: String::new(),
+        libtorch_version: String::new(),
+    };
+    store
+        .put_bytes(
+            &format!("{prefix}/{MANIFEST}"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await
+        .unwrap();
+    let record = records::ModelRecord {
+        id: model_id.into(),
+        dataset: "digits".into(),
+        dataset_version: String::new(),
+        job_id: job_id.into(),
+        parent_id: String::new(),
+        config_hash: String::new(),
+        metrics: BTreeMap::new(),
+        artifact_uri: String::new(),
+        artifact_sha256: String::new(),
+        run_uri: store.uri(&prefix),
+        gate: Default::default(),
+        created_at: SystemTime::now(),
+        labels: BTreeMap::new(),
+        dataset_version_number: 0,
+        eval_samples_uri: String::new(),
+        report_uri: String::new(),
+    };
+    let ack = f
+        .control
+        .journal
+        .record(vec![trainfleet_core::kv::TxnOp::Put(
+            records::model_key(model_id),
+            records::encode(&record),
+        )]);
+    f.control.lock().models.insert(model_id.into(), record);
+    ack.durable().await.unwrap();
+}
+
 pub(crate) async fn close(f: Fixture) {
     drop(f.control);
     f.journal.await.unwrap();

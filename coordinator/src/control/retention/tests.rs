@@ -155,58 +155,8 @@ async fn jobs_changed_after_their_copy_stay_in_the_store() {
 
 /// Records model `m-…` for finished job `job_id`, with a run whose weights verify.
 async fn model_for(f: &Fixture, job_id: &str) -> String {
-    use trainfleet_core::artifacts::{FileEntry, MANIFEST, Manifest, sha256_hex};
-    let store = f.control.artifacts().clone();
-    let prefix = format!("runs/{job_id}/attempt-1");
-    let weights = format!("weights of {job_id}").into_bytes();
-    let entry = FileEntry {
-        size: weights.len() as u64,
-        sha256: sha256_hex(&weights),
-    };
-    store
-        .put_bytes(&format!("{prefix}/model.safetensors"), weights)
-        .await
-        .unwrap();
-    let manifest = Manifest {
-        job_id: job_id.into(),
-        attempt: 1,
-        files: std::collections::BTreeMap::from([("model.safetensors".to_owned(), entry)]),
-        dataset_root: String::new(),
-        code_version: String::new(),
-        libtorch_version: String::new(),
-    };
-    store
-        .put_bytes(
-            &format!("{prefix}/{MANIFEST}"),
-            serde_json::to_vec(&manifest).unwrap(),
-        )
-        .await
-        .unwrap();
     let id = format!("m-{}", job_id.trim_start_matches("j-"));
-    let record = ModelRecord {
-        id: id.clone(),
-        dataset: "digits".into(),
-        dataset_version: String::new(),
-        job_id: job_id.into(),
-        parent_id: String::new(),
-        config_hash: String::new(),
-        metrics: Default::default(),
-        artifact_uri: String::new(),
-        artifact_sha256: String::new(),
-        run_uri: store.uri(&prefix),
-        gate: Default::default(),
-        created_at: SystemTime::now(),
-        labels: Default::default(),
-        dataset_version_number: 0,
-        eval_samples_uri: String::new(),
-        report_uri: String::new(),
-    };
-    let ack = f.control.journal.record(vec![TxnOp::Put(
-        records::model_key(&id),
-        records::encode(&record),
-    )]);
-    f.control.lock().models.insert(id.clone(), record);
-    ack.durable().await.unwrap();
+    crate::control::tests::verified_model(f, &id, job_id).await;
     id
 }
 
