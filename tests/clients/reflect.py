@@ -6,6 +6,12 @@ which is what the end-to-end tests need to prove about the coordinator.
     reflect.py ADDR list                      services, one per line
     reflect.py ADDR describe SYMBOL           a service or message, with its comments
     reflect.py ADDR call SERVICE/METHOD JSON  call a method with a JSON body
+    reflect.py ADDR spread N SERVICE/METHOD JSON
+                                              call a unary method N times on one channel that
+                                              balances round robin over every address ADDR's
+                                              name resolves to (as a Kubernetes Service spreads
+                                              connections over its pods); a list of
+                                              {"metadata": {...}, "response": {...}}
 
 Output is JSON for `call`: the response of a unary method, a list of the messages of a server
 stream. The response's initial metadata goes to stderr as one line, `metadata: {JSON}`. An RPC
@@ -64,12 +70,40 @@ def describe(reflection, symbol):
     raise KeyError(f"symbol not found: {symbol}")
 
 
+def prepare(pool, full_method, body):
+    """The path, the parsed request and the codec of SERVICE/METHOD with a JSON body."""
+    service_name, method_name = full_method.split("/")
+    method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    request = json_format.Parse(body, request_class())
+    codec = dict(
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+    return f"/{service_name}/{method_name}", request, (codec, method.server_streaming)
+
+
+def call_method(channel, pool, full_method, body):
+    path, request, (codec, streaming) = prepare(pool, full_method, body)
+    if streaming:
+        stream = channel.unary_stream(path, **codec)(request, timeout=60)
+        print(f"metadata: {json.dumps(dict(stream.initial_metadata()))}", file=sys.stderr)
+        messages = [json.loads(json_format.MessageToJson(m)) for m in stream]
+        print(json.dumps(messages, indent=1))
+    else:
+        response, call = channel.unary_unary(path, **codec).with_call(request, timeout=30)
+        print(f"metadata: {json.dumps(dict(call.initial_metadata()))}", file=sys.stderr)
+        print(json_format.MessageToJson(response))
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     addr, verb = argv[1], argv[2]
-    channel = grpc.insecure_channel(addr)
+    options = [("grpc.lb_policy_name", "round_robin")] if verb == "spread" else []
+    channel = grpc.insecure_channel(addr, options=options)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:
@@ -84,25 +118,17 @@ def main(argv):
         elif verb == "describe":
             print(describe(reflection, argv[3]))
         elif verb == "call":
-            service_name, method_name = argv[3].split("/")
-            method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
-            request_class = message_factory.GetMessageClass(method.input_type)
-            response_class = message_factory.GetMessageClass(method.output_type)
-            request = json_format.Parse(argv[4] if len(argv) > 4 else "{}", request_class())
-            path = f"/{service_name}/{method_name}"
-            codec = dict(
-                request_serializer=request_class.SerializeToString,
-                response_deserializer=response_class.FromString,
-            )
-            if method.server_streaming:
-                stream = channel.unary_stream(path, **codec)(request, timeout=60)
-                print(f"metadata: {json.dumps(dict(stream.initial_metadata()))}", file=sys.stderr)
-                messages = [json.loads(json_format.MessageToJson(m)) for m in stream]
-                print(json.dumps(messages, indent=1))
-            else:
+            call_method(channel, pool, argv[3], argv[4] if len(argv) > 4 else "{}")
+        elif verb == "spread":
+            responses = []
+            for _ in range(int(argv[3])):
+                path, request, (codec, _) = prepare(pool, argv[4], argv[5] if len(argv) > 5 else "{}")
                 response, call = channel.unary_unary(path, **codec).with_call(request, timeout=30)
-                print(f"metadata: {json.dumps(dict(call.initial_metadata()))}", file=sys.stderr)
-                print(json_format.MessageToJson(response))
+                responses.append({
+                    "metadata": dict(call.initial_metadata()),
+                    "response": json.loads(json_format.MessageToJson(response)),
+                })
+            print(json.dumps(responses, indent=1))
         else:
             print(__doc__, file=sys.stderr)
             return 2
