@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use containers::checker::{self, call, check_champion, check_job, wait_done, wait_epochs};
 use containers::{Cluster, LEASE_TIMEOUT, TTL, podman, podman_ok};
 use serde_json::{Value, json};
@@ -170,6 +170,8 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
     // checkpoint; healed, the old worker's late reports are refused and nothing is doubled.
     let leader = third;
     let follower = cluster.other_than(leader);
+    // Both workers serve the new leader before one is cut off, so one is left to resume.
+    checker::wait_workers(&cluster, 2)?;
     let id = submit(
         &cluster,
         follower,
@@ -192,7 +194,8 @@ fn a_cluster_of_containers_survives_kills_partitions_and_a_lost_etcd_member() ->
             let attempts = checker::attempts(&job, "train");
             (attempts.len() >= 2).then_some(job)
         },
-    )?;
+    )
+    .with_context(|| cluster.worker_logs())?;
     let second_attempt = checker::attempts(&moved, "train")[1].clone();
     ensure!(
         second_attempt["workerId"] != first_worker.as_str(),

@@ -12,6 +12,9 @@ use crate::registry::WorkerRegistry;
 
 /// Metadata key of the leader's address on an UNAVAILABLE answer from a follower.
 pub const LEADER_METADATA: &str = "trainfleet-leader";
+/// Metadata key on an UNAVAILABLE answer from a replica that knows of no leader (an election is
+/// in progress). Workers retry soon instead of backing off as from an unreachable cluster.
+pub const ELECTION_METADATA: &str = "trainfleet-election";
 
 /// What a replica serves while it leads: built from the store when leadership starts, dropped
 /// when it ends.
@@ -58,7 +61,11 @@ impl State {
         } else {
             format!("this coordinator is not the leader; the leader is {leader}")
         });
-        if let Ok(value) = leader.parse() {
+        if leader.is_empty() {
+            status
+                .metadata_mut()
+                .insert(ELECTION_METADATA, "in-progress".parse().expect("ASCII"));
+        } else if let Ok(value) = leader.parse() {
             status.metadata_mut().insert(LEADER_METADATA, value);
         }
         Err(status)

@@ -52,6 +52,28 @@ pub fn wait_done(cluster: &Cluster, id: &str, timeout: Duration) -> anyhow::Resu
     .with_context(|| cluster.coordinator_logs())
 }
 
+/// Waits until at least `n` workers are registered and alive with the leader (asked through
+/// any answering replica); a fault's workload starts from a whole cluster.
+pub fn wait_workers(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{n} alive workers"),
+        || {
+            (0..cluster.coordinators.len()).find_map(|via| {
+                let answer = call(
+                    cluster,
+                    via,
+                    "trainfleet.v1.ClusterService/ListWorkers",
+                    json!({ "state": "WORKER_STATE_ALIVE" }),
+                )
+                .ok()?;
+                (answer["workers"].as_array().map_or(0, Vec::len) >= n).then_some(())
+            })
+        },
+    )
+    .with_context(|| cluster.worker_logs())
+}
+
 /// Waits until the job has recorded at least `epochs` epochs.
 pub fn wait_epochs(cluster: &Cluster, id: &str, epochs: usize) -> anyhow::Result<Value> {
     wait_for(Duration::from_secs(120), "the job's epochs", || {

@@ -391,6 +391,14 @@ impl Cluster {
             .map(|c| format!("--- {}\n{}", c.name, tail(&self.logs(c), 40)))
             .collect()
     }
+
+    /// The last lines of every worker's log, to say why a task did not move.
+    pub fn worker_logs(&self) -> String {
+        self.workers
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.name, tail(&self.logs(w), 40)))
+            .collect()
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {

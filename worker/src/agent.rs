@@ -28,6 +28,8 @@ use crate::tasks::{self, Context, Finished, Running};
 const POLL_GRACE: Duration = Duration::from_secs(10);
 /// Deadline of a Register or Heartbeat call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause before asking again while a replica says an election is in progress.
+const ELECTION_RETRY: Duration = Duration::from_millis(500);
 
 /// Deadline of a CompleteTask call.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,7 +155,14 @@ impl Agent {
                 continue;
             }
             next += 1;
-            let delay = backoff.next_delay();
+            // A replica that answers but knows no leader means an election is under way: the
+            // cluster is up and has a leader within its TTL. Growing the backoff then (up to
+            // `reconnect_max`) would leave this worker idle long after the new leader serves.
+            let delay = if election_in_progress(&err) {
+                ELECTION_RETRY.min(backoff.next_delay())
+            } else {
+                backoff.next_delay()
+            };
             tracing::warn!(
                 coordinator = %self.config.coordinator,
                 attempt = backoff.attempt(),
@@ -435,6 +444,13 @@ impl Agent {
             labels: self.config.labels.clone().into_iter().collect(),
         }
     }
+}
+
+/// Whether a replica answered that it knows no leader yet.
+fn election_in_progress(err: &Error) -> bool {
+    matches!(err, Error::Rpc(_, status)
+        if status.code() == tonic::Code::Unavailable
+            && status.metadata().contains_key("trainfleet-election"))
 }
 
 /// The leader a follower named when it refused a call.
