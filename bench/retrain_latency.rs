@@ -113,9 +113,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "data_dir: {}\nartifact_dir: {}\nslots: 1\n",
+            "data_dir: {}\nartifact_dir: {}\nslots: 1\ndata_roots: [{:?}]\n",
             dir.path().join("cache").display(),
-            dir.path().join("work").display()
+            dir.path().join("work").display(),
+            data.canonicalize()?.display().to_string()
         ),
     )?;
     let _worker = Stopped(

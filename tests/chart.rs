@@ -258,6 +258,10 @@ fn external_etcd_takes_its_password_and_tls_from_the_secret() {
             "{workload}: {names:?}"
         );
     }
+    // Workers read jobs' data from the mounted volume and the named prefix, nothing else.
+    let (_dir, path) = config_file(&docs, "trainfleet-worker-cpu", "worker.yaml");
+    let worker = WorkerConfig::from_file(&path).unwrap();
+    assert_eq!(worker.data_roots, ["/srv/data", "s3://datasets/images"]);
 }
 
 #[test]

@@ -169,6 +169,28 @@ fn scans_record_a_version_only_when_the_content_changes() -> anyhow::Result<()> 
         message.contains("/nonexistent/x") && message.contains("cannot scan"),
         "{message}"
     );
+
+    // A directory outside the worker's data roots (the test's directory): the scan is refused
+    // naming the field, and no version is recorded.
+    let outside = tempfile::tempdir()?;
+    images(&outside.path().join("secrets"), "cat", 0..3)?;
+    call(
+        addr,
+        "trainfleet.v1.DatasetService/Register",
+        json!({"name": "secrets", "source": {"directory": outside.path().join("secrets").display().to_string()}}),
+    )?;
+    let (code, message) = reflect_call(
+        addr,
+        "trainfleet.v1.DatasetService/Scan",
+        &json!({"name": "secrets"}).to_string(),
+    )?
+    .expect_err("outside the data roots");
+    assert_eq!(code, "FAILED_PRECONDITION");
+    assert!(
+        message.contains("permission denied: `scan.directory`")
+            && message.contains("outside this worker's data roots"),
+        "{message}"
+    );
     Ok(())
 }
 

@@ -206,6 +206,69 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
         "{failed}"
     );
 
+    // Paths outside the workers' data roots (the test's directory): refused naming the field,
+    // before anything is opened. The weights are a FIFO: opening it would block the task, so a
+    // prompt refusal shows nothing read it.
+    let outside = tempfile::tempdir()?;
+    let images = outside.path().join("pets");
+    std::fs::create_dir_all(images.join("cat"))?;
+    let fifo = outside.path().join("weights.safetensors");
+    anyhow::ensure!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()?
+            .success()
+    );
+    let escape = dir.path().join("escape");
+    std::os::unix::fs::symlink(outside.path(), &escape)?;
+    let cases = [
+        (
+            format!(
+                "dataset: {{format: imagefolder, path: {}}}\nmodel: {{arch: cnn}}\n",
+                images.display()
+            ),
+            "dataset.path",
+        ),
+        (
+            format!(
+                "dataset: {{format: imagefolder, path: {}/pets}}\nmodel: {{arch: cnn}}\n",
+                escape.display()
+            ),
+            "dataset.path",
+        ),
+        (
+            format!(
+                "dataset: {{format: imagefolder, path: {}/data/../../../{}}}\nmodel: {{arch: cnn}}\n",
+                dir.path().display(),
+                images.strip_prefix("/")?.display()
+            ),
+            "dataset.path",
+        ),
+        (
+            format!(
+                "dataset: {{builtin: synth-digits}}\nmodel: {{arch: simple_cnn, init_weights: {}}}\n",
+                fifo.display()
+            ),
+            "model.init_weights",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let id = submit_json(&addr, &yaml)?;
+        let failed = wait_job(&addr, &id, "JOB_STATE_FAILED", Duration::from_secs(60))?;
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("permission denied: `{field}`"))
+                && error.contains("outside this worker's data roots"),
+            "{yaml}: {failed}"
+        );
+        // Refused once, not retried: another attempt on the same roots cannot help.
+        assert_eq!(
+            failed["attempts"].as_array().map_or(0, Vec::len),
+            1,
+            "{failed}"
+        );
+    }
+
     coordinator.proc.signal(libc::SIGTERM);
     assert_eq!(
         coordinator.proc.wait_exit(Duration::from_secs(15))?,
@@ -215,7 +278,7 @@ fn jobs_spread_over_workers_survive_a_killed_worker_cancel_and_a_coordinator_res
     let out = cli(dir.path(), &restarted.addr, &["jobs", "--json"])?;
     anyhow::ensure!(out.status.success(), "{out:?}");
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(listed.len(), 7, "{listed:?}");
+    assert_eq!(listed.len(), 11, "{listed:?}");
     let again = reflect_call(
         &restarted.addr,
         "trainfleet.v1.ModelService/GetChampion",

@@ -68,6 +68,9 @@ impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
         match err {
+            Error::InvalidArgument(trainfleet_core::Error::PermissionDenied { .. }) => {
+                tonic::Status::permission_denied(message)
+            }
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             Error::UnknownSession { .. } | Error::SessionExpired { .. } => {
                 tonic::Status::not_found(message)

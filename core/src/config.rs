@@ -271,6 +271,11 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// Labels reported at registration (placement hints).
     pub labels: BTreeMap<String, String>,
+    /// Where jobs may read data from: absolute directories (`/srv/datasets`, `file:///mnt/x`)
+    /// and object-store prefixes (`s3://bucket/datasets`). A job naming a path or URL outside
+    /// them is refused before anything is read (symlinks and `..` resolved). `data_dir`, the
+    /// worker's own cache, is always allowed; nothing else is by default.
+    pub data_roots: Vec<String>,
     /// Base URL of a dataset mirror, tried before the canonical URLs (`{mirror}/{dataset}/{file}`);
     /// `TRAINFLEET_DATASET_MIRROR` overrides it.
     pub dataset_mirror: Option<String>,
@@ -288,6 +293,7 @@ impl Default for WorkerConfig {
             reconnect_max: Duration::from_secs(30),
             poll_wait: Duration::from_secs(20),
             labels: BTreeMap::new(),
+            data_roots: Vec::new(),
             dataset_mirror: None,
         }
     }
@@ -329,6 +335,12 @@ impl WorkerConfig {
                 "must be greater than 0 and at most reconnect_max".into(),
             ));
         }
+        crate::data_roots::DataRoots::check_entries(&self.data_roots, "data_roots").map_err(
+            |e| match e {
+                Error::InvalidField { field, message } => invalid(&field, message),
+                other => other,
+            },
+        )?;
         Ok(())
     }
 }

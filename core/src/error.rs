@@ -62,6 +62,15 @@ pub enum Error {
         /// What is wrong and what would fix it.
         message: String,
     },
+    /// A field names something its sender may not reach (a path outside a worker's data
+    /// roots). gRPC: PERMISSION_DENIED.
+    #[error("permission denied: `{field}` {message}")]
+    PermissionDenied {
+        /// Field path.
+        field: String,
+        /// What was named and what is allowed.
+        message: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -4,6 +4,8 @@
 //! - [`artifacts`]: the object store runs are written to, its layout and the run manifest.
 //! - [`config`]: coordinator and worker settings from YAML (unknown keys rejected with
 //!   file:line:column), validated before anything starts.
+//! - [`data_roots`]: where a worker may read a job's data from (its allow-list), checked
+//!   before anything a job names is opened.
 //! - [`device`]: the compute devices a worker reports.
 //! - [`gate`]: the promotion rule (pure: the coordinator decides with it, reports show it).
 //! - [`job`]: the training job spec (dataset, model, training) and its validation.
@@ -19,6 +21,7 @@
 
 pub mod artifacts;
 pub mod config;
+pub mod data_roots;
 pub mod device;
 pub mod error;
 pub mod etcd_process;

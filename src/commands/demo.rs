@@ -83,7 +83,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect();
     write_images(&data, &images, &labels, 0..sizes[0])?;
 
-    let (embedded, _) = Embedded::start(&args.dir.join("cluster"), args.listen).await?;
+    // The demo's worker reads the demo's own data folder and nothing else.
+    let root = std::path::absolute(args.dir.join("data"))?
+        .display()
+        .to_string();
+    let (embedded, _) = Embedded::start(&args.dir.join("cluster"), args.listen, vec![root]).await?;
     let endpoint = embedded.addr.to_string();
     println!("embedded coordinator on {endpoint}, one worker\n");
     let outcome = tokio::select! {

@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// Keep serving until Ctrl-C, to explore the API from another terminal.
     #[arg(long)]
     serve: bool,
+    /// A directory or object-store prefix jobs may read data from, besides the current
+    /// directory (repeat for more). Anything else a job names is refused.
+    #[arg(
+        long = "data-root",
+        env = "TRAINFLEET_DATA_ROOTS",
+        value_delimiter = ','
+    )]
+    data_roots: Vec<String>,
 }
 
 /// A coordinator and a worker running in this process.
@@ -54,10 +62,12 @@ pub struct Embedded {
 
 impl Embedded {
     /// Starts both with their state under `state_dir`, and waits for the worker to register;
-    /// returns the workers as listed.
+    /// returns the workers as listed. Jobs may read data under `data_roots` (and the worker's
+    /// data cache).
     pub async fn start(
         state_dir: &std::path::Path,
         listen: SocketAddr,
+        data_roots: Vec<String>,
     ) -> anyhow::Result<(Self, Vec<v1::WorkerInfo>)> {
         let config = CoordinatorConfig {
             listen,
@@ -78,10 +88,19 @@ impl Embedded {
             reconnect_initial: Duration::from_millis(50),
             data_dir: state_dir.join("data"),
             artifact_dir: state_dir.join("work"),
+            data_roots,
             ..WorkerConfig::default()
         };
         let detected = tokio::task::spawn_blocking(devices::detect).await?;
-        let worker = tokio::spawn(Agent::new(worker_config, detected).run(shutdown.clone()));
+        let agent = match Agent::new(worker_config, detected) {
+            Ok(agent) => agent,
+            Err(e) => {
+                shutdown.cancel();
+                let _ = coordinator.await;
+                return Err(e.into());
+            }
+        };
+        let worker = tokio::spawn(agent.run(shutdown.clone()));
         let embedded = Self {
             addr,
             shutdown,
@@ -108,7 +127,11 @@ impl Embedded {
 
 /// Starts the embedded cluster, waits for the worker, prints it, and stops (or serves).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (embedded, workers) = Embedded::start(&args.state_dir, args.listen).await?;
+    // On one's own machine the current directory is the natural place for data; anything else
+    // is named with --data-root.
+    let mut roots = vec![std::env::current_dir()?.display().to_string()];
+    roots.extend(args.data_roots.iter().cloned());
+    let (embedded, workers) = Embedded::start(&args.state_dir, args.listen, roots).await?;
     let addr = embedded.addr;
     let outcome = async {
         println!("coordinator listening on {addr} (embedded, standalone)");

@@ -355,8 +355,9 @@ pub fn worker_state(workers: &[Value], id: &str) -> Option<String> {
         .and_then(|w| w["state"].as_str().map(str::to_owned))
 }
 
-/// Starts `trainfleet-worker` with id `name` against `coordinator`, with fast reconnects plus
-/// `extra_config` (YAML lines) in its config file.
+/// Starts `trainfleet-worker` with id `name` against `coordinator`, with fast reconnects, `dir`
+/// as its data root (unless `extra_config` names `data_roots`), plus `extra_config` (YAML
+/// lines) in its config file.
 pub fn start_worker(
     dir: &Path,
     name: &str,
@@ -364,9 +365,20 @@ pub fn start_worker(
     extra_config: &str,
 ) -> anyhow::Result<Proc> {
     let config = dir.join(format!("{name}.yaml"));
+    // The test's own directory is where its datasets are made.
+    let roots = if extra_config.contains("data_roots:") {
+        String::new()
+    } else {
+        format!(
+            "data_roots: [{:?}]\n",
+            dir.canonicalize()?.display().to_string()
+        )
+    };
     std::fs::write(
         &config,
-        format!("reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n{extra_config}"),
+        format!(
+            "reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n{roots}{extra_config}"
+        ),
     )?;
     Proc::start(
         name,

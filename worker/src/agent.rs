@@ -19,6 +19,8 @@ use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_client::WorkerServiceClient;
 
+use trainfleet_core::data_roots::DataRoots;
+
 use crate::backoff::Backoff;
 use crate::data::DataSettings;
 use crate::error::{Error, Result};
@@ -44,6 +46,8 @@ pub struct Agent {
     worker_id: String,
     host: String,
     devices: Vec<Device>,
+    /// Where jobs may read data from: `data_roots` plus the data cache.
+    roots: DataRoots,
     shared: Arc<Shared>,
 }
 
@@ -75,7 +79,10 @@ impl Shared {
 
 impl Agent {
     /// An agent for `config` with the given devices (usually [`crate::devices::detect`]).
-    pub fn new(config: WorkerConfig, devices: Vec<Device>) -> Self {
+    /// Fails when a data root cannot be used (or the data cache cannot be made).
+    pub fn new(config: WorkerConfig, devices: Vec<Device>) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+        let roots = DataRoots::new(&config.data_roots, "data_roots")?.with_dir(&config.data_dir);
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let worker_id = config.worker_id.clone().unwrap_or_else(|| {
             format!(
@@ -84,18 +91,20 @@ impl Agent {
                 rand::random::<u32>()
             )
         });
-        Self {
+        tracing::info!(roots = ?roots.shown(), "jobs may read data under these roots");
+        Ok(Self {
             config,
             worker_id,
             host,
             devices,
+            roots,
             shared: Arc::new(Shared {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
                 link: watch::Sender::new(None),
                 context: Mutex::new(None),
             }),
-        }
+        })
     }
 
     /// The id this worker registers with.
@@ -343,6 +352,7 @@ impl Agent {
             ),
             work_dir: self.config.artifact_dir.clone(),
             artifacts,
+            roots: self.roots.clone(),
         }));
         Ok(())
     }

@@ -39,6 +39,15 @@ struct Args {
     /// Where run artifacts are written.
     #[arg(long, env = "TRAINFLEET_ARTIFACT_DIR")]
     artifact_dir: Option<PathBuf>,
+    /// A directory or object-store prefix jobs may read data from (repeat the flag, or
+    /// comma-separate in the variable); replaces `data_roots` of the config file. The data
+    /// cache (--data-dir) is always allowed.
+    #[arg(
+        long = "data-root",
+        env = "TRAINFLEET_DATA_ROOTS",
+        value_delimiter = ','
+    )]
+    data_roots: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +97,9 @@ impl Args {
         }
         if let Some(v) = &self.artifact_dir {
             config.artifact_dir = v.clone();
+        }
+        if !self.data_roots.is_empty() {
+            config.data_roots = self.data_roots.clone();
         }
         let origin = match &self.config {
             Some(path) => format!("{} with flag/environment overrides", path.display()),
@@ -156,7 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 shutdown_signal().await;
                 signalled.cancel();
             });
-            Agent::new(config, devices).run(shutdown).await?;
+            Agent::new(config, devices)?.run(shutdown).await?;
             Ok(())
         }
     }

@@ -29,6 +29,8 @@ pub struct Context {
     pub work_dir: PathBuf,
     /// Where results go.
     pub artifacts: ArtifactStore,
+    /// Where a job may read data from (the data cache always).
+    pub roots: trainfleet_core::data_roots::DataRoots,
 }
 
 /// Progress of a running task, as the next heartbeat will report it.
@@ -292,7 +294,7 @@ async fn train(
     ctx: Arc<Context>,
 ) -> crate::Result<Finished> {
     let spec = JobSpec::from_yaml(&task.spec_yaml, "task spec")?;
-    crate::local_paths::check(&spec)?;
+    crate::local_paths::check(&spec, &ctx.roots)?;
     fetch_pinned_manifest(&ctx, &spec).await?;
     copy_remote_version(&ctx, &spec).await?;
     let dir = run_dir(&ctx, &task);
@@ -544,7 +546,7 @@ async fn eval(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
     };
     let challenger = fetch(inputs.challenger.clone(), base.join("challenger")).await?;
     let spec = JobSpec::from_file(&challenger.join(crate::artifacts::CONFIG))?;
-    crate::local_paths::check(&spec)?;
+    crate::local_paths::check(&spec, &ctx.roots)?;
     fetch_pinned_manifest(&ctx, &spec).await?;
     copy_remote_version(&ctx, &spec).await?;
     let champion = match inputs.champion.as_str() {
@@ -768,12 +770,15 @@ async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         ..Default::default()
     };
     let scanned = if !inputs.object_store_url.is_empty() {
+        ctx.roots
+            .check_url("scan.object_store_url", &inputs.object_store_url)?;
         let store = open_source(&inputs.object_store_url)?;
         scan_object_store(&store, previous.as_ref(), options).await?
     } else if !inputs.dataset_yaml.is_empty() {
         // Builtins and IDX sets: the manifest lists samples, loaded as a training job would.
         let spec: trainfleet_core::job::DatasetSpec = serde_yaml::from_str(&inputs.dataset_yaml)
             .map_err(|e| Error::Unsupported(format!("the scan's dataset section: {e}")))?;
+        crate::local_paths::check_dataset(&spec, "dataset", &ctx.roots)?;
         let data = ctx.data.clone();
         let manifest = tokio::task::spawn_blocking(move || {
             let dataset = crate::data::load_with(&spec, &data.dir, &data.downloader)?;
@@ -795,6 +800,10 @@ async fn scan(task: v1::Task, ctx: Arc<Context>) -> crate::Result<Finished> {
         )
     } else {
         let dir = PathBuf::from(&inputs.directory);
+        // A directory that is not there reads nothing; the scan says so in its own words.
+        if dir.exists() {
+            ctx.roots.check_path("scan.directory", &dir)?;
+        }
         tokio::task::spawn_blocking(move || scan_imagefolder(&dir, previous.as_ref(), options))
             .await
             .map_err(|e| Error::Unsupported(format!("the scan thread failed: {e}")))??
