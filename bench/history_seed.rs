@@ -79,6 +79,7 @@ fn finished_job(template: &JobSpec, start: SystemTime, i: usize) -> Vec<TxnOp> {
         eval_rounds: 1,
         scanned: None,
         retrain: None,
+        owner: String::new(),
         run: Some(RunRecord {
             device: "cpu".into(),
             threads: 1,

@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "trainfleet/v1/datasets.proto",
     "trainfleet/v1/models.proto",
     "trainfleet/v1/sweeps.proto",
+    "trainfleet/v1/access.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

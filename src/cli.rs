@@ -12,6 +12,10 @@ use crate::commands;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A file with the bearer token calls carry (a coordinator with access control on);
+    /// otherwise TRAINFLEET_TOKEN, if set.
+    #[arg(long, env = "TRAINFLEET_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 /// Where a client verb finds the coordinator.
@@ -65,6 +69,9 @@ enum Command {
     Promote(commands::datasets::PromoteArgs),
     /// Move a dataset's champion pointer back to the previous champion.
     Rollback(commands::datasets::RollbackArgs),
+    /// Bearer tokens (admins): create, list, revoke.
+    #[command(subcommand)]
+    Token(commands::tokens::TokenCommand),
 }
 
 /// Parses arguments, runs the command, maps errors to a message and exit code.
@@ -78,6 +85,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(err) = crate::client::set_token(cli.token_file.as_deref()) {
+        eprintln!("trainfleet: error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => commands::demo::run(args).await,
@@ -94,6 +105,7 @@ pub fn main() -> ExitCode {
             Command::Retrain(args) => commands::datasets::retrain(args).await,
             Command::Promote(args) => commands::datasets::promote(args).await,
             Command::Rollback(args) => commands::datasets::rollback(args).await,
+            Command::Token(command) => commands::tokens::run(command).await,
         }
     });
     match result {

@@ -2,23 +2,47 @@
 
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use anyhow::Context;
 use tonic::transport::Channel;
+use trainfleet_proto::{AuthChannel, Bearer};
+
+/// The token every call carries (`--token-file` or `TRAINFLEET_TOKEN`), set once at start.
+static BEARER: OnceLock<Bearer> = OnceLock::new();
+
+/// Sets the token calls carry: the file's content, else `TRAINFLEET_TOKEN`, else none.
+pub fn set_token(token_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        ),
+        None => std::env::var("TRAINFLEET_TOKEN").ok(),
+    };
+    let bearer = Bearer::new(token.as_deref()).map_err(anyhow::Error::msg)?;
+    let _ = BEARER.set(bearer);
+    Ok(())
+}
+
+fn bearer() -> Bearer {
+    BEARER.get().cloned().unwrap_or_default()
+}
 
 /// A channel to the leading coordinator. `endpoint` is `host:port` or a URL, or several
 /// replicas separated by commas: each is asked who leads (`ClusterService.GetLeader`, which
 /// every replica answers) until one names a leader that answers. Connected eagerly, so that an
 /// unreachable cluster is reported up front, with its addresses.
-pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+pub async fn connect(endpoint: &str) -> anyhow::Result<AuthChannel> {
     connect_leader(endpoint, Some(Duration::from_secs(30))).await
 }
 
 /// Like [`connect`], without a per-call deadline: for streams that last as long as a job.
-pub async fn connect_streaming(endpoint: &str) -> anyhow::Result<Channel> {
+pub async fn connect_streaming(endpoint: &str) -> anyhow::Result<AuthChannel> {
     connect_leader(endpoint, None).await
 }
 
-async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<AuthChannel> {
     use trainfleet_proto::v1;
     use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
     let mut failures = Vec::new();
@@ -40,14 +64,14 @@ async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::R
             // hold the search up for a whole call deadline.
             let mut probe = tonic::Request::new(v1::GetLeaderRequest {});
             probe.set_timeout(Duration::from_secs(2));
-            let answer = ClusterServiceClient::new(channel.clone())
+            let answer = ClusterServiceClient::with_interceptor(channel.clone(), bearer())
                 .get_leader(probe)
                 .await;
             match answer.map(tonic::Response::into_inner) {
-                Ok(leader) if leader.is_self => return Ok(channel),
+                Ok(leader) if leader.is_self => return Ok(with_token(channel)),
                 Ok(leader) if !leader.address.is_empty() => {
                     match connect_with(&leader.address, timeout).await {
-                        Ok(c) => return Ok(c),
+                        Ok(c) => return Ok(with_token(c)),
                         Err(e) => failures.push(format!("{e:#}")),
                     }
                 }
@@ -83,6 +107,10 @@ async fn connect_with(endpoint: &str, timeout: Option<Duration>) -> anyhow::Resu
             "cannot reach the coordinator at {endpoint} (set --endpoint or TRAINFLEET_ENDPOINT)"
         )
     })
+}
+
+fn with_token(channel: Channel) -> AuthChannel {
+    tonic::service::interceptor::InterceptedService::new(channel, bearer())
 }
 
 /// A gRPC error as one readable line: code and message.

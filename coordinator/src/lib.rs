@@ -5,6 +5,8 @@
 //!   replica's role (standalone, or leader/follower over etcd through [`election`]).
 //! - [`forward`]: any replica answers: a follower forwards public calls to the leader and
 //!   relays the answer (unary and server streams), with a bounded wait while none is known.
+//! - [`auth`]: who may call what: bearer tokens with roles, the one method → roles table, and
+//!   the layer that checks every call.
 //! - [`health`]: the health service's names: per replica, and leader only.
 //! - [`probe`]: the `health` command's one health check.
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
@@ -36,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod auth;
 pub mod control;
 pub mod convert;
 pub mod dispatch;

@@ -48,6 +48,12 @@ struct Args {
     /// How often the archiver looks for jobs to move, e.g. "30s".
     #[arg(long, env = "TRAINFLEET_ARCHIVE_INTERVAL", value_parser = humantime::parse_duration)]
     archive_interval: Option<Duration>,
+    /// Require bearer tokens on every call but health (see AccessService).
+    #[arg(long, env = "TRAINFLEET_AUTH")]
+    auth: bool,
+    /// File with the bootstrap admin secret (at least 32 characters), e.g. a mounted Secret.
+    #[arg(long, env = "TRAINFLEET_BOOTSTRAP_TOKEN_FILE")]
+    bootstrap_token_file: Option<PathBuf>,
     /// Once listening, write the bound address to this file (for scripts and tests using port 0).
     #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -143,6 +149,12 @@ impl Args {
         }
         if let Some(v) = self.data_dir {
             config.data_dir = v;
+        }
+        if self.auth {
+            config.auth.enabled = true;
+        }
+        if let Some(v) = self.bootstrap_token_file {
+            config.auth.bootstrap_token_file = Some(v);
         }
         if let Some(v) = self.artifacts {
             config.artifacts = v;

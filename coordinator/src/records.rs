@@ -11,6 +11,7 @@
 //! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`](crate::registry::WorkerSnapshot) (last known state) |
 //! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions, retrain book) |
 //! | `/trainfleet/decisions/<name>/<seq>` | [`DecisionRecord`] (one retrain decision; seq zero-padded) |
+//! | `/trainfleet/tokens/<id>`        | [`TokenRecord`](crate::auth::tokens::TokenRecord) (a bearer token's hash and role; read by every replica) |
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -241,6 +242,10 @@ pub struct JobRecord {
     /// How its training ran and what it wrote, once training finished.
     #[serde(default)]
     pub run: Option<RunRecord>,
+    /// The token name that submitted it (empty: access control off, or made by the
+    /// coordinator). A submitter may cancel only its own jobs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// How a training run ran, on what data, and what it wrote (from its manifest and result).

@@ -10,6 +10,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use trainfleet_core::config::CoordinatorConfig;
 use trainfleet_proto::FILE_DESCRIPTOR_SET;
+use trainfleet_proto::v1::access_service_server::AccessServiceServer;
 use trainfleet_proto::v1::cluster_service_server::ClusterServiceServer;
 use trainfleet_proto::v1::dataset_service_server::DatasetServiceServer;
 use trainfleet_proto::v1::job_service_server::JobServiceServer;
@@ -23,12 +24,14 @@ use trainfleet_core::kv::KvStore;
 use trainfleet_core::kv::embedded::EmbeddedStore;
 use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
 
+use crate::auth::layer::AuthLayer;
 use crate::control::{Control, run_archiver, run_reaper, run_ticker};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::forward::ForwardLayer;
 use crate::health::Health;
 use crate::registry::WorkerRegistry;
+use crate::services::access::AccessApi;
 use crate::services::cluster::ClusterApi;
 use crate::services::datasets::DatasetApi;
 use crate::services::jobs::JobApi;
@@ -104,10 +107,18 @@ impl Coordinator {
             }
             (None, StoreKind::Etcd) => None,
         };
+        let access = Arc::new(
+            crate::auth::Access::new(&state.config.auth).map_err(|e| startup("auth", &e))?,
+        );
         let roles = match standalone_store {
             // One replica: its term starts before anything is served, and a store that cannot
             // be loaded stops the start.
             Some(store) => {
+                tokio::spawn(crate::auth::run_refresher(
+                    access.clone(),
+                    store.clone(),
+                    shutdown.clone(),
+                ));
                 let stop = shutdown.child_token();
                 let term = begin_term(&state, store, artifacts, &health, stop, shutdown.clone())
                     .await
@@ -129,6 +140,12 @@ impl Coordinator {
                 })
                 .await
                 .map_err(|e| startup("etcd", &e))?;
+                // Every replica reads the tokens, leader or not (unfenced reads).
+                tokio::spawn(crate::auth::run_refresher(
+                    access.clone(),
+                    Arc::new(etcd.clone()),
+                    shutdown.clone(),
+                ));
                 tokio::spawn(replica(
                     state.clone(),
                     etcd,
@@ -169,6 +186,8 @@ impl Coordinator {
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            // Outermost: a stranger is refused by whichever replica it reached.
+            .layer(AuthLayer::new(access.clone()))
             .layer(ForwardLayer::new(state.clone(), forward_wait))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -182,6 +201,10 @@ impl Coordinator {
             .add_service(DatasetServiceServer::new(DatasetApi::new(state.clone())))
             .add_service(ModelServiceServer::new(ModelApi::new(state.clone())))
             .add_service(SweepServiceServer::new(SweepApi))
+            .add_service(AccessServiceServer::new(AccessApi::new(
+                state.clone(),
+                access.clone(),
+            )))
             // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
             // listeners tonic binds itself. Without it, a small response written right after
             // another (a task lease after a heartbeat answer) waits for the peer's delayed ACK,
@@ -233,7 +256,7 @@ async fn begin_term(
         config.lost_worker_retention,
     ));
     let (control, journal) = Control::load(
-        store,
+        store.clone(),
         registry.clone(),
         artifacts,
         config.lease_timeout,
@@ -253,6 +276,7 @@ async fn begin_term(
         control: control.clone(),
         registry,
         stop: stop.clone(),
+        store,
     }));
     health.leader(ServingStatus::Serving).await;
     Ok(RunningTerm {

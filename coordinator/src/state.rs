@@ -26,6 +26,8 @@ pub struct Term {
     pub registry: Arc<WorkerRegistry>,
     /// Fires when the term ends (step-down or shutdown): long-polls and watches end with it.
     pub stop: CancellationToken,
+    /// The term's store (fenced on etcd), for writes outside the journal (tokens).
+    pub store: Arc<dyn trainfleet_core::kv::KvStore>,
 }
 
 /// One coordinator replica's shared state. Services hold it behind an `Arc`.
@@ -150,7 +152,7 @@ impl State {
         ));
         let shutdown = CancellationToken::new();
         let (control, _journal) = Control::load(
-            store,
+            store.clone(),
             registry.clone(),
             artifacts,
             config.lease_timeout,
@@ -164,6 +166,7 @@ impl State {
             control,
             registry,
             stop: shutdown.child_token(),
+            store,
         }));
         state
     }

@@ -48,6 +48,21 @@ pub struct CoordinatorConfig {
     pub etcd: EtcdConfig,
     /// How long finished jobs stay in the state store before they move to the archive.
     pub retention: RetentionConfig,
+    /// Who may call what: bearer tokens with roles.
+    pub auth: AuthConfig,
+}
+
+/// Access control. With it on, every call but health needs `authorization: Bearer <token>`,
+/// and the token's role must allow the method (see `proto/trainfleet/v1/access.proto`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require tokens.
+    pub enabled: bool,
+    /// A file holding the bootstrap secret (at least 32 characters; a mounted Kubernetes
+    /// Secret): whoever presents it is the admin `bootstrap`, who makes the other tokens.
+    /// Read at start; there is no built-in default.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 /// When finished jobs leave the state store for the archive in the artifact store (where `Get`,
@@ -147,6 +162,7 @@ impl Default for CoordinatorConfig {
             store: StoreKind::default(),
             etcd: EtcdConfig::default(),
             retention: RetentionConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -276,6 +292,9 @@ pub struct WorkerConfig {
     /// them is refused before anything is read (symlinks and `..` resolved). `data_dir`, the
     /// worker's own cache, is always allowed; nothing else is by default.
     pub data_roots: Vec<String>,
+    /// A file holding this worker's token (role `worker`), for a coordinator with access
+    /// control on; `TRAINFLEET_TOKEN_FILE` or `--token-file` override it.
+    pub token_file: Option<PathBuf>,
     /// Base URL of a dataset mirror, tried before the canonical URLs (`{mirror}/{dataset}/{file}`);
     /// `TRAINFLEET_DATASET_MIRROR` overrides it.
     pub dataset_mirror: Option<String>,
@@ -294,6 +313,7 @@ impl Default for WorkerConfig {
             poll_wait: Duration::from_secs(20),
             labels: BTreeMap::new(),
             data_roots: Vec::new(),
+            token_file: None,
             dataset_mirror: None,
         }
     }

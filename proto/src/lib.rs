@@ -24,6 +24,7 @@ pub const PUBLIC_SERVICES: &[&str] = &[
     "trainfleet.v1.ModelService",
     "trainfleet.v1.ClusterService",
     "trainfleet.v1.SweepService",
+    "trainfleet.v1.AccessService",
 ];
 
 /// Fully qualified name of the internal worker protocol.
@@ -32,3 +33,42 @@ pub const WORKER_SERVICE: &str = "trainfleet.v1.WorkerService";
 /// Health-check name that is SERVING only on the replica that leads now (`grpc.health.v1`).
 /// `""` and the public service names are SERVING on every serving replica, leader or follower.
 pub const LEADER_HEALTH_SERVICE: &str = "trainfleet.v1.Leader";
+
+/// Adds `authorization: Bearer <token>` to every call (a coordinator with access control on
+/// requires it); with no token it adds nothing. Clients wrap their channel with it:
+/// `XServiceClient::with_interceptor(channel, Bearer::new(token))`.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Bearer {
+    /// For `token` (`None`: no header). Fails when the token is not printable ASCII.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        let header = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "the token has characters a header cannot carry".to_owned())?,
+            ),
+        };
+        Ok(Self { header })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the bearer token: what the CLI and workers dial with.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;

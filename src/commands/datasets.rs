@@ -279,7 +279,9 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(endpoint: &str) -> anyhow::Result<DatasetServiceClient<tonic::transport::Channel>> {
+async fn client(
+    endpoint: &str,
+) -> anyhow::Result<DatasetServiceClient<trainfleet_proto::AuthChannel>> {
     Ok(DatasetServiceClient::new(connect(endpoint).await?))
 }
 

@@ -259,7 +259,7 @@ fn move_into(staging: &Path, data: &Path) -> anyhow::Result<()> {
 /// Prints the policy's decisions as they are recorded, following each retrain it fires to
 /// the gate's verdict, until the version with `samples` images has been decided and trained.
 async fn follow(
-    datasets: &mut DatasetServiceClient<tonic::transport::Channel>,
+    datasets: &mut DatasetServiceClient<trainfleet_proto::AuthChannel>,
     endpoint: &str,
     samples: u64,
     printed: &mut usize,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
-use tonic::transport::Channel;
+use trainfleet_proto::AuthChannel;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_event::Event;
 use trainfleet_proto::v1::job_service_client::JobServiceClient;
@@ -109,7 +109,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 /// Submits `spec`; returns the job as queued.
 pub async fn submit_spec(
-    channel: Channel,
+    channel: AuthChannel,
     spec: v1::submit_job_request::Spec,
     idempotency_key: String,
 ) -> anyhow::Result<v1::Job> {

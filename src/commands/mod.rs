@@ -5,4 +5,5 @@ pub mod demo;
 pub mod jobs;
 pub mod run;
 pub mod runs;
+pub mod tokens;
 pub mod workers;

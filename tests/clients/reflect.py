@@ -18,6 +18,7 @@ stream. The response's initial metadata goes to stderr as one line, `metadata: {
 error prints {"code": ..., "message": ...} and exits 3.
 """
 import json
+import os
 import sys
 
 import grpc
@@ -97,6 +98,38 @@ def call_method(channel, pool, full_method, body):
         print(json_format.MessageToJson(response))
 
 
+class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+             grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer $TRAINFLEET_TOKEN` to every call, reflection's included."""
+
+    def __init__(self, token):
+        self.metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self.metadata]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else \
+            _Details(details.method, details.timeout, metadata, details.credentials,
+                     getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+import collections  # noqa: E402
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")),
+               grpc.ClientCallDetails):
+    pass
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -109,6 +142,8 @@ def main(argv):
     except grpc.FutureTimeoutError:
         print(json.dumps({"code": "UNAVAILABLE", "message": f"cannot connect to {addr}"}))
         return 3
+    if os.environ.get("TRAINFLEET_TOKEN"):
+        channel = grpc.intercept_channel(channel, Bearer(os.environ["TRAINFLEET_TOKEN"]))
     reflection = ProtoReflectionDescriptorDatabase(channel)
     pool = descriptor_pool.DescriptorPool(reflection)
     try:

@@ -260,8 +260,18 @@ pub type CallResult = Result<Value, (String, String)>;
 
 /// Runs tests/clients/reflect.py (reflection v1alpha) against `addr`.
 pub fn reflect(addr: &str, args: &[&str]) -> anyhow::Result<Output> {
+    reflect_as(addr, None, args)
+}
+
+/// Like [`reflect`], carrying `token` as `authorization: Bearer` metadata on every call.
+pub fn reflect_as(addr: &str, token: Option<&str>, args: &[&str]) -> anyhow::Result<Output> {
     let script = repo_root().join("tests/clients/reflect.py");
-    let output = Command::new(python())
+    let mut command = Command::new(python());
+    command.env_remove("TRAINFLEET_TOKEN");
+    if let Some(token) = token {
+        command.env("TRAINFLEET_TOKEN", token);
+    }
+    let output = command
         .arg("-W")
         .arg("ignore")
         .arg(&script)

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::config::WorkerConfig;
 use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_client::WorkerServiceClient;
+use trainfleet_proto::{AuthChannel, Bearer};
 
 use trainfleet_core::data_roots::DataRoots;
 
@@ -48,13 +49,15 @@ pub struct Agent {
     devices: Vec<Device>,
     /// Where jobs may read data from: `data_roots` plus the data cache.
     roots: DataRoots,
+    /// The worker's token (`token_file`), sent with every call.
+    bearer: Bearer,
     shared: Arc<Shared>,
 }
 
 /// The current session's client, for reports that outlive a session.
 #[derive(Debug, Clone)]
 struct Link {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<AuthChannel>,
     session_id: String,
 }
 
@@ -83,6 +86,12 @@ impl Agent {
     pub fn new(config: WorkerConfig, devices: Vec<Device>) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
         let roots = DataRoots::new(&config.data_roots, "data_roots")?.with_dir(&config.data_dir);
+        let token = match &config.token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?),
+            None => None,
+        };
+        let bearer = Bearer::new(token.as_deref())
+            .map_err(|why| Error::Spec(trainfleet_core::Error::invalid_field("token_file", why)))?;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let worker_id = config.worker_id.clone().unwrap_or_else(|| {
             format!(
@@ -98,6 +107,7 @@ impl Agent {
             host,
             devices,
             roots,
+            bearer,
             shared: Arc::new(Shared {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
@@ -209,7 +219,7 @@ impl Agent {
             .connect()
             .await
             .map_err(|e| Error::Connect(trainfleet_core::error::chain(&e)))?;
-        let mut client = WorkerServiceClient::new(channel);
+        let mut client = WorkerServiceClient::with_interceptor(channel, self.bearer.clone());
         let registered = client
             .register(with_timeout(self.register_request(), CALL_TIMEOUT))
             .await
@@ -242,7 +252,7 @@ impl Agent {
 
     async fn heartbeat_loop(
         &self,
-        mut client: WorkerServiceClient<Channel>,
+        mut client: WorkerServiceClient<AuthChannel>,
         session_id: &str,
         interval: Duration,
     ) -> Result<std::convert::Infallible> {
@@ -290,7 +300,7 @@ impl Agent {
 
     async fn poll_loop(
         &self,
-        mut client: WorkerServiceClient<Channel>,
+        mut client: WorkerServiceClient<AuthChannel>,
         session_id: &str,
     ) -> Result<std::convert::Infallible> {
         loop {

@@ -48,6 +48,9 @@ struct Args {
         value_delimiter = ','
     )]
     data_roots: Vec<String>,
+    /// A file with this worker's token (role worker), for a coordinator with access control on.
+    #[arg(long, env = "TRAINFLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +103,9 @@ impl Args {
         }
         if !self.data_roots.is_empty() {
             config.data_roots = self.data_roots.clone();
+        }
+        if let Some(v) = &self.token_file {
+            config.token_file = Some(v.clone());
         }
         let origin = match &self.config {
             Some(path) => format!("{} with flag/environment overrides", path.display()),

@@ -25,6 +25,7 @@ pub(super) struct NewJob {
     pub(super) max_attempts: u32,
     pub(super) idempotency_key: String,
     pub(super) retrain: Option<records::RetrainOrigin>,
+    pub(super) owner: String,
 }
 
 impl NewJob {
@@ -43,6 +44,7 @@ impl NewJob {
             },
             idempotency_key: String::new(),
             retrain,
+            owner: String::new(),
         }
     }
 
@@ -62,6 +64,7 @@ impl NewJob {
             max_attempts: 3,
             idempotency_key: String::new(),
             retrain: None,
+            owner: String::new(),
         }
     }
 }
@@ -69,6 +72,17 @@ impl NewJob {
 impl Control {
     /// Queues a job (or returns the earlier job with the same idempotency key).
     pub async fn submit(&self, submission: Submission, idempotency_key: String) -> Result<JobView> {
+        self.submit_by(submission, idempotency_key, String::new())
+            .await
+    }
+
+    /// Like [`Control::submit`], recording who submitted it (`owner`: a token's name).
+    pub async fn submit_by(
+        &self,
+        submission: Submission,
+        idempotency_key: String,
+        owner: String,
+    ) -> Result<JobView> {
         let now = SystemTime::now();
         let (job, ack) = {
             let mut inner = self.lock();
@@ -99,6 +113,7 @@ impl Control {
                     max_attempts: 1,
                     idempotency_key: String::new(),
                     retrain: None,
+                    owner: String::new(),
                 },
                 Submission::Scan { dataset, full } => {
                     if !inner.datasets.contains_key(&dataset) {
@@ -111,6 +126,7 @@ impl Control {
             let id = inner.create_job(
                 NewJob {
                     idempotency_key,
+                    owner,
                     ..new
                 },
                 now,
@@ -343,6 +359,7 @@ impl Inner {
             active_task: task_id.clone(),
             eval_rounds: 0,
             scanned: None,
+            owner: new.owner,
             retrain: new.retrain,
             run: None,
         };

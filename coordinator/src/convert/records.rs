@@ -133,6 +133,7 @@ impl JobRecord {
             }),
             source: v1::JobSource::Store as i32,
             archived_at: None,
+            submitted_by: self.owner.clone(),
         }
     }
 }

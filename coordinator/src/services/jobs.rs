@@ -13,6 +13,7 @@ use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_event::Event;
 use trainfleet_proto::v1::job_service_server::JobService;
 
+use crate::auth::{Caller, Role};
 use crate::control::{MAX_SLEEP, Submission};
 use crate::convert;
 use crate::error::Error;
@@ -109,10 +110,21 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let caller = Caller::of(&request);
+        let owner = if self.state.config.auth.enabled {
+            caller.name
+        } else {
+            String::new()
+        };
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
         let submission = submission(req)?;
-        let job = self.state.term()?.control.submit(submission, key).await?;
+        let job = self
+            .state
+            .term()?
+            .control
+            .submit_by(submission, key, owner)
+            .await?;
         Ok(Response::new(v1::SubmitJobResponse {
             job: Some(job.to_wire()),
         }))
@@ -159,8 +171,26 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let term = self.state.term()?;
+        // Admins cancel anything; a submitter only what it submitted (the rules let both in).
+        if caller.role != Role::Admin {
+            let job = term.control.get(&req.id).await?;
+            if job.record.owner != caller.name {
+                return Err(Status::permission_denied(format!(
+                    "{} (role {}) may cancel only its own jobs; job {} was submitted by {}",
+                    caller.name,
+                    caller.role.name(),
+                    req.id,
+                    if job.record.owner.is_empty() {
+                        "the coordinator or before access control"
+                    } else {
+                        &job.record.owner
+                    }
+                )));
+            }
+        }
         Ok(Response::new(
             term.control.cancel(&req.id, &req.reason).await?.to_wire(),
         ))

@@ -2,6 +2,7 @@
 //! call the domain layer, convert the answer back. Errors are `crate::Error` and become a
 //! `tonic::Status` through its single `From` impl.
 
+pub mod access;
 pub mod cluster;
 pub mod datasets;
 pub mod jobs;
