@@ -380,3 +380,102 @@ fn a_short_or_missing_bootstrap_secret_stops_the_start() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `GetLeader` on `addr` (answered by that replica itself, never forwarded) with `token`: the
+/// gRPC code it ends with (`Ok` when allowed).
+fn get_leader_code(runtime: &tokio::runtime::Runtime, addr: &str, token: &str) -> tonic::Code {
+    use trainfleet_proto::v1;
+    use trainfleet_proto::v1::cluster_service_client::ClusterServiceClient;
+    runtime.block_on(async {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            return tonic::Code::InvalidArgument;
+        };
+        let Ok(channel) = endpoint.timeout(Duration::from_secs(2)).connect().await else {
+            return tonic::Code::Unavailable;
+        };
+        let bearer = trainfleet_proto::Bearer::new(Some(token)).expect("ASCII");
+        match ClusterServiceClient::with_interceptor(channel, bearer)
+            .get_leader(v1::GetLeaderRequest {})
+            .await
+        {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+#[test]
+fn a_revoked_token_is_refused_by_every_replica() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bootstrap = "0123456789abcdef0123456789abcdef-bootstrap";
+    let secret_file = dir.path().join("bootstrap");
+    std::fs::write(&secret_file, bootstrap)?;
+    let secret_arg = secret_file.display().to_string();
+    let etcd = trainfleet_core::etcd_process::EtcdCluster::start(dir.path(), 1)?;
+    let endpoints = etcd.endpoints().join(",");
+    let replicas = (0..3)
+        .map(|i| {
+            start_coordinator(
+                dir.path(),
+                &format!("coordinator{i}"),
+                "127.0.0.1:0",
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &endpoints,
+                    "--etcd-prefix",
+                    "/access-test",
+                    "--etcd-lease-ttl",
+                    "3s",
+                    "--auth",
+                    "--bootstrap-token-file",
+                    &secret_arg,
+                ],
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Made through a follower as likely as the leader: the CLI finds the leader.
+    let viewer = wait_for(Duration::from_secs(30), "a leader to make a token", || {
+        cli_as(
+            &addrs.join(","),
+            bootstrap,
+            &["token", "create", "--name", "dash", "--role", "viewer"],
+        )
+        .ok()
+        .map(|s| s.trim().to_owned())
+    })?;
+    wait_for(
+        Duration::from_secs(5),
+        "every replica to know the token",
+        || {
+            addrs
+                .iter()
+                .all(|a| get_leader_code(&runtime, a, &viewer) == tonic::Code::Ok)
+                .then_some(())
+        },
+    )?;
+
+    cli_as(&addrs.join(","), bootstrap, &["token", "revoke", "dash"])?;
+    let revoked = Instant::now();
+    let mut refused_after = Vec::new();
+    for addr in &addrs {
+        wait_for(
+            Duration::from_secs(5),
+            "the replica to refuse the token",
+            || {
+                (get_leader_code(&runtime, addr, &viewer) == tonic::Code::Unauthenticated)
+                    .then_some(())
+            },
+        )?;
+        refused_after.push(revoked.elapsed());
+    }
+    // Each replica reloads tokens every 250 ms, so this is well under a second; the figure is
+    // printed rather than asserted (shared machines: no timing assertions), and the wait above
+    // fails the test past 5 s.
+    eprintln!("revoked; refused by each replica after {refused_after:?}");
+    drop(replicas);
+    Ok(())
+}
