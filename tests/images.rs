@@ -184,8 +184,19 @@ fn the_coordinator_image_refuses_bad_flags_and_config_serves_health_and_stops_on
             .filter(|o| o.status.success())
     })
     .with_context(|| running.logs())?;
-    let uid = running.exec(&["id", "-u"])?;
-    assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "10001");
+    // The image has no shell or `id`: the serving process's real and effective uid, read on the
+    // host from /proc.
+    let pid = running.inspect("{{.State.Pid}}")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert_eq!(uids, ["10001", "10001"], "{status}");
+    // Nothing in it but the process: no shell to exec.
+    let shell = running.exec(&["/bin/sh", "-c", "true"])?;
+    assert!(!shell.status.success(), "the coordinator image has no shell");
     // The leader-only name on a standalone coordinator (it leads), and an unknown name.
     let leader = running.exec(&[
         "trainfleet-coordinator",
