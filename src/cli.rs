@@ -69,6 +69,8 @@ enum Command {
     Promote(commands::datasets::PromoteArgs),
     /// Move a dataset's champion pointer back to the previous champion.
     Rollback(commands::datasets::RollbackArgs),
+    /// The audit trail (admins): state-changing and refused calls, newest first.
+    Audit(commands::audit::AuditArgs),
     /// Bearer tokens (admins): create, list, revoke.
     #[command(subcommand)]
     Token(commands::tokens::TokenCommand),
@@ -106,6 +108,7 @@ pub fn main() -> ExitCode {
             Command::Promote(args) => commands::datasets::promote(args).await,
             Command::Rollback(args) => commands::datasets::rollback(args).await,
             Command::Token(command) => commands::tokens::run(command).await,
+            Command::Audit(args) => commands::audit::run(args).await,
         }
     });
     match result {

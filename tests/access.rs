@@ -348,6 +348,115 @@ fn tokens_and_roles_decide_who_may_call_what() -> anyhow::Result<()> {
         json!({"token": "nobody"}),
     )?);
     assert_eq!(c, "NOT_FOUND");
+
+    // The audit trail has each of these: who, role, method, target, outcome. Written behind
+    // the calls, so it may take a moment.
+    let has = |audit: &Value, caller: &str, method: &str, target: &str, outcome: &str| {
+        audit.as_array().into_iter().flatten().any(|e| {
+            e["caller"] == caller
+                && e["method"] == method
+                && e["outcome"] == outcome
+                && e["target"].as_str().unwrap_or_default().starts_with(target)
+        })
+    };
+    let audit = wait_for(Duration::from_secs(10), "the audit trail", || {
+        let out = cli_as(addr, bootstrap, &["audit", "--json", "--limit", "1000"]).ok()?;
+        let audit: Value = serde_json::from_str(&out).ok()?;
+        has(
+            &audit,
+            "bootstrap",
+            "trainfleet.v1.AccessService/RevokeToken",
+            "",
+            "NOT_FOUND",
+        )
+        .then_some(audit)
+    })?;
+    let checks = [
+        (
+            // A stranger's reflection client is stopped at its first call, reflection itself.
+            "anonymous",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "",
+            "UNAUTHENTICATED",
+        ),
+        (
+            "dash",
+            "trainfleet.v1.ModelService/Promote",
+            "",
+            "PERMISSION_DENIED",
+        ),
+        (
+            "w1",
+            "trainfleet.v1.JobService/List",
+            "",
+            "PERMISSION_DENIED",
+        ),
+        (
+            "bootstrap",
+            "trainfleet.v1.AccessService/CreateToken",
+            "token dash",
+            "OK",
+        ),
+        (
+            "bootstrap",
+            "trainfleet.v1.AccessService/RevokeToken",
+            "token dash",
+            "OK",
+        ),
+        ("ci", "trainfleet.v1.JobService/Submit", "job j-", "OK"),
+        (
+            "other",
+            "trainfleet.v1.JobService/Cancel",
+            "",
+            "PERMISSION_DENIED",
+        ),
+        (
+            "bootstrap",
+            "trainfleet.v1.JobService/Cancel",
+            "job j-",
+            "OK",
+        ),
+        (
+            "w1",
+            "trainfleet.v1.WorkerService/Register",
+            "worker w1",
+            "OK",
+        ),
+        (
+            "w1",
+            "trainfleet.v1.WorkerService/CompleteTask",
+            "task j-",
+            "OK",
+        ),
+        (
+            "anonymous",
+            "trainfleet.v1.WorkerService/Register",
+            "",
+            "UNAUTHENTICATED",
+        ),
+    ];
+    for (caller, method, target, outcome) in checks {
+        assert!(
+            has(&audit, caller, method, target, outcome),
+            "{caller} {method} {target} {outcome} not in the audit trail: {audit:#}"
+        );
+    }
+    // Allowed reads are not audited (refused ones are).
+    assert!(!has(
+        &audit,
+        "dash",
+        "trainfleet.v1.JobService/List",
+        "",
+        "OK"
+    ));
+    // Only admins read the trail.
+    let (c, _) = code(call_as(
+        addr,
+        Some(&submitter),
+        "trainfleet.v1.AccessService/ListAudit",
+        json!({}),
+    )?);
+    assert_eq!(c, "PERMISSION_DENIED");
     Ok(())
 }
 

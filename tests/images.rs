@@ -196,7 +196,10 @@ fn the_coordinator_image_refuses_bad_flags_and_config_serves_health_and_stops_on
     assert_eq!(uids, ["10001", "10001"], "{status}");
     // Nothing in it but the process: no shell to exec.
     let shell = running.exec(&["/bin/sh", "-c", "true"])?;
-    assert!(!shell.status.success(), "the coordinator image has no shell");
+    assert!(
+        !shell.status.success(),
+        "the coordinator image has no shell"
+    );
     // The leader-only name on a standalone coordinator (it leads), and an unknown name.
     let leader = running.exec(&[
         "trainfleet-coordinator",

@@ -155,6 +155,12 @@ impl Coordinator {
                 ))
             }
         };
+        let (audit, audit_rx) = crate::auth::audit::AuditLog::new();
+        tokio::spawn(crate::auth::audit::run_writer(
+            state.clone(),
+            audit_rx,
+            shutdown.clone(),
+        ));
         // A follower serves too: it forwards public calls to the leader.
         health.replica(ServingStatus::Serving).await;
 
@@ -187,7 +193,7 @@ impl Coordinator {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             // Outermost: a stranger is refused by whichever replica it reached.
-            .layer(AuthLayer::new(access.clone()))
+            .layer(AuthLayer::new(access.clone(), audit))
             .layer(ForwardLayer::new(state.clone(), forward_wait))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -1,5 +1,6 @@
 //! One module per CLI verb.
 
+pub mod audit;
 pub mod datasets;
 pub mod demo;
 pub mod jobs;

@@ -166,7 +166,8 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn role_name(role: i32) -> &'static str {
+/// A role's name as users write it ("-" when unset).
+pub fn role_name(role: i32) -> &'static str {
     match v1::Role::try_from(role) {
         Ok(v1::Role::Viewer) => "viewer",
         Ok(v1::Role::Submitter) => "submitter",
@@ -176,7 +177,8 @@ fn role_name(role: i32) -> &'static str {
     }
 }
 
-fn time(t: Option<&prost_types::Timestamp>) -> String {
+/// A timestamp as RFC 3339, to the second.
+pub fn time(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
         .map_or_else(
             || "-".to_owned(),

@@ -11,6 +11,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use super::audit::{AuditLog, AuditRecord, AuditTarget};
 use super::rules::{self, Rule};
 use super::{Access, Caller};
 
@@ -20,12 +21,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct AuthLayer {
     access: Arc<Access>,
+    audit: AuditLog,
 }
 
 impl AuthLayer {
-    /// Checks calls against `access`.
-    pub fn new(access: Arc<Access>) -> Self {
-        Self { access }
+    /// Checks calls against `access`; records refused and state-changing calls in `audit`.
+    pub fn new(access: Arc<Access>, audit: AuditLog) -> Self {
+        Self { access, audit }
     }
 }
 
@@ -36,6 +38,7 @@ impl<S> Layer<S> for AuthLayer {
         Authorize {
             inner,
             access: self.access.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -45,6 +48,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Authorize<S> {
     inner: S,
     access: Arc<Access>,
+    audit: AuditLog,
 }
 
 impl<S> Service<http::Request<Body>> for Authorize<S>
@@ -64,27 +68,117 @@ where
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let audit = self.audit.clone();
         match check(&self.access, &request) {
             Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                Box::pin(async move { inner.call(request).await.map_err(Into::into) })
+                let audited = self.access.enabled() && rules::audited(&method);
+                request.extensions_mut().insert(caller.clone());
+                Box::pin(async move {
+                    let response = inner.call(request).await.map_err(Into::into)?;
+                    if audited {
+                        let (outcome, message) = outcome(response.headers());
+                        let target = response
+                            .extensions()
+                            .get::<AuditTarget>()
+                            .map(|t| t.0.clone())
+                            .unwrap_or_default();
+                        audit.record(AuditRecord {
+                            at: std::time::SystemTime::now(),
+                            caller: caller.name,
+                            role: Some(caller.role),
+                            method,
+                            target,
+                            outcome,
+                            message,
+                        });
+                    }
+                    Ok(response)
+                })
             }
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err((who, status)) => {
+                audit.record(AuditRecord {
+                    at: std::time::SystemTime::now(),
+                    caller: who
+                        .as_ref()
+                        .map_or_else(|| "anonymous".to_owned(), |c| c.name.clone()),
+                    role: who.map(|c| c.role),
+                    method,
+                    target: String::new(),
+                    outcome: code_name(status.code()),
+                    message: status.message().to_owned(),
+                });
+                Box::pin(async move { Ok(status.into_http()) })
+            }
         }
     }
 }
 
+/// The gRPC code and message of a response: a trailers-only answer (every unary error) has them
+/// in its headers; otherwise the call succeeded.
+fn outcome(headers: &http::HeaderMap) -> (String, String) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return ("OK".to_owned(), String::new());
+    };
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    (code_name(tonic::Code::from_i32(code)), message)
+}
+
+/// `PERMISSION_DENIED` for `Code::PermissionDenied`: the names grpcurl and the spec use.
+pub fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Undoes the percent-encoding of `grpc-message`.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The caller, or the status that refuses the call.
-fn check(access: &Access, request: &http::Request<Body>) -> Result<Caller, Status> {
+fn check(
+    access: &Access,
+    request: &http::Request<Body>,
+) -> Result<Caller, (Option<Caller>, Status)> {
     if !access.enabled() {
         return Ok(Caller::anonymous());
     }
     let path = request.uri().path();
     let method = path.trim_start_matches('/');
     let Some(rule) = rules::rule(path) else {
-        return Err(Status::permission_denied(format!(
-            "{method} has no access rule, so it is refused"
-        )));
+        return Err((
+            None,
+            Status::permission_denied(format!("{method} has no access rule, so it is refused")),
+        ));
     };
     if rule == Rule::Open {
         return Ok(Caller::anonymous());
@@ -94,21 +188,30 @@ fn check(access: &Access, request: &http::Request<Body>) -> Result<Caller, Statu
         .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default());
     let Some(header) = header else {
-        return Err(Status::unauthenticated(format!(
-            "{method} needs a token: send 'authorization: Bearer <token>' metadata \
-             (grpcurl -H, trainfleet --token-file or TRAINFLEET_TOKEN)"
-        )));
+        return Err((
+            None,
+            Status::unauthenticated(format!(
+                "{method} needs a token: send 'authorization: Bearer <token>' metadata \
+                 (grpcurl -H, trainfleet --token-file or TRAINFLEET_TOKEN)"
+            )),
+        ));
     };
     let secret = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
         .ok_or_else(|| {
-            Status::unauthenticated("the authorization metadata must read 'Bearer <token>'")
+            (
+                None,
+                Status::unauthenticated("the authorization metadata must read 'Bearer <token>'"),
+            )
         })?;
-    let caller = access
-        .authenticate(secret)
-        .map_err(|why| Status::unauthenticated(format!("{why}: {method} refused")))?;
+    let caller = access.authenticate(secret).map_err(|why| {
+        (
+            None,
+            Status::unauthenticated(format!("{why}: {method} refused")),
+        )
+    })?;
     if rules::allows(rule, caller.role) {
         return Ok(caller);
     }
@@ -117,9 +220,37 @@ fn check(access: &Access, request: &http::Request<Body>) -> Result<Caller, Statu
         Rule::AtLeast(role) => format!("the {} role or above", role.name()),
         Rule::Open | Rule::AnyToken => "a token".to_owned(),
     };
-    Err(Status::permission_denied(format!(
+    let status = Status::permission_denied(format!(
         "{} (role {}) may not call {method}: it needs {needs}",
         caller.name,
         caller.role.name()
-    )))
+    ));
+    Err((Some(caller), status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_as_the_spec_names_them_and_messages_are_decoded() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(
+            code_name(tonic::Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+        assert_eq!(code_name(tonic::Code::Unauthenticated), "UNAUTHENTICATED");
+        assert_eq!(
+            percent_decode("job%20%60j-1%60 not found%"),
+            "job `j-1` not found%"
+        );
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(outcome(&headers).0, "OK");
+        headers.insert("grpc-status", "5".parse().unwrap());
+        headers.insert("grpc-message", "no%20such%20job".parse().unwrap());
+        assert_eq!(
+            outcome(&headers),
+            ("NOT_FOUND".to_owned(), "no such job".to_owned())
+        );
+    }
 }

@@ -5,12 +5,14 @@
 //! - [`rules`]: method → the roles allowed; anything not in the table is refused.
 //! - [`tokens`]: token secrets, their hashes and records.
 //! - [`layer`]: the tower layer that authenticates and authorizes each HTTP/2 request.
+//! - [`audit`]: the trail of state-changing and refused calls, kept in the store.
 //!
 //! Every replica keeps the token records in memory ([`Access`]), refreshed from the state store
 //! every [`REFRESH`] (so a revocation reaches every replica within a second); the leader also
 //! applies its own writes at once. The bootstrap secret is read from a file at start and is
 //! never stored.
 
+pub mod audit;
 pub mod layer;
 pub mod rules;
 pub mod tokens;

@@ -75,7 +75,31 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("trainfleet.v1.AccessService", "ListTokens", AtLeast(Admin)),
     ("trainfleet.v1.AccessService", "RevokeToken", AtLeast(Admin)),
     ("trainfleet.v1.AccessService", "WhoAmI", AnyToken),
+    ("trainfleet.v1.AccessService", "ListAudit", AtLeast(Admin)),
 ];
+
+/// Methods that change state, recorded in the audit trail whatever their outcome (every
+/// refused call is recorded too). Heartbeats and polls are not: they are the worker protocol's
+/// steady beat, not decisions.
+pub const AUDITED: &[&str] = &[
+    "trainfleet.v1.JobService/Submit",
+    "trainfleet.v1.JobService/Cancel",
+    "trainfleet.v1.DatasetService/Register",
+    "trainfleet.v1.DatasetService/Scan",
+    "trainfleet.v1.DatasetService/Retrain",
+    "trainfleet.v1.ModelService/Promote",
+    "trainfleet.v1.ModelService/Rollback",
+    "trainfleet.v1.SweepService/Start",
+    "trainfleet.v1.AccessService/CreateToken",
+    "trainfleet.v1.AccessService/RevokeToken",
+    "trainfleet.v1.WorkerService/Register",
+    "trainfleet.v1.WorkerService/CompleteTask",
+];
+
+/// Whether calls of `/service/method` are audited even when allowed.
+pub fn audited(path: &str) -> bool {
+    AUDITED.contains(&path.trim_start_matches('/'))
+}
 
 /// The rule for `/service/method`; `None`: no rule, so refused.
 pub fn rule(path: &str) -> Option<Rule> {
@@ -151,6 +175,12 @@ mod tests {
             );
         }
         assert_eq!(rule("/trainfleet.v1.JobService/Explode"), None);
+        for method in AUDITED {
+            assert!(
+                served.contains(&format!("/{method}")),
+                "audited {method} is not served"
+            );
+        }
         assert_eq!(rule("/no.such.Service/Get"), None);
     }
 

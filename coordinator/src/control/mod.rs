@@ -217,8 +217,9 @@ impl Control {
                     let worker: WorkerSnapshot = decode(&kv.key, &kv.value)?;
                     registry.restore(worker);
                 }
-                // Read by every replica's access check, not by the control plane.
-                Some("tokens") => {}
+                // Read by every replica's access check and the audit trail, not by the control
+                // plane.
+                Some("tokens" | "audit") => {}
                 _ => tracing::warn!(%key, "ignoring an unknown state key"),
             }
         }

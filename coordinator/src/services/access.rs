@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::access_service_server::AccessService;
 
+use crate::auth::audit::{self, AuditTarget};
 use crate::auth::tokens::{self, TokenRecord};
 use crate::auth::{Access, Caller, Role, load_tokens};
 use crate::error::Error;
@@ -104,10 +105,14 @@ impl AccessService for AccessApi {
             .map_err(store_status)?;
         self.access.upsert(record.clone());
         tracing::info!(token = %record.id, name = %record.name, role = record.role.name(), by = %caller.name, "token created");
-        Ok(Response::new(v1::CreateTokenResponse {
-            token: Some(token_to_wire(&record)),
-            secret,
-        }))
+        let target = format!("token {}", record.name);
+        Ok(AuditTarget::on(
+            Response::new(v1::CreateTokenResponse {
+                token: Some(token_to_wire(&record)),
+                secret,
+            }),
+            target,
+        ))
     }
 
     async fn list_tokens(
@@ -147,7 +152,38 @@ impl AccessService for AccessApi {
             .map_err(store_status)?;
         self.access.remove(&record.id);
         tracing::info!(token = %record.id, name = %record.name, by = %caller.name, "token revoked");
-        Ok(Response::new(token_to_wire(&record)))
+        Ok(AuditTarget::on(
+            Response::new(token_to_wire(&record)),
+            format!("token {}", record.name),
+        ))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let limit = match request.get_ref().limit as usize {
+            0 => 100,
+            n => n.min(audit::KEEP),
+        };
+        let term = self.state.term()?;
+        let records = audit::newest(term.store.as_ref(), limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::ListAuditResponse {
+            entries: records
+                .into_iter()
+                .map(|r| v1::AuditEntry {
+                    at: Some(r.at.into()),
+                    caller: r.caller,
+                    role: r.role.map_or(v1::Role::Unspecified, role_to_wire) as i32,
+                    method: r.method,
+                    target: r.target,
+                    outcome: r.outcome,
+                    message: r.message,
+                })
+                .collect(),
+        }))
     }
 
     async fn who_am_i(

@@ -10,6 +10,7 @@ use trainfleet_core::schedule::Schedule;
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::dataset_service_server::DatasetService;
 
+use crate::auth::audit::AuditTarget;
 use crate::error::Error;
 use crate::records::DatasetRecord;
 use crate::state::State;
@@ -155,14 +156,9 @@ impl DatasetService for DatasetApi {
         request: Request<v1::RegisterDatasetRequest>,
     ) -> Result<Response<v1::Dataset>, Status> {
         let record = registration(request.into_inner())?;
-        Ok(Response::new(
-            self.state
-                .term()?
-                .control
-                .register_dataset(record)
-                .await?
-                .to_wire(),
-        ))
+        let target = format!("dataset {}", record.name);
+        let dataset = self.state.term()?.control.register_dataset(record).await?;
+        Ok(AuditTarget::on(Response::new(dataset.to_wire()), target))
     }
 
     async fn list(
@@ -189,10 +185,13 @@ impl DatasetService for DatasetApi {
         check_name("name", &req.name)?;
         let term = self.state.term()?;
         let (version, changed) = term.control.scan(&req.name, req.full, &term.stop).await?;
-        Ok(Response::new(v1::ScanDatasetResponse {
-            version: Some(version.to_wire(&req.name)),
-            changed,
-        }))
+        Ok(AuditTarget::on(
+            Response::new(v1::ScanDatasetResponse {
+                version: Some(version.to_wire(&req.name)),
+                changed,
+            }),
+            format!("dataset {}", req.name),
+        ))
     }
 
     async fn list_versions(

@@ -13,6 +13,7 @@ use trainfleet_proto::v1;
 use trainfleet_proto::v1::job_event::Event;
 use trainfleet_proto::v1::job_service_server::JobService;
 
+use crate::auth::audit::AuditTarget;
 use crate::auth::{Caller, Role};
 use crate::control::{MAX_SLEEP, Submission};
 use crate::convert;
@@ -125,9 +126,13 @@ impl JobService for JobApi {
             .control
             .submit_by(submission, key, owner)
             .await?;
-        Ok(Response::new(v1::SubmitJobResponse {
-            job: Some(job.to_wire()),
-        }))
+        let target = format!("job {}", job.record.id);
+        Ok(AuditTarget::on(
+            Response::new(v1::SubmitJobResponse {
+                job: Some(job.to_wire()),
+            }),
+            target,
+        ))
     }
 
     async fn get(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
@@ -191,8 +196,9 @@ impl JobService for JobApi {
                 )));
             }
         }
-        Ok(Response::new(
-            term.control.cancel(&req.id, &req.reason).await?.to_wire(),
+        Ok(AuditTarget::on(
+            Response::new(term.control.cancel(&req.id, &req.reason).await?.to_wire()),
+            format!("job {}", req.id),
         ))
     }
 

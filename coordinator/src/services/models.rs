@@ -6,6 +6,8 @@ use tonic::{Request, Response, Status};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::model_service_server::ModelService;
 
+use crate::auth::Caller;
+use crate::auth::audit::AuditTarget;
 use crate::error::Error;
 use crate::state::State;
 
@@ -19,6 +21,15 @@ impl ModelApi {
     /// The service over a replica's state.
     pub fn new(state: Arc<State>) -> Self {
         Self { state }
+    }
+
+    /// " (by NAME)" with access control on: the champion record's reason says who moved it.
+    fn by<T>(&self, request: &Request<T>) -> String {
+        if self.state.config.auth.enabled {
+            format!(" (by {})", Caller::of(request).name)
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -78,15 +89,19 @@ impl ModelService for ModelApi {
         &self,
         request: Request<v1::PromoteModelRequest>,
     ) -> Result<Response<v1::Model>, Status> {
+        let by = self.by(&request);
         let req = request.into_inner();
         required("reason", &req.reason)?;
-        Ok(Response::new(
-            self.state
-                .term()?
-                .control
-                .promote(&req.id, &req.reason, expected(&req.expected_champion))
-                .await?
-                .to_wire(),
+        let reason = format!("{}{by}", req.reason);
+        let model = self
+            .state
+            .term()?
+            .control
+            .promote(&req.id, &reason, expected(&req.expected_champion))
+            .await?;
+        Ok(AuditTarget::on(
+            Response::new(model.to_wire()),
+            format!("model {}", req.id),
         ))
     }
 
@@ -94,16 +109,20 @@ impl ModelService for ModelApi {
         &self,
         request: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::Model>, Status> {
+        let by = self.by(&request);
         let req = request.into_inner();
         required("dataset", &req.dataset)?;
         required("reason", &req.reason)?;
-        Ok(Response::new(
-            self.state
-                .term()?
-                .control
-                .rollback(&req.dataset, &req.reason, expected(&req.expected_champion))
-                .await?
-                .to_wire(),
+        let reason = format!("{}{by}", req.reason);
+        let model = self
+            .state
+            .term()?
+            .control
+            .rollback(&req.dataset, &reason, expected(&req.expected_champion))
+            .await?;
+        Ok(AuditTarget::on(
+            Response::new(model.to_wire()),
+            format!("dataset {}", req.dataset),
         ))
     }
 }

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_server::WorkerService;
 
+use crate::auth::audit::AuditTarget;
 use crate::convert;
 use crate::dispatch::{Assignment, Directive};
 use crate::error::Error;
@@ -52,13 +53,16 @@ impl WorkerService for WorkerApi {
         let worker_id = registration.worker_id.clone();
         let session = self.state.term()?.registry.register(registration);
         self.state.term()?.control.worker_registered(&worker_id);
-        Ok(Response::new(v1::RegisterResponse {
-            session_id: session.session_id,
-            heartbeat_interval: Some(convert::duration(self.state.config.heartbeat_interval)),
-            lease_timeout: Some(convert::duration(self.state.config.lease_timeout)),
-            coordinator_version: trainfleet_core::VERSION.to_owned(),
-            artifact_store: self.state.term()?.control.artifacts().base().to_owned(),
-        }))
+        Ok(AuditTarget::on(
+            Response::new(v1::RegisterResponse {
+                session_id: session.session_id,
+                heartbeat_interval: Some(convert::duration(self.state.config.heartbeat_interval)),
+                lease_timeout: Some(convert::duration(self.state.config.lease_timeout)),
+                coordinator_version: trainfleet_core::VERSION.to_owned(),
+                artifact_store: self.state.term()?.control.artifacts().base().to_owned(),
+            }),
+            format!("worker {worker_id}"),
+        ))
     }
 
     async fn poll_task(
@@ -131,7 +135,10 @@ impl WorkerService for WorkerApi {
         term.control
             .complete(&req.worker_id, &req.task_id, req.attempt, report)
             .await?;
-        Ok(Response::new(v1::CompleteTaskResponse { accepted: true }))
+        Ok(AuditTarget::on(
+            Response::new(v1::CompleteTaskResponse { accepted: true }),
+            format!("task {}", req.task_id),
+        ))
     }
 }
 
