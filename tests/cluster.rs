@@ -454,3 +454,54 @@ fn sigterm_stops_the_coordinator_promptly_despite_open_long_polls() -> anyhow::R
     assert!(worker.log_text().contains("worker stopped"));
     Ok(())
 }
+
+#[test]
+fn requests_over_the_limits_are_refused_saying_which_and_change_nothing() -> anyhow::Result<()> {
+    use trainfleet_proto::v1;
+    use trainfleet_proto::v1::dataset_service_client::DatasetServiceClient;
+    let dir = tempfile::tempdir()?;
+    let coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = format!("http://{}", coordinator.addr);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr)?
+            .connect()
+            .await?;
+        let mut datasets = DatasetServiceClient::new(channel);
+        // A 2 MiB registration: over DatasetService's 1 MiB, refused before it is decoded.
+        let huge = v1::RegisterDatasetRequest {
+            name: "x".repeat(2 << 20),
+            ..Default::default()
+        };
+        let status = datasets.register(huge).await.expect_err("over the limit");
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("the limit is: 1048576 bytes"),
+            "{status:?}"
+        );
+        // Metadata over the header list limit (16 KiB): the call is refused, not served.
+        let mut request = tonic::Request::new(v1::ListDatasetsRequest {});
+        request
+            .metadata_mut()
+            .insert("x-padding", "p".repeat(64 << 10).parse()?);
+        let refused = datasets.list(request).await.expect_err("over the limit");
+        // hyper ends the connection with ENHANCE_YOUR_CALM ("header_list_way_too_large").
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        // The coordinator serves on (hyper closes the offending connection), and nothing was
+        // registered.
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", coordinator.addr))?
+                .connect()
+                .await?;
+        let listed = DatasetServiceClient::new(channel)
+            .list(v1::ListDatasetsRequest {})
+            .await?
+            .into_inner();
+        assert!(listed.datasets.is_empty(), "{listed:?}");
+        anyhow::Ok(())
+    })
+}

@@ -7,6 +7,7 @@
 //!   relays the answer (unary and server streams), with a bounded wait while none is known.
 //! - [`auth`]: who may call what: bearer tokens with roles, the one method → roles table, and
 //!   the layer that checks every call.
+//! - [`limits`]: message sizes per service, header list size and streams per connection.
 //! - [`health`]: the health service's names: per replica, and leader only.
 //! - [`probe`]: the `health` command's one health check.
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
@@ -48,6 +49,7 @@ pub mod events;
 pub mod forward;
 pub mod health;
 pub mod journal;
+pub mod limits;
 pub mod probe;
 pub mod records;
 pub mod registry;

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use trainfleet_core::config::CoordinatorConfig;
-use trainfleet_proto::FILE_DESCRIPTOR_SET;
 use trainfleet_proto::v1::access_service_server::AccessServiceServer;
 use trainfleet_proto::v1::cluster_service_server::ClusterServiceServer;
 use trainfleet_proto::v1::dataset_service_server::DatasetServiceServer;
@@ -17,6 +16,7 @@ use trainfleet_proto::v1::job_service_server::JobServiceServer;
 use trainfleet_proto::v1::model_service_server::ModelServiceServer;
 use trainfleet_proto::v1::sweep_service_server::SweepServiceServer;
 use trainfleet_proto::v1::worker_service_server::WorkerServiceServer;
+use trainfleet_proto::{FILE_DESCRIPTOR_SET, WORKER_SERVICE};
 
 use trainfleet_core::artifacts::ArtifactStore;
 use trainfleet_core::config::StoreKind;
@@ -30,6 +30,7 @@ use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::forward::ForwardLayer;
 use crate::health::Health;
+use crate::limits;
 use crate::registry::WorkerRegistry;
 use crate::services::access::AccessApi;
 use crate::services::cluster::ClusterApi;
@@ -189,8 +190,18 @@ impl Coordinator {
                 health.leader(ServingStatus::NotServing).await;
             }
         };
+        // Each service decodes at most its limit and encodes at most the response limit.
+        macro_rules! limit {
+            ($server:expr, $name:expr) => {
+                $server
+                    .max_decoding_message_size(limits::max_request_bytes($name))
+                    .max_encoding_message_size(limits::MAX_RESPONSE_BYTES)
+            };
+        }
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+            .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             // Outermost: a stranger is refused by whichever replica it reached.
             .layer(AuthLayer::new(access.clone(), audit))
@@ -198,19 +209,34 @@ impl Coordinator {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(WorkerServiceServer::new(WorkerApi::new(state.clone())))
-            .add_service(ClusterServiceServer::new(ClusterApi::new(state.clone())))
-            .add_service(
-                JobServiceServer::new(JobApi::new(state.clone()))
-                    .max_decoding_message_size(crate::services::jobs::MAX_REQUEST_BYTES),
-            )
-            .add_service(DatasetServiceServer::new(DatasetApi::new(state.clone())))
-            .add_service(ModelServiceServer::new(ModelApi::new(state.clone())))
-            .add_service(SweepServiceServer::new(SweepApi))
-            .add_service(AccessServiceServer::new(AccessApi::new(
-                state.clone(),
-                access.clone(),
-            )))
+            .add_service(limit!(
+                WorkerServiceServer::new(WorkerApi::new(state.clone())),
+                WORKER_SERVICE
+            ))
+            .add_service(limit!(
+                ClusterServiceServer::new(ClusterApi::new(state.clone())),
+                "trainfleet.v1.ClusterService"
+            ))
+            .add_service(limit!(
+                JobServiceServer::new(JobApi::new(state.clone())),
+                "trainfleet.v1.JobService"
+            ))
+            .add_service(limit!(
+                DatasetServiceServer::new(DatasetApi::new(state.clone())),
+                "trainfleet.v1.DatasetService"
+            ))
+            .add_service(limit!(
+                ModelServiceServer::new(ModelApi::new(state.clone())),
+                "trainfleet.v1.ModelService"
+            ))
+            .add_service(limit!(
+                SweepServiceServer::new(SweepApi),
+                "trainfleet.v1.SweepService"
+            ))
+            .add_service(limit!(
+                AccessServiceServer::new(AccessApi::new(state.clone(), access.clone())),
+                "trainfleet.v1.AccessService"
+            ))
             // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
             // listeners tonic binds itself. Without it, a small response written right after
             // another (a task lease after a heartbeat answer) waits for the peer's delayed ACK,
