@@ -588,3 +588,94 @@ fn a_revoked_token_is_refused_by_every_replica() -> anyhow::Result<()> {
     drop(replicas);
     Ok(())
 }
+
+#[test]
+fn static_tokens_from_files_let_workers_and_checks_call_from_the_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = |name: &str, value: &str| -> anyhow::Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{value}\n"))?;
+        Ok(path.display().to_string())
+    };
+    let worker_file = secret("worker.token", "worker-secret-0123456789abcdef0123456789")?;
+    let viewer_file = secret("viewer.token", "viewer-secret-0123456789abcdef0123456789")?;
+    let config = dir.path().join("coordinator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  enabled: true\n  static_tokens:\n    - {{name: gpu-pool, role: worker, file: {worker_file}}}\n    - {{name: helm-test, role: viewer, file: {viewer_file}}}\n"
+        ),
+    )?;
+    let config_arg = config.display().to_string();
+    let mut flags = FAST.to_vec();
+    flags.extend(["--config", &config_arg]);
+    let coordinator = start_coordinator(dir.path(), "coordinator", "127.0.0.1:0", &flags)?;
+    let addr = coordinator.addr.as_str();
+
+    // No admin made anything: the worker joins with its file, the check counts it with its own.
+    let _worker = start_worker(
+        dir.path(),
+        "w-static",
+        addr,
+        &format!("token_file: {worker_file}\n"),
+    )?;
+    let health = |token_file: Option<&str>| -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new(binary("trainfleet-coordinator"));
+        command.args([
+            "health",
+            "--addr",
+            addr,
+            "--workers",
+            "1",
+            "--timeout",
+            "5s",
+        ]);
+        command.env_remove("TRAINFLEET_TOKEN_FILE");
+        if let Some(f) = token_file {
+            command.args(["--token-file", f]);
+        }
+        Ok(command.output()?)
+    };
+    let counted = wait_for(
+        Duration::from_secs(30),
+        "the check to count the worker",
+        || {
+            health(Some(&viewer_file))
+                .ok()
+                .filter(|o| o.status.success())
+        },
+    )?;
+    assert!(
+        String::from_utf8_lossy(&counted.stdout).contains("1 of 1 workers alive"),
+        "{counted:?}"
+    );
+    // Without its token the check is refused, saying so.
+    let refused = health(None)?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{refused:?}"
+    );
+    // The worker's static token is a worker's, nothing more.
+    let worker_secret = std::fs::read_to_string(&worker_file)?;
+    let (c, _) = code(call_as(
+        addr,
+        Some(worker_secret.trim()),
+        "trainfleet.v1.JobService/List",
+        json!({}),
+    )?);
+    assert_eq!(c, "PERMISSION_DENIED");
+
+    // A static token with an unknown role stops the start, naming the field.
+    std::fs::write(
+        &config,
+        format!("auth:\n  static_tokens:\n    - {{name: x, role: root, file: {worker_file}}}\n"),
+    )?;
+    let out = Command::new(binary("trainfleet-coordinator"))
+        .args(["--config", &config_arg, "--listen", "127.0.0.1:0"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("auth.static_tokens[0].role"), "{stderr}");
+    Ok(())
+}

@@ -108,6 +108,9 @@ enum Command {
         /// any replica): what `helm test` checks.
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// A file with a token for --workers (a viewer's), when access control is on.
+        #[arg(long, env = "TRAINFLEET_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -218,6 +221,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         service,
         timeout,
         workers,
+        token_file,
     }) = args.command.take()
     {
         let addr = addr.unwrap_or_else(|| match args.listen {
@@ -232,7 +236,13 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             println!("{addr}: SERVING");
             return Ok(());
         }
-        let (alive, all) = trainfleet_coordinator::probe::workers(&addr, timeout)
+        let token = match &token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        let (alive, all) = trainfleet_coordinator::probe::workers(&addr, timeout, token.as_deref())
             .await
             .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(

@@ -66,15 +66,22 @@ async fn connect(address: &str, timeout: Duration) -> Result<tonic::transport::C
 }
 
 /// Asks the cluster behind `address` for its workers: `(alive, all)`, or why it could not.
-pub async fn workers(address: &str, timeout: Duration) -> Result<(usize, usize), String> {
+/// `token` is sent as the bearer token (a coordinator with access control on wants a viewer's).
+pub async fn workers(
+    address: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(usize, usize), String> {
     use trainfleet_proto::v1;
     let channel = connect(address, timeout).await?;
-    let workers = v1::cluster_service_client::ClusterServiceClient::new(channel)
-        .list_workers(v1::ListWorkersRequest { state: 0 })
-        .await
-        .map_err(|s| format!("{address}: ListWorkers: {:?}: {}", s.code(), s.message()))?
-        .into_inner()
-        .workers;
+    let bearer = trainfleet_proto::Bearer::new(token)?;
+    let workers =
+        v1::cluster_service_client::ClusterServiceClient::with_interceptor(channel, bearer)
+            .list_workers(v1::ListWorkersRequest { state: 0 })
+            .await
+            .map_err(|s| format!("{address}: ListWorkers: {:?}: {}", s.code(), s.message()))?
+            .into_inner()
+            .workers;
     let alive = workers
         .iter()
         .filter(|w| w.state == v1::WorkerState::Alive as i32)

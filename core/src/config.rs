@@ -63,6 +63,23 @@ pub struct AuthConfig {
     /// Secret): whoever presents it is the admin `bootstrap`, who makes the other tokens.
     /// Read at start; there is no built-in default.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Tokens known before any admin makes one, each from a file (a mounted Secret), so that a
+    /// deployment's workers and checks can call from the start: the role is one of viewer,
+    /// submitter, admin, worker. Read at start, never stored; rotate by changing the file and
+    /// restarting.
+    pub static_tokens: Vec<StaticToken>,
+}
+
+/// A token from a file (see [`AuthConfig::static_tokens`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Who holds it, as the audit trail names it.
+    pub name: String,
+    /// viewer, submitter, admin or worker.
+    pub role: String,
+    /// The file holding the secret (at least 32 characters).
+    pub file: PathBuf,
 }
 
 /// When finished jobs leave the state store for the archive in the artifact store (where `Get`,
@@ -255,6 +272,32 @@ impl CoordinatorConfig {
             }
             if self.etcd.user.is_some() != self.etcd.password.is_some() {
                 return Err(invalid("etcd.user", "and etcd.password go together".into()));
+            }
+        }
+        for (i, token) in self.auth.static_tokens.iter().enumerate() {
+            if !["viewer", "submitter", "admin", "worker"].contains(&token.role.as_str()) {
+                return Err(invalid(
+                    &format!("auth.static_tokens[{i}].role"),
+                    format!(
+                        "is {:?}; use viewer, submitter, admin or worker",
+                        token.role
+                    ),
+                ));
+            }
+            let name_ok = !token.name.is_empty()
+                && token.name.len() <= 64
+                && token
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !name_ok {
+                return Err(invalid(
+                    &format!("auth.static_tokens[{i}].name"),
+                    format!(
+                        "is {:?}; use 1-64 of letters, digits, '.', '_', '-'",
+                        token.name
+                    ),
+                ));
             }
         }
         Ok(())

@@ -95,35 +95,42 @@ impl Caller {
 #[derive(Debug)]
 pub struct Access {
     enabled: bool,
-    bootstrap_hash: Option<String>,
+    /// The bootstrap secret and the static tokens: (hash, who), read from files at start.
+    fixed: Vec<(String, Caller)>,
     tokens: RwLock<HashMap<String, TokenRecord>>,
 }
 
 impl Access {
-    /// From the settings; reads the bootstrap secret's file.
+    /// From the settings; reads the bootstrap secret's and the static tokens' files.
     pub fn new(config: &AuthConfig) -> Result<Self> {
-        let bootstrap_hash = match &config.bootstrap_token_file {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::FailedPrecondition(format!(
-                        "auth.bootstrap_token_file {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let secret = text.trim();
-                if secret.chars().count() < MIN_BOOTSTRAP_CHARS {
-                    return Err(Error::FailedPrecondition(format!(
-                        "auth.bootstrap_token_file {}: the secret has {} characters; use at \
-                         least {MIN_BOOTSTRAP_CHARS} (e.g. `openssl rand -hex 32`)",
-                        path.display(),
-                        secret.chars().count()
-                    )));
-                }
-                Some(tokens::hash(secret))
-            }
-        };
-        if config.enabled && bootstrap_hash.is_none() {
+        let mut fixed = Vec::new();
+        if let Some(path) = &config.bootstrap_token_file {
+            let hash = read_secret(path, "auth.bootstrap_token_file")?;
+            fixed.push((
+                hash,
+                Caller {
+                    name: BOOTSTRAP.to_owned(),
+                    role: Role::Admin,
+                },
+            ));
+        }
+        for (i, token) in config.static_tokens.iter().enumerate() {
+            let role = match token.role.as_str() {
+                "viewer" => Role::Viewer,
+                "submitter" => Role::Submitter,
+                "admin" => Role::Admin,
+                _ => Role::Worker,
+            };
+            let hash = read_secret(&token.file, &format!("auth.static_tokens[{i}].file"))?;
+            fixed.push((
+                hash,
+                Caller {
+                    name: token.name.clone(),
+                    role,
+                },
+            ));
+        }
+        if config.enabled && fixed.is_empty() {
             tracing::warn!(
                 "access control is on without auth.bootstrap_token_file: only tokens already \
                  in the store can call"
@@ -131,9 +138,14 @@ impl Access {
         }
         Ok(Self {
             enabled: config.enabled,
-            bootstrap_hash,
+            fixed,
             tokens: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Whether `name` is taken by the bootstrap secret or a static token.
+    pub fn is_fixed_name(&self, name: &str) -> bool {
+        self.fixed.iter().any(|(_, c)| c.name == name)
     }
 
     /// Whether tokens are required.
@@ -159,17 +171,15 @@ impl Access {
                 role: record.role,
             });
         }
-        match &self.bootstrap_hash {
-            Some(expected)
-                if bool::from(tokens::hash(secret).as_bytes().ct_eq(expected.as_bytes())) =>
-            {
-                Ok(Caller {
-                    name: BOOTSTRAP.to_owned(),
-                    role: Role::Admin,
-                })
+        // Every fixed secret is compared, so the time taken does not say which one matched.
+        let presented = tokens::hash(secret);
+        let mut found = None;
+        for (hash, caller) in &self.fixed {
+            if bool::from(presented.as_bytes().ct_eq(hash.as_bytes())) {
+                found = Some(caller.clone());
             }
-            _ => Err("unknown or revoked token"),
         }
+        found.ok_or("unknown or revoked token")
     }
 
     /// Replaces every record (a reload from the store).
@@ -193,6 +203,22 @@ impl Access {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
+}
+
+/// The hash of the secret in `path` (at least 32 characters); `what` names the setting.
+fn read_secret(path: &std::path::Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::FailedPrecondition(format!("{what} {}: {e}", path.display())))?;
+    let secret = text.trim();
+    if secret.chars().count() < MIN_BOOTSTRAP_CHARS {
+        return Err(Error::FailedPrecondition(format!(
+            "{what} {}: the secret has {} characters; use at least {MIN_BOOTSTRAP_CHARS} (e.g. \
+             `openssl rand -hex 32`)",
+            path.display(),
+            secret.chars().count()
+        )));
+    }
+    Ok(tokens::hash(secret))
 }
 
 /// Reads every token record from `store`.

@@ -91,7 +91,7 @@ impl AccessService for AccessApi {
         };
         let term = self.state.term()?;
         let existing = load_tokens(term.store.as_ref()).await?;
-        if existing.iter().any(|t| t.name == req.name) {
+        if existing.iter().any(|t| t.name == req.name) || self.access.is_fixed_name(&req.name) {
             return Err(Status::already_exists(format!(
                 "a token named {:?} exists; revoke it first or choose another name",
                 req.name
