@@ -3,6 +3,8 @@
 //! never the project's own Rust client.
 #![allow(dead_code)]
 
+pub mod access;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
