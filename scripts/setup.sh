@@ -8,7 +8,8 @@
 #     the container tests: podman and buildah (no Docker engine runs here), runc (crun fails on
 #     some hosts' cgroups), netavark and aardvark-dns (container networks with DNS names),
 #     debootstrap (the base image, since none can be pulled), patchelf and cpio (staging); Go
-#     with sprig and yaml.v3 (the chart checks render the Helm chart with Helm's template engine).
+#     with sprig and yaml.v3 (the chart checks render the Helm chart with Helm's template engine);
+#     prometheus (the metrics test scrapes both binaries with it; promtool checks the alert rules).
 #   - .venv: PyTorch 2.13.0 from PyPI (the libtorch that tch 0.26 is written against), the
 #     Python gRPC reflection client used by the end-to-end tests, MLflow (the tracking
 #     server the MLflow test records runs in), and kubernetes-validate (the chart checks).
@@ -37,7 +38,7 @@ as_root() {
 # --- Debian packages ---------------------------------------------------------------------------
 APT_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server openssl ca-certificates g++ make pkg-config python3-venv npm chromium
   podman buildah runc netavark aardvark-dns containernetworking-plugins fuse-overlayfs debootstrap patchelf cpio
-  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -55,6 +56,8 @@ fi
 command -v protoc >/dev/null || die "protoc not found after installing protobuf-compiler"
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 command -v openssl >/dev/null || die "openssl not found (the etcd TLS test makes its certificates with it)"
+command -v prometheus >/dev/null && command -v promtool >/dev/null \
+  || die "prometheus or promtool not found after installing prometheus (the metrics test needs them)"
 for tool in podman buildah runc debootstrap patchelf; do
   command -v "$tool" >/dev/null || die "$tool not found after installing it (the images need it)"
 done

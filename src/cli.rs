@@ -16,6 +16,10 @@ pub struct Cli {
     /// otherwise TRAINFLEET_TOKEN, if set.
     #[arg(long, env = "TRAINFLEET_TOKEN_FILE", global = true)]
     token_file: Option<std::path::PathBuf>,
+    /// The CA of the coordinator's certificate (PEM): dial it with TLS (addresses without a
+    /// scheme become https://).
+    #[arg(long, env = "TRAINFLEET_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 /// Where a client verb finds the coordinator.
@@ -87,7 +91,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(err) = crate::client::set_token(cli.token_file.as_deref()) {
+    if let Err(err) = crate::client::set_token(cli.token_file.as_deref())
+        .and_then(|()| crate::client::set_tls(cli.ca_cert.as_deref()))
+    {
         eprintln!("trainfleet: error: {err:#}");
         return ExitCode::FAILURE;
     }

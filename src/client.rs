@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 use tonic::transport::Channel;
-use trainfleet_proto::{AuthChannel, Bearer};
+use trainfleet_proto::{AuthChannel, Bearer, ClientTls, TlsSettingNames};
 
 /// The token every call carries (`--token-file` or `TRAINFLEET_TOKEN`), set once at start.
 static BEARER: OnceLock<Bearer> = OnceLock::new();
@@ -22,6 +22,22 @@ pub fn set_token(token_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     };
     let bearer = Bearer::new(token.as_deref()).map_err(anyhow::Error::msg)?;
     let _ = BEARER.set(bearer);
+    Ok(())
+}
+
+/// How calls dial: TLS with `--ca-cert`, set once at start.
+static TLS: OnceLock<ClientTls> = OnceLock::new();
+
+/// Dials with TLS, trusting the CA in `ca_cert`; without it plaintext (unless an address says
+/// https://).
+pub fn set_tls(ca_cert: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let names = TlsSettingNames {
+        ca: "--ca-cert",
+        cert: "--cert",
+        key: "--key",
+    };
+    let tls = ClientTls::from_files(ca_cert, None, None, &names).map_err(anyhow::Error::msg)?;
+    let _ = TLS.set(tls);
     Ok(())
 }
 
@@ -76,6 +92,16 @@ async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::R
                     }
                 }
                 Ok(_) => failures.push(format!("{endpoint}: no leader known yet")),
+                // Asking again cannot help a refused credential (or a plaintext dial of a
+                // TLS port): say so at once.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    anyhow::bail!("{endpoint}: {}", status.message())
+                }
                 Err(status) => failures.push(format!("{endpoint}: {}", status.message())),
             }
         }
@@ -91,20 +117,23 @@ async fn connect_leader(endpoints: &str, timeout: Option<Duration>) -> anyhow::R
 }
 
 async fn connect_with(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let mut e = tonic::transport::Endpoint::from_shared(uri)
-        .with_context(|| format!("coordinator address {endpoint:?} is not valid; use host:port"))?
+    let tls = TLS.get().cloned().unwrap_or_default();
+    let mut e = tls
+        .endpoint(endpoint)
+        .map_err(anyhow::Error::msg)?
         .connect_timeout(Duration::from_secs(5));
     if let Some(timeout) = timeout {
         e = e.timeout(timeout);
     }
+    let tls_hint = if tls.enabled() {
+        " over TLS; if it serves plaintext, drop --ca-cert"
+    } else {
+        ""
+    };
     e.connect().await.with_context(|| {
         format!(
-            "cannot reach the coordinator at {endpoint} (set --endpoint or TRAINFLEET_ENDPOINT)"
+            "cannot reach the coordinator at {endpoint}{tls_hint} (set --endpoint or \
+             TRAINFLEET_ENDPOINT)"
         )
     })
 }

@@ -290,18 +290,27 @@ fn a_typo_a_wrong_type_or_a_missing_bucket_fails_naming_the_key() {
     );
 
     // Values that pass the schema but not together are refused by the templates.
-    let no_bucket = write("s3.yaml", "artifacts: {s3: {existingSecret: keys}}\n");
+    let unprotected = write("open.yaml", "artifacts: {s3: {bucket: b}}\n");
+    let err = render(&["-f", &unprotected]).unwrap_err();
+    assert!(
+        err.contains("insecure: the coordinators listen on the pod network"),
+        "{err}"
+    );
+    let no_bucket = write(
+        "s3.yaml",
+        "insecure: true\nartifacts: {s3: {existingSecret: keys}}\n",
+    );
     let err = render(&["-f", &no_bucket]).unwrap_err();
     assert!(err.contains("artifacts.s3.bucket"), "{err}");
     let no_endpoints = write(
         "etcd.yaml",
-        "etcd: {enabled: false}\nartifacts: {s3: {bucket: b}}\n",
+        "insecure: true\netcd: {enabled: false}\nartifacts: {s3: {bucket: b}}\n",
     );
     let err = render(&["-f", &no_endpoints]).unwrap_err();
     assert!(err.contains("externalEtcd.endpoints"), "{err}");
     let no_secret = write(
         "auth.yaml",
-        "etcd: {enabled: false}\nexternalEtcd: {endpoints: [http://e:2379], user: u}\nartifacts: {s3: {bucket: b}}\n",
+        "insecure: true\netcd: {enabled: false}\nexternalEtcd: {endpoints: [http://e:2379], user: u}\nartifacts: {s3: {bucket: b}}\n",
     );
     let err = render(&["-f", &no_secret]).unwrap_err();
     assert!(err.contains("externalEtcd.existingSecret"), "{err}");
@@ -351,11 +360,12 @@ fn the_network_policy_admits_workers_and_named_clients_and_only_coordinators_rea
         &etcd["spec"]["ingress"][1]["from"][0]["podSelector"],
         &member
     ));
+    // Workers take nothing but scrapes of their metrics port.
     let workers = find(&docs, "NetworkPolicy", "trainfleet-workers");
-    assert_eq!(
-        workers["spec"]["ingress"].as_sequence().map(Vec::len),
-        Some(0)
-    );
+    let ingress = workers["spec"]["ingress"].as_sequence().unwrap();
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    assert_eq!(ingress[0]["ports"].as_sequence().map(Vec::len), Some(1));
+    assert_eq!(ingress[0]["ports"][0]["port"], 9090);
     let defaults = render(&["-f", ci("default-values.yaml").to_str().unwrap()]).unwrap();
     assert!(!defaults.contains("kind: NetworkPolicy"), "off by default");
 }
@@ -443,4 +453,80 @@ fn every_value_is_documented_and_the_readme_table_is_current() {
         "k8s/charts/trainfleet/README.md's values table is not values.yaml's: regenerate it with \
          TRAINFLEET_BLESS=1 cargo test --test chart every_value_is_documented"
     );
+}
+
+#[test]
+fn metrics_are_served_scraped_by_a_service_monitor_and_alerted_on() {
+    let docs = install_with(&[
+        "-f",
+        ci("network-policy-values.yaml").to_str().unwrap(),
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    ]);
+    // Both binaries serve on the metrics port, named on their pods.
+    let (_dir, path) = config_file(&docs, "trainfleet-coordinator", "coordinator.yaml");
+    let coordinator = container(find(&docs, "Deployment", "trainfleet-coordinator"));
+    let config = coordinator_config(&path, coordinator).unwrap();
+    assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9090));
+    let worker = container(find(&docs, "Deployment", "trainfleet-worker-cpu"));
+    assert_eq!(
+        env(worker, "TRAINFLEET_METRICS_LISTEN").unwrap()["value"],
+        "0.0.0.0:9090"
+    );
+    for c in [coordinator, worker] {
+        let ports = c["ports"].as_sequence().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"] == 9090),
+            "{ports:?}"
+        );
+    }
+    // The ServiceMonitor selects the metrics Service, which selects every pod of the release.
+    let service = find(&docs, "Service", "trainfleet-metrics");
+    let monitor = find(&docs, "ServiceMonitor", "trainfleet");
+    let wanted = monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap();
+    let labels = service["metadata"]["labels"].as_mapping().unwrap();
+    assert!(
+        wanted.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{wanted:?}"
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    // The rules shipped are the ones promtool checks (tests/metrics.rs).
+    let rule = find(&docs, "PrometheusRule", "trainfleet");
+    let file: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["spec"], file);
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert!(
+        [
+            "TrainfleetNoLeader",
+            "TrainfleetQueueAgeGrowing",
+            "TrainfleetWorkersLost"
+        ]
+        .iter()
+        .all(|a| alerts.contains(a)),
+        "{alerts:?}"
+    );
+    // With network policies, the metrics port is open to scrapers on coordinators and workers.
+    for policy in ["trainfleet-coordinator", "trainfleet-workers"] {
+        let ingress = find(&docs, "NetworkPolicy", policy)["spec"]["ingress"]
+            .as_sequence()
+            .unwrap();
+        assert!(
+            ingress.iter().any(|rule| rule["ports"][0]["port"] == 9090),
+            "{policy}: {ingress:?}"
+        );
+    }
 }

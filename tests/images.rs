@@ -175,8 +175,14 @@ fn the_coordinator_image_refuses_bad_flags_and_config_serves_health_and_stops_on
         "{said}"
     );
 
+    // Secure by default: the image listens on 0.0.0.0, so without TLS and access control it
+    // will not serve unless told it may.
+    let out = podman(&["run", "--rm", "--network", "none", &coordinator])?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--insecure"), "{}", text(&out));
+
     // Served: the image's own health command says SERVING; the process is not root.
-    let running = Container::run(&[&coordinator])?;
+    let running = Container::run(&["--env", "TRAINFLEET_INSECURE=true", &coordinator])?;
     wait_for(Duration::from_secs(30), "the coordinator to serve", || {
         running
             .exec(&["trainfleet-coordinator", "health"])

@@ -27,7 +27,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Layer, Service, ServiceExt};
-use trainfleet_proto::PUBLIC_SERVICES;
+use trainfleet_proto::{ClientTls, PUBLIC_SERVICES};
 
 use crate::error::chain;
 use crate::state::State;
@@ -57,11 +57,13 @@ pub struct ForwardLayer {
 impl ForwardLayer {
     /// Forwards on behalf of the replica whose state is `state`; `wait` bounds how long a call
     /// waits for a leader to be known and reachable.
-    pub fn new(state: Arc<State>, wait: Duration) -> Self {
+    /// `tls`: how to dial the leader when the replicas serve TLS.
+    pub fn new(state: Arc<State>, wait: Duration, tls: Option<ClientTls>) -> Self {
         Self {
             forwarder: Arc::new(Forwarder {
                 state,
                 wait,
+                tls,
                 channel: Mutex::new(None),
             }),
         }
@@ -133,6 +135,8 @@ enum Target {
 struct Forwarder {
     state: Arc<State>,
     wait: Duration,
+    /// TLS to the leader, when the replicas serve it.
+    tls: Option<ClientTls>,
     /// The leader's address and a connection to it, replaced when the leader changes and
     /// dropped when a call over it fails.
     channel: Mutex<Option<(String, Channel)>>,
@@ -250,11 +254,14 @@ impl Forwarder {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{leader}"))
-            .map_err(|e| format!("not a valid address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT.min(budget))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20));
+        let endpoint = match &self.tls {
+            Some(tls) => tls.endpoint(&format!("https://{leader}"))?,
+            None => Endpoint::from_shared(format!("http://{leader}"))
+                .map_err(|e| format!("not a valid address: {e}"))?,
+        }
+        .connect_timeout(CONNECT_TIMEOUT.min(budget))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20));
         let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((leader.to_owned(), channel.clone()));

@@ -157,6 +157,9 @@ async fn commit_loop(
             result = Err(format!("state store write failed: {e}"));
         }
         let took = started.elapsed();
+        crate::metrics::get()
+            .store_commit
+            .observe(took.as_secs_f64());
         if took > SLOW_COMMIT {
             tracing::warn!(?took, entries, "slow state commit");
         }

@@ -7,7 +7,11 @@
 //!   relays the answer (unary and server streams), with a bounded wait while none is known.
 //! - [`auth`]: who may call what: bearer tokens with roles, the one method → roles table, and
 //!   the layer that checks every call.
+//! - [`tls`]: the TLS listener: certificates reloaded from files, workers' client certificates,
+//!   and a clear refusal for plaintext clients on the TLS port.
 //! - [`limits`]: message sizes per service, header list size and streams per connection.
+//! - [`metrics`]: Prometheus metrics (leadership, queue, tasks, workers, calls, auth failures,
+//!   promotions, store commits), served on a plain-HTTP port of their own.
 //! - [`health`]: the health service's names: per replica, and leader only.
 //! - [`probe`]: the `health` command's one health check.
 //! - [`services`]: one module per gRPC service, thin adapters over the domain layer.
@@ -50,6 +54,7 @@ pub mod forward;
 pub mod health;
 pub mod journal;
 pub mod limits;
+pub mod metrics;
 pub mod probe;
 pub mod records;
 pub mod registry;
@@ -58,6 +63,7 @@ pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use server::Coordinator;

@@ -54,6 +54,23 @@ struct Args {
     /// File with the bootstrap admin secret (at least 32 characters), e.g. a mounted Secret.
     #[arg(long, env = "TRAINFLEET_BOOTSTRAP_TOKEN_FILE")]
     bootstrap_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM) to serve TLS with; reloaded when the file changes.
+    #[arg(long, env = "TRAINFLEET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TRAINFLEET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): verifies workers' client certificates, and the leader's when a
+    /// follower forwards to it.
+    #[arg(long, env = "TRAINFLEET_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "TRAINFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve on a non-loopback address without TLS and access control: anyone who reaches the
+    /// port may do anything. Refused without this flag.
+    #[arg(long, env = "TRAINFLEET_INSECURE")]
+    insecure: bool,
     /// Once listening, write the bound address to this file (for scripts and tests using port 0).
     #[arg(long, env = "TRAINFLEET_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -111,6 +128,9 @@ enum Command {
         /// A file with a token for --workers (a viewer's), when access control is on.
         #[arg(long, env = "TRAINFLEET_TOKEN_FILE")]
         token_file: Option<PathBuf>,
+        /// The CA of the coordinator's certificate (PEM): dial with TLS.
+        #[arg(long, env = "TRAINFLEET_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -158,6 +178,19 @@ impl Args {
         }
         if let Some(v) = self.bootstrap_token_file {
             config.auth.bootstrap_token_file = Some(v);
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(trainfleet_core::config::ServerTls {
+                cert_file,
+                key_file,
+                ca_file: self.tls_ca,
+            });
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if self.insecure {
+            config.insecure = true;
         }
         if let Some(v) = self.artifacts {
             config.artifacts = v;
@@ -222,14 +255,22 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         timeout,
         workers,
         token_file,
+        ca_cert,
     }) = args.command.take()
     {
+        let names = trainfleet_proto::TlsSettingNames {
+            ca: "--ca-cert",
+            cert: "--cert",
+            key: "--key",
+        };
+        let tls = trainfleet_proto::ClientTls::from_files(ca_cert.as_deref(), None, None, &names)
+            .map_err(anyhow::Error::msg)?;
         let addr = addr.unwrap_or_else(|| match args.listen {
             Some(listen) if !listen.ip().is_unspecified() => listen.to_string(),
             Some(listen) => format!("127.0.0.1:{}", listen.port()),
             None => "127.0.0.1:50051".to_owned(),
         });
-        trainfleet_coordinator::probe::check(&addr, &service, timeout)
+        trainfleet_coordinator::probe::check(&addr, &service, timeout, &tls)
             .await
             .map_err(anyhow::Error::msg)?;
         if workers == 0 {
@@ -242,9 +283,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             })?),
             None => None,
         };
-        let (alive, all) = trainfleet_coordinator::probe::workers(&addr, timeout, token.as_deref())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let (alive, all) =
+            trainfleet_coordinator::probe::workers(&addr, timeout, token.as_deref(), &tls)
+                .await
+                .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             alive >= workers,
             "{addr}: {alive} of {all} workers alive; wanted at least {workers}"

@@ -8,12 +8,19 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use trainfleet_proto::ClientTls;
 
 /// Asks the replica at `address` (`host:port` or a URL) whether `service` is SERVING (`""`: the
 /// server as a whole). `Err` says why not: unreachable (and how), timed out, NOT_SERVING, or a
 /// name the server does not know.
-pub async fn check(address: &str, service: &str, timeout: Duration) -> Result<(), String> {
-    let channel = connect(address, timeout).await?;
+/// `tls`: how to dial (health is answered in plaintext on a TLS port too, for kubelet probes).
+pub async fn check(
+    address: &str,
+    service: &str,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Result<(), String> {
+    let channel = connect(address, timeout, tls).await?;
     let shown = if service.is_empty() {
         "the server (\"\")".to_owned()
     } else {
@@ -46,14 +53,13 @@ pub async fn check(address: &str, service: &str, timeout: Duration) -> Result<()
     }
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<tonic::transport::Channel, String> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| format!("{address:?} is not an address: {e}"))?
+async fn connect(
+    address: &str,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tls
+        .endpoint(address)?
         .connect_timeout(timeout)
         .timeout(timeout);
     endpoint.connect().await.map_err(|e| {
@@ -71,9 +77,10 @@ pub async fn workers(
     address: &str,
     timeout: Duration,
     token: Option<&str>,
+    tls: &ClientTls,
 ) -> Result<(usize, usize), String> {
     use trainfleet_proto::v1;
-    let channel = connect(address, timeout).await?;
+    let channel = connect(address, timeout, tls).await?;
     let bearer = trainfleet_proto::Bearer::new(token)?;
     let workers =
         v1::cluster_service_client::ClusterServiceClient::with_interceptor(channel, bearer)

@@ -95,6 +95,7 @@ impl Coordinator {
         // is connected in a cluster).
         let health = Health::new(health).await;
         let store_kind = self.config.store;
+        let forward_tls = forward_tls(&self.config).map_err(|e| startup("TLS", &e))?;
         let etcd_config = self.config.etcd.clone();
         let forward_wait = self.config.etcd.forward_wait;
         let state = Arc::new(State::new(self.config, self.local_addr, shutdown.clone()));
@@ -107,6 +108,12 @@ impl Coordinator {
                 ))
             }
             (None, StoreKind::Etcd) => None,
+        };
+        let tls = match &state.config.tls {
+            Some(settings) => {
+                Some(crate::tls::ServerTls::load(settings).map_err(|e| startup("TLS", &e))?)
+            }
+            None => None,
         };
         let access = Arc::new(
             crate::auth::Access::new(&state.config.auth).map_err(|e| startup("auth", &e))?,
@@ -162,6 +169,15 @@ impl Coordinator {
             audit_rx,
             shutdown.clone(),
         ));
+        if let Some(addr) = state.config.metrics_listen {
+            let scraped = state.clone();
+            let render: trainfleet_core::metrics_http::Render =
+                Arc::new(move || crate::metrics::render(&scraped));
+            let bound = trainfleet_core::metrics_http::serve(addr, render, shutdown.clone())
+                .await
+                .map_err(|e| startup(&format!("metrics on {addr}"), &e))?;
+            tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+        }
         // A follower serves too: it forwards public calls to the leader.
         health.replica(ServingStatus::Serving).await;
 
@@ -177,7 +193,11 @@ impl Coordinator {
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-        tracing::info!(addr = %self.local_addr, advertise = %state.advertise_address, store = ?store_kind, "coordinator serving");
+        let tls_shown = tls.as_ref().map_or_else(
+            || "off".to_owned(),
+            |_| crate::tls::describe(state.config.tls.as_ref().expect("TLS settings")),
+        );
+        tracing::info!(addr = %self.local_addr, advertise = %state.advertise_address, store = ?store_kind, tls = %tls_shown, "coordinator serving");
         let stop = {
             let shutdown = shutdown.clone();
             let health = health.clone();
@@ -198,14 +218,14 @@ impl Coordinator {
                     .max_encoding_message_size(limits::MAX_RESPONSE_BYTES)
             };
         }
-        let served = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
             .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             // Outermost: a stranger is refused by whichever replica it reached.
             .layer(AuthLayer::new(access.clone(), audit))
-            .layer(ForwardLayer::new(state.clone(), forward_wait))
+            .layer(ForwardLayer::new(state.clone(), forward_wait, forward_tls))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -236,16 +256,30 @@ impl Coordinator {
             .add_service(limit!(
                 AccessServiceServer::new(AccessApi::new(state.clone(), access.clone())),
                 "trainfleet.v1.AccessService"
-            ))
+            ));
+        let served = match tls {
+            Some(tls) => {
+                tokio::spawn(tls.clone().watch(shutdown.clone()));
+                router
+                    .serve_with_incoming_shutdown(
+                        crate::tls::incoming(self.listener, tls, shutdown.clone()),
+                        stop,
+                    )
+                    .await
+            }
             // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
             // listeners tonic binds itself. Without it, a small response written right after
             // another (a task lease after a heartbeat answer) waits for the peer's delayed ACK,
             // about 40 ms.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                stop,
-            )
-            .await;
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                        stop,
+                    )
+                    .await
+            }
+        };
         shutdown.cancel();
         // The term ends, its journal drains, and a leader resigns.
         match roles.await {
@@ -260,6 +294,22 @@ impl Coordinator {
         tracing::info!("coordinator stopped");
         Ok(())
     }
+}
+
+/// How a follower dials the leader: TLS (trusting `tls.ca_file`, else the system's roots) when
+/// this replica serves TLS, since the leader then does too.
+fn forward_tls(
+    config: &CoordinatorConfig,
+) -> std::result::Result<Option<trainfleet_proto::ClientTls>, String> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let names = trainfleet_proto::TlsSettingNames {
+        ca: "tls.ca_file",
+        cert: "tls.cert_file",
+        key: "tls.key_file",
+    };
+    trainfleet_proto::ClientTls::from_files(tls.ca_file.as_deref(), None, None, &names).map(Some)
 }
 
 /// A term being served: what has to be stopped when it ends.
@@ -311,6 +361,7 @@ async fn begin_term(
         store,
     }));
     health.leader(ServingStatus::Serving).await;
+    crate::metrics::get().leader_changes.inc();
     Ok(RunningTerm {
         state: state.clone(),
         health: health.clone(),
@@ -326,6 +377,7 @@ impl RunningTerm {
     /// leader's writes are refused by the fence).
     async fn end(self) {
         self.stop.cancel();
+        crate::metrics::get().leader_changes.inc();
         self.health.leader(ServingStatus::NotServing).await;
         self.state.end_term();
         for l in self.loops {

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+pub mod tls;
+
+pub use tls::{ClientTlsFiles, ServerTls};
+
 /// Settings of a coordinator replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,6 +54,14 @@ pub struct CoordinatorConfig {
     pub retention: RetentionConfig,
     /// Who may call what: bearer tokens with roles.
     pub auth: AuthConfig,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP, a port of its own); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the gRPC port (certificate files are reloaded when they change).
+    pub tls: Option<ServerTls>,
+    /// Serve on an address other machines can reach without TLS and access control. Refused
+    /// unless set: anyone who can reach such a port could submit jobs, promote models or pose
+    /// as a worker. Loopback addresses (`trainfleet run`, `demo`) need neither.
+    pub insecure: bool,
 }
 
 /// Access control. With it on, every call but health needs `authorization: Bearer <token>`,
@@ -180,6 +192,9 @@ impl Default for CoordinatorConfig {
             etcd: EtcdConfig::default(),
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
+            metrics_listen: None,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -218,6 +233,23 @@ impl CoordinatorConfig {
         }
         if self.max_poll_wait.is_zero() {
             return Err(invalid("max_poll_wait", "must be greater than 0".into()));
+        }
+        let protected = self.tls.is_some() && self.auth.enabled;
+        if !(self.listen.ip().is_loopback() || protected || self.insecure) {
+            let missing = match (self.tls.is_some(), self.auth.enabled) {
+                (false, false) => "without TLS or access control (tls, auth.enabled)",
+                (false, true) => "without TLS (tls.cert_file, tls.key_file)",
+                _ => "without access control (auth.enabled)",
+            };
+            return Err(invalid(
+                "listen",
+                format!(
+                    "is {}, which other machines can reach, {missing}: anyone there could \
+                     submit jobs, promote models or pose as a worker. Turn both on, listen on \
+                     127.0.0.1, or pass --insecure (insecure: true) to serve it unprotected",
+                    self.listen
+                ),
+            ));
         }
         if self.retention.interval.is_zero() {
             return Err(invalid(
@@ -335,6 +367,10 @@ pub struct WorkerConfig {
     /// them is refused before anything is read (symlinks and `..` resolved). `data_dir`, the
     /// worker's own cache, is always allowed; nothing else is by default.
     pub data_roots: Vec<String>,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS to the coordinator: its CA, and this worker's client certificate and key.
+    pub tls: Option<ClientTlsFiles>,
     /// A file holding this worker's token (role `worker`), for a coordinator with access
     /// control on; `TRAINFLEET_TOKEN_FILE` or `--token-file` override it.
     pub token_file: Option<PathBuf>,
@@ -356,6 +392,8 @@ impl Default for WorkerConfig {
             poll_wait: Duration::from_secs(20),
             labels: BTreeMap::new(),
             data_roots: Vec::new(),
+            metrics_listen: None,
+            tls: None,
             token_file: None,
             dataset_mirror: None,
         }

@@ -12,6 +12,7 @@
 //! - [`kv`]: the key-value store trait behind coordinator state, its embedded (redb)
 //!   implementation and the conformance suite every implementation passes.
 //! - [`manifest`]: dataset manifests: parallel, incremental hashing, a Merkle root, the diff.
+//! - [`metrics_http`]: the plain-HTTP `/metrics` endpoint both binaries serve.
 //! - [`policy`]: when a new dataset version is worth a retrain (growth, content change,
 //!   min_interval, coalescing, idempotency), as a pure function of the facts and the time.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod job;
 pub mod kv;
 pub mod manifest;
+pub mod metrics_http;
 pub mod policy;
 pub mod process;
 pub mod schedule;

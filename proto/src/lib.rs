@@ -8,6 +8,10 @@
 //! `convert` module.
 #![allow(missing_docs)]
 
+pub mod tls;
+
+pub use tls::{ClientTls, TlsSettingNames};
+
 /// Generated code for package `trainfleet.v1`.
 pub mod v1 {
     tonic::include_proto!("trainfleet.v1");

@@ -13,6 +13,10 @@ which is what the end-to-end tests need to prove about the coordinator.
                                               connections over its pods); a list of
                                               {"metadata": {...}, "response": {...}}
 
+TLS: with TRAINFLEET_CA_CERT (a PEM file) the channel is TLS, trusting that CA (like grpcurl
+-cacert); TRAINFLEET_TLS_CERT and TRAINFLEET_TLS_KEY add a client certificate (grpcurl -cert
+-key). Without it the channel is plaintext (grpcurl -plaintext).
+
 Output is JSON for `call`: the response of a unary method, a list of the messages of a server
 stream. The response's initial metadata goes to stderr as one line, `metadata: {JSON}`. An RPC
 error prints {"code": ..., "message": ...} and exits 3.
@@ -130,13 +134,26 @@ class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadat
     pass
 
 
+def open_channel(addr, options):
+    ca = os.environ.get("TRAINFLEET_CA_CERT")
+    if not ca:
+        return grpc.insecure_channel(addr, options=options)
+    read = lambda name: open(os.environ[name], "rb").read() if os.environ.get(name) else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("TRAINFLEET_CA_CERT"),
+        private_key=read("TRAINFLEET_TLS_KEY"),
+        certificate_chain=read("TRAINFLEET_TLS_CERT"),
+    )
+    return grpc.secure_channel(addr, credentials, options=options)
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     addr, verb = argv[1], argv[2]
     options = [("grpc.lb_policy_name", "round_robin")] if verb == "spread" else []
-    channel = grpc.insecure_channel(addr, options=options)
+    channel = open_channel(addr, options)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:

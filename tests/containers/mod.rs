@@ -245,7 +245,9 @@ impl Cluster {
         let artifacts = format!("s3://{BUCKET}/e2e");
         let ttl = format!("{}s", TTL.as_secs());
         let lease = format!("{}s", LEASE_TIMEOUT.as_secs());
-        let env = self.s3_env();
+        let mut env = self.s3_env();
+        // The test's own network, reached by nothing else: plaintext and no tokens, said so.
+        env.push("TRAINFLEET_INSECURE=true".to_owned());
         let member = self.run(
             &name,
             &env,

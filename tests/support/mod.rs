@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod access;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -267,12 +268,24 @@ pub fn reflect(addr: &str, args: &[&str]) -> anyhow::Result<Output> {
 
 /// Like [`reflect`], carrying `token` as `authorization: Bearer` metadata on every call.
 pub fn reflect_as(addr: &str, token: Option<&str>, args: &[&str]) -> anyhow::Result<Output> {
+    let env: Vec<(&str, &str)> = token.map(|t| ("TRAINFLEET_TOKEN", t)).into_iter().collect();
+    reflect_with(addr, &env, args)
+}
+
+/// Like [`reflect`], with `env` (TRAINFLEET_TOKEN, TRAINFLEET_CA_CERT, TRAINFLEET_TLS_CERT and
+/// TRAINFLEET_TLS_KEY: see reflect.py) and nothing else of those from the test's environment.
+pub fn reflect_with(addr: &str, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Output> {
     let script = repo_root().join("tests/clients/reflect.py");
     let mut command = Command::new(python());
-    command.env_remove("TRAINFLEET_TOKEN");
-    if let Some(token) = token {
-        command.env("TRAINFLEET_TOKEN", token);
+    for name in [
+        "TRAINFLEET_TOKEN",
+        "TRAINFLEET_CA_CERT",
+        "TRAINFLEET_TLS_CERT",
+        "TRAINFLEET_TLS_KEY",
+    ] {
+        command.env_remove(name);
     }
+    command.envs(env.iter().copied());
     let output = command
         .arg("-W")
         .arg("ignore")

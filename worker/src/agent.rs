@@ -18,7 +18,7 @@ use trainfleet_core::config::WorkerConfig;
 use trainfleet_core::device::{Device, DeviceKind};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_client::WorkerServiceClient;
-use trainfleet_proto::{AuthChannel, Bearer};
+use trainfleet_proto::{AuthChannel, Bearer, ClientTls, TlsSettingNames};
 
 use trainfleet_core::data_roots::DataRoots;
 
@@ -51,6 +51,8 @@ pub struct Agent {
     roots: DataRoots,
     /// The worker's token (`token_file`), sent with every call.
     bearer: Bearer,
+    /// How to dial: TLS with the coordinator's CA and this worker's certificate, or plaintext.
+    tls: ClientTls,
     shared: Arc<Shared>,
 }
 
@@ -92,6 +94,21 @@ impl Agent {
         };
         let bearer = Bearer::new(token.as_deref())
             .map_err(|why| Error::Spec(trainfleet_core::Error::invalid_field("token_file", why)))?;
+        let names = TlsSettingNames {
+            ca: "tls.ca_file",
+            cert: "tls.cert_file",
+            key: "tls.key_file",
+        };
+        let tls = match &config.tls {
+            Some(t) => ClientTls::from_files(
+                Some(&t.ca_file),
+                t.cert_file.as_deref(),
+                t.key_file.as_deref(),
+                &names,
+            )
+            .map_err(|why| Error::Spec(trainfleet_core::Error::invalid_field("tls", why)))?,
+            None => ClientTls::plaintext(),
+        };
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let worker_id = config.worker_id.clone().unwrap_or_else(|| {
             format!(
@@ -108,6 +125,7 @@ impl Agent {
             devices,
             roots,
             bearer,
+            tls,
             shared: Arc::new(Shared {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
@@ -137,7 +155,7 @@ impl Agent {
             .filter(|t| !t.is_empty())
             .collect();
         for t in &targets {
-            endpoint(t)?;
+            endpoint(&self.tls, t)?;
         }
         let mut next = 0;
         let mut leader_hint: Option<String> = None;
@@ -158,12 +176,13 @@ impl Agent {
             let target = leader_hint
                 .take()
                 .unwrap_or_else(|| targets[next % targets.len()].clone());
-            let endpoint = endpoint(&target)?;
+            let endpoint = endpoint(&self.tls, &target)?;
             let outcome = tokio::select! {
                 r = self.session(&endpoint, &mut backoff) => r,
                 _ = shutdown.cancelled() => break,
             };
             self.shared.link.send_replace(None);
+            crate::telemetry::get().connected.set(0);
             let err = match outcome {
                 Ok(never) => match never {},
                 Err(err) => err,
@@ -240,6 +259,7 @@ impl Agent {
         );
         let session_id = registered.session_id;
         self.ensure_context(&registered.artifact_store)?;
+        crate::telemetry::get().connected.set(1);
         self.shared.link.send_replace(Some(Link {
             client: client.clone(),
             session_id: session_id.clone(),
@@ -386,9 +406,24 @@ impl Agent {
             "task started"
         );
         let agent = self.clone();
+        let kind = match v1::TaskKind::try_from(task.kind) {
+            Ok(v1::TaskKind::Train) => "train",
+            Ok(v1::TaskKind::Eval) => "eval",
+            Ok(v1::TaskKind::Scan) => "scan",
+            _ => "sleep",
+        };
+        let telemetry = crate::telemetry::get();
+        telemetry.running.inc();
         tokio::spawn(async move {
             let finished = tasks::execute(task, running.clone(), ctx).await;
             running.ended.store(true, Ordering::Relaxed);
+            telemetry.running.dec();
+            let outcome = match &finished {
+                Finished::Success(_) => "succeeded",
+                Finished::Failure { .. } => "failed",
+                Finished::Cancelled => "cancelled",
+            };
+            telemetry.task_done(kind, outcome);
             agent.report(&running, finished).await;
             agent.shared.lock_running().remove(&running.task_id);
             agent.shared.slot_freed.notify_waiters();
@@ -506,15 +541,11 @@ fn device_to_wire(d: &Device) -> v1::Device {
     }
 }
 
-/// A channel endpoint for `host:port` or `http(s)://host:port`.
-pub fn endpoint(coordinator: &str) -> Result<Endpoint> {
-    let uri = if coordinator.contains("://") {
-        coordinator.to_owned()
-    } else {
-        format!("http://{coordinator}")
-    };
-    let endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|e| Error::BadAddress(coordinator.to_owned(), e.to_string()))?;
+/// A channel endpoint for `host:port` (https with TLS configured) or `http(s)://host:port`.
+pub fn endpoint(tls: &ClientTls, coordinator: &str) -> Result<Endpoint> {
+    let endpoint = tls
+        .endpoint(coordinator)
+        .map_err(|e| Error::BadAddress(coordinator.to_owned(), e))?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)

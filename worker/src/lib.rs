@@ -6,6 +6,8 @@
 //! - [`model`]: models built from the spec (simple CNN, configurable CNN).
 //! - [`train`]: the training loop, optimisers, schedules, checkpoints and resume.
 //! - [`metrics`]: evaluation (accuracy, top-5, per-class P/R/F1, confusion, correctness).
+//! - [`telemetry`]: Prometheus metrics (throughput, epoch times, tasks, memory) on their own
+//!   HTTP port.
 //! - [`tasks`]: running leased tasks (train, eval, sleep) with progress, checkpoints, cancel.
 //! - [`job`]: a job from spec to artifacts; verification of a saved model.
 //! - [`local_paths`]: a job's local paths checked on the worker that runs it.
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod tasks;
+pub mod telemetry;
 pub mod tracking;
 pub mod train;
 

@@ -51,6 +51,18 @@ struct Args {
     /// A file with this worker's token (role worker), for a coordinator with access control on.
     #[arg(long, env = "TRAINFLEET_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9091.
+    #[arg(long, env = "TRAINFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// The CA of the coordinator's certificate (PEM): dial it with TLS.
+    #[arg(long, env = "TRAINFLEET_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// This worker's client certificate (PEM; URI SAN spiffe://trainfleet/worker/<worker_id>).
+    #[arg(long, env = "TRAINFLEET_TLS_CERT", requires_all = ["ca_cert", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TRAINFLEET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +118,16 @@ impl Args {
         }
         if let Some(v) = &self.token_file {
             config.token_file = Some(v.clone());
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if let Some(ca_file) = &self.ca_cert {
+            config.tls = Some(trainfleet_core::config::ClientTlsFiles {
+                ca_file: ca_file.clone(),
+                cert_file: self.tls_cert.clone(),
+                key_file: self.tls_key.clone(),
+            });
         }
         let origin = match &self.config {
             Some(path) => format!("{} with flag/environment overrides", path.display()),
@@ -174,6 +196,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 shutdown_signal().await;
                 signalled.cancel();
             });
+            if let Some(addr) = config.metrics_listen {
+                let render: trainfleet_core::metrics_http::Render =
+                    std::sync::Arc::new(trainfleet_worker::telemetry::render);
+                let bound = trainfleet_core::metrics_http::serve(addr, render, shutdown.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+            }
             Agent::new(config, devices)?.run(shutdown).await?;
             Ok(())
         }

@@ -475,6 +475,9 @@ fn on_train_event(
             p.images_per_sec = *images_per_sec;
         }
         Event::Epoch(report) => {
+            let telemetry = crate::telemetry::get();
+            telemetry.images_per_second.set(report.images_per_sec);
+            telemetry.epoch_seconds.observe(report.train_seconds);
             let values = epoch_values(report);
             // The checkpoint of this epoch is on disk: publish it so that another worker can
             // resume from here if this one dies.

@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 use super::audit::{AuditLog, AuditRecord, AuditTarget};
 use super::rules::{self, Rule};
 use super::{Access, Caller};
+use crate::tls::Peer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -70,14 +71,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let audit = self.audit.clone();
+        let started = std::time::Instant::now();
         match check(&self.access, &request) {
             Ok(caller) => {
                 let audited = self.access.enabled() && rules::audited(&method);
                 request.extensions_mut().insert(caller.clone());
                 Box::pin(async move {
                     let response = inner.call(request).await.map_err(Into::into)?;
+                    let (code, message) = outcome(response.headers());
+                    crate::metrics::get().call(&method, &code, started.elapsed());
                     if audited {
-                        let (outcome, message) = outcome(response.headers());
+                        let (outcome, message) = (code, message);
                         let target = response
                             .extensions()
                             .get::<AuditTarget>()
@@ -97,6 +101,19 @@ where
                 })
             }
             Err((who, status)) => {
+                let metrics = crate::metrics::get();
+                let reason = match status.code() {
+                    tonic::Code::Unauthenticated if status.message().contains("plaintext") => {
+                        "plaintext"
+                    }
+                    tonic::Code::Unauthenticated => "unauthenticated",
+                    _ => "permission_denied",
+                };
+                metrics
+                    .auth_failures
+                    .get_or_create(&crate::metrics::ReasonLabel { reason })
+                    .inc();
+                metrics.call(&method, &code_name(status.code()), started.elapsed());
                 audit.record(AuditRecord {
                     at: std::time::SystemTime::now(),
                     caller: who
@@ -169,12 +186,30 @@ fn check(
     access: &Access,
     request: &http::Request<Body>,
 ) -> Result<Caller, (Option<Caller>, Status)> {
-    if !access.enabled() {
-        return Ok(Caller::anonymous());
-    }
     let path = request.uri().path();
     let method = path.trim_start_matches('/');
-    let Some(rule) = rules::rule(path) else {
+    let rule = rules::rule(path);
+    // Only on a TLS port: who the connection is (the plaintext check holds with access
+    // control off too: the port serves TLS).
+    let peer = request.extensions().get::<Peer>();
+    if let Some(peer) = peer
+        && !peer.encrypted
+        && rule != Some(Rule::Open)
+    {
+        return Err((
+            None,
+            Status::unauthenticated(format!(
+                "this coordinator serves TLS on this port and {method} came in plaintext: dial \
+                 https:// with the cluster's CA (trainfleet --ca-cert, grpcurl -cacert instead \
+                 of -plaintext)"
+            )),
+        ));
+    }
+    let certified = peer.and_then(|p| p.worker.as_deref()).map(Caller::worker);
+    if !access.enabled() {
+        return Ok(certified.unwrap_or_else(Caller::anonymous));
+    }
+    let Some(rule) = rule else {
         return Err((
             None,
             Status::permission_denied(format!("{method} has no access rule, so it is refused")),
@@ -182,6 +217,9 @@ fn check(
     };
     if rule == Rule::Open {
         return Ok(Caller::anonymous());
+    }
+    if let Some(caller) = certified {
+        return authorize(caller, rule, method);
     }
     let header = request
         .headers()
@@ -212,11 +250,16 @@ fn check(
             Status::unauthenticated(format!("{why}: {method} refused")),
         )
     })?;
+    authorize(caller, rule, method)
+}
+
+/// The caller if its role may call `method` under `rule`; PERMISSION_DENIED otherwise.
+fn authorize(caller: Caller, rule: Rule, method: &str) -> Result<Caller, (Option<Caller>, Status)> {
     if rules::allows(rule, caller.role) {
         return Ok(caller);
     }
     let needs = match rule {
-        Rule::Worker => "a worker token".to_owned(),
+        Rule::Worker => "a worker token or certificate".to_owned(),
         Rule::AtLeast(role) => format!("the {} role or above", role.name()),
         Rule::Open | Rule::AnyToken => "a token".to_owned(),
     };

@@ -70,6 +70,8 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The worker its client certificate names: it may act only as that worker.
+    pub worker: Option<String>,
 }
 
 impl Caller {
@@ -84,9 +86,36 @@ impl Caller {
 
     /// Anyone, with access control off.
     pub fn anonymous() -> Caller {
+        Self::named("anonymous", Role::Admin)
+    }
+
+    /// A caller known by a token (no certificate binding).
+    pub fn named(name: &str, role: Role) -> Caller {
         Caller {
-            name: "anonymous".to_owned(),
-            role: Role::Admin,
+            name: name.to_owned(),
+            role,
+            worker: None,
+        }
+    }
+
+    /// The worker a verified client certificate names (`worker/<id>` in the audit trail).
+    pub fn worker(id: &str) -> Caller {
+        Caller {
+            name: format!("worker/{id}"),
+            role: Role::Worker,
+            worker: Some(id.to_owned()),
+        }
+    }
+
+    /// Refuses a worker-protocol call naming `worker_id` when the connection's certificate
+    /// names another worker. Without a certificate (a worker token), nothing binds the id.
+    pub fn act_as(&self, worker_id: &str) -> std::result::Result<(), tonic::Status> {
+        match &self.worker {
+            Some(own) if own != worker_id => Err(tonic::Status::permission_denied(format!(
+                "this connection's certificate names worker `{own}`; it may not act as worker \
+                 `{worker_id}`"
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -106,13 +135,7 @@ impl Access {
         let mut fixed = Vec::new();
         if let Some(path) = &config.bootstrap_token_file {
             let hash = read_secret(path, "auth.bootstrap_token_file")?;
-            fixed.push((
-                hash,
-                Caller {
-                    name: BOOTSTRAP.to_owned(),
-                    role: Role::Admin,
-                },
-            ));
+            fixed.push((hash, Caller::named(BOOTSTRAP, Role::Admin)));
         }
         for (i, token) in config.static_tokens.iter().enumerate() {
             let role = match token.role.as_str() {
@@ -122,13 +145,7 @@ impl Access {
                 _ => Role::Worker,
             };
             let hash = read_secret(&token.file, &format!("auth.static_tokens[{i}].file"))?;
-            fixed.push((
-                hash,
-                Caller {
-                    name: token.name.clone(),
-                    role,
-                },
-            ));
+            fixed.push((hash, Caller::named(&token.name, role)));
         }
         if config.enabled && fixed.is_empty() {
             tracing::warn!(
@@ -166,10 +183,7 @@ impl Access {
             if record.expired(SystemTime::now()) {
                 return Err("expired token");
             }
-            return Ok(Caller {
-                name: record.name,
-                role: record.role,
-            });
+            return Ok(Caller::named(&record.name, record.role));
         }
         // Every fixed secret is compared, so the time taken does not say which one matched.
         let presented = tokens::hash(secret);

@@ -128,34 +128,43 @@ pub fn allows(rule: Rule, role: Role) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Whether `/service/method` is a method this coordinator serves (metrics label only these).
+pub fn is_served(path: &str) -> bool {
+    static SERVED: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    SERVED
+        .get_or_init(|| served_methods().into_iter().collect())
+        .contains(path)
+}
+
+/// Every method the coordinator serves, from the descriptor sets reflection serves.
+pub fn served_methods() -> Vec<String> {
     use prost::Message;
     use prost_types::FileDescriptorSet;
-
-    /// Every method the coordinator serves, from the descriptor sets reflection serves.
-    fn served_methods() -> Vec<String> {
-        let mut methods = Vec::new();
-        for set in [
-            trainfleet_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
-            let set = FileDescriptorSet::decode(set).expect("a descriptor set");
-            for file in set.file {
-                let package = file.package().to_owned();
-                for service in file.service {
-                    let name = format!("{package}.{}", service.name());
-                    for method in service.method {
-                        methods.push(format!("/{name}/{}", method.name()));
-                    }
+    let mut methods = Vec::new();
+    for set in [
+        trainfleet_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let set = FileDescriptorSet::decode(set).expect("a descriptor set");
+        for file in set.file {
+            let package = file.package().to_owned();
+            for service in file.service {
+                let name = format!("{package}.{}", service.name());
+                for method in service.method {
+                    methods.push(format!("/{name}/{}", method.name()));
                 }
             }
         }
-        methods
     }
+    methods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn every_served_method_has_a_rule_and_no_rule_names_a_method_that_is_not_served() {

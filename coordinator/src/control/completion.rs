@@ -63,6 +63,16 @@ impl Control {
                 },
                 (report, _) => report,
             };
+            let outcome = match &report {
+                Report::Success { .. } => "succeeded",
+                Report::Failure { .. } => "failed",
+                Report::Cancelled => "cancelled",
+            };
+            let ran = inner
+                .meta
+                .get(task_id)
+                .and_then(|m| m.leased_at)
+                .map(crate::metrics::since);
             match report {
                 Report::Success {
                     metrics,
@@ -117,6 +127,7 @@ impl Control {
                             },
                         )
                         .map_err(refused)?;
+                    super::leasing::requeued(&inner, task_id, "failed");
                     inner.after_task_change(task_id, &format!("failed: {reason}"), &mut ops);
                 }
                 Report::Cancelled => {
@@ -127,6 +138,7 @@ impl Control {
                     inner.after_task_change(task_id, "cancelled", &mut ops);
                 }
             }
+            crate::metrics::get().task_ended(outcome, ran);
             inner.put_task(task_id, &mut ops);
             inner.put_job(&job_id, &mut ops);
             let ack = self.journal.record(ops);

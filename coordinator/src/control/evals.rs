@@ -249,6 +249,15 @@ impl Inner {
             records::encode(&model),
         ));
         self.models.insert(model_id.clone(), model);
+        let result = if decision.promoted {
+            "promoted"
+        } else {
+            "rejected"
+        };
+        crate::metrics::get()
+            .promotions
+            .get_or_create(&crate::metrics::ResultLabel { result })
+            .inc();
         if decision.promoted {
             self.set_champion(&dataset, &model_id, &decision.reasons.join("; "), ops);
         }

@@ -204,6 +204,7 @@ impl Control {
             if let Some(why) = why {
                 tracing::warn!(%task_id, %worker_id, %why, "requeueing");
                 inner.scheduler.lease_lost(&task_id, &why);
+                requeued(&inner, &task_id, "not_running");
                 inner.after_task_change(&task_id, &why, &mut ops);
             }
         }
@@ -230,6 +231,7 @@ impl Control {
             let why = format!("lost with worker {worker_id}");
             for task_id in inner.scheduler.held_by(worker_id) {
                 inner.scheduler.lease_lost(&task_id, &why);
+                requeued(&inner, &task_id, "worker_lost");
                 inner.after_task_change(&task_id, "worker lost", &mut ops);
                 tracing::warn!(%task_id, %worker_id, "task's worker lost; requeued or failed");
             }
@@ -280,6 +282,11 @@ impl Inner {
     ) -> Assignment {
         let now = SystemTime::now();
         let task = self.scheduler.task(task_id).expect("leased").clone();
+        crate::metrics::get().schedule_to_start.observe(
+            now.duration_since(task.enqueued_at)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
         let meta = self.meta.get_mut(task_id).expect("every task has meta");
         meta.session = session.to_owned();
         meta.leased_at = Some(now);
@@ -368,5 +375,16 @@ impl Inner {
             self.emit(event(&job_id, EventKind::State(state)));
         }
         assignment
+    }
+}
+
+/// Counts a retry when `task_id` went back to the queue (rather than failing or being cancelled).
+pub(super) fn requeued(inner: &Inner, task_id: &str, reason: &'static str) {
+    if inner
+        .scheduler
+        .task(task_id)
+        .is_some_and(|t| t.state == TaskState::Queued)
+    {
+        crate::metrics::get().retried(reason);
     }
 }

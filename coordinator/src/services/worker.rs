@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use trainfleet_proto::v1;
 use trainfleet_proto::v1::worker_service_server::WorkerService;
 
+use crate::auth::Caller;
 use crate::auth::audit::AuditTarget;
 use crate::convert;
 use crate::dispatch::{Assignment, Directive};
@@ -32,8 +33,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
-        let peer = request
-            .remote_addr()
+        Caller::of(&request).act_as(&request.get_ref().worker_id)?;
+        let peer = crate::tls::remote_addr(&request)
             .map(|a| a.to_string())
             .unwrap_or_default();
         let registration =
@@ -69,12 +70,18 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::PollTaskRequest>,
     ) -> Result<Response<v1::PollTaskResponse>, Status> {
+        Caller::of(&request).act_as(&request.get_ref().worker_id)?;
         let req = request.into_inner();
         let wait = convert::poll_wait(req.max_wait, self.state.config.max_poll_wait)
             .map_err(Error::from)?;
         // Ends at once on shutdown, so that a stopping coordinator is not held up by open
         // long-polls.
         let term = self.state.term()?;
+        let polls = &crate::metrics::get().long_polls;
+        polls.inc();
+        let _waiting = scopeguard(|| {
+            polls.dec();
+        });
         let task = term
             .control
             .poll(
@@ -100,6 +107,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        Caller::of(&request).act_as(&request.get_ref().worker_id)?;
         let req = request.into_inner();
         let running = req.tasks.iter().map(|t| t.task_id.clone()).collect();
         let term = self.state.term()?;
@@ -124,6 +132,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::CompleteTaskRequest>,
     ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
+        Caller::of(&request).act_as(&request.get_ref().worker_id)?;
         let req = request.into_inner();
         // The session is a bearer token: only the worker that registered may report. A worker
         // whose session ended (declared lost, coordinator restarted) registers again and reports
@@ -140,6 +149,19 @@ impl WorkerService for WorkerApi {
             format!("task {}", req.task_id),
         ))
     }
+}
+
+/// Runs `f` when dropped (the poll ends, or its caller goes away mid-wait).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]

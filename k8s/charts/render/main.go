@@ -3,7 +3,7 @@
 // Go's text/template with the sprig function library, plus Helm's include, tpl, required,
 // toYaml, fromYaml, toJson, fail and an empty lookup, and gives templates .Values (the chart's
 // values.yaml, then each -f file, then each --set, merged as Helm merges them), .Release,
-// .Chart, .Capabilities and .Template.
+// .Chart, .Capabilities, .Template and .Files.Get.
 //
 //	render [-f values.yaml]... [--set a.b=c]... [--name NAME] [--namespace NS]
 //	       [--kube-version 1.30.0] [--print-values] [--notes] CHART_DIR
@@ -28,6 +28,17 @@ import (
 	"github.com/Masterminds/sprig"
 	"gopkg.in/yaml.v3"
 )
+
+// chartFiles answers .Files.Get with a file of the chart ("" when it does not exist, as Helm).
+type chartFiles struct{ dir string }
+
+func (f chartFiles) Get(name string) string {
+	b, err := os.ReadFile(filepath.Join(f.dir, filepath.Clean("/"+name)))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
 
 type list []string
 
@@ -251,6 +262,7 @@ func main() {
 	}
 	top := map[string]interface{}{
 		"Values": values,
+		"Files":  chartFiles{dir: chartDir},
 		"Release": map[string]interface{}{
 			"Name": *name, "Namespace": *namespace, "Service": "Helm",
 			"IsInstall": true, "IsUpgrade": false, "Revision": 1,

@@ -97,11 +97,22 @@ pub fn load(spec: &DatasetSpec, archive: &Path, variant: Variant) -> Result<Data
     assemble(spec, items, [3, 32, 32], classes, ident)
 }
 
-type Keyed = Vec<(String, i64, Vec<u8>)>;
+/// (key, label, pixels) records.
+pub type Keyed = Vec<(String, i64, Vec<u8>)>;
 
 fn read_archive(path: &Path, variant: Variant) -> Result<(Keyed, Keyed, Option<Vec<String>>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut archive = tar::Archive::new(GzDecoder::new(file));
+    read_archive_from(path, file, variant)
+}
+
+/// Reads a CIFAR `.tar.gz` from `gzipped` (named `path` in errors): the training records, the
+/// test records and the class names. What the fuzz target `cifar` feeds.
+pub fn read_archive_from(
+    path: &Path,
+    gzipped: impl Read,
+    variant: Variant,
+) -> Result<(Keyed, Keyed, Option<Vec<String>>)> {
+    let mut archive = tar::Archive::new(GzDecoder::new(gzipped));
     let broken = |what: String, e: std::io::Error| {
         Error::corrupt(
             path,
@@ -160,7 +171,8 @@ fn read_archive(path: &Path, variant: Variant) -> Result<(Keyed, Keyed, Option<V
     Ok((train, test, names))
 }
 
-fn records(archive: &Path, member: &str, bytes: &[u8], variant: Variant) -> Result<Keyed> {
+/// The records of one batch member (`bytes`), checked: whole records, labels in range.
+pub fn records(archive: &Path, member: &str, bytes: &[u8], variant: Variant) -> Result<Keyed> {
     let record = variant.label_bytes() + PIXELS;
     if !bytes.len().is_multiple_of(record) {
         let whole = bytes.len() / record * record;

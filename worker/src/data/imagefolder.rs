@@ -234,7 +234,9 @@ fn read_pinned(root: &Path, manifest: &Manifest) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn decode(spec: &DatasetSpec, path: &Path, bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
+/// Decodes one image file as the spec wants it (resized, gray or CHW RGB): (height, width,
+/// pixels).
+pub fn decode(spec: &DatasetSpec, path: &Path, bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
     let img = image::load_from_memory(bytes)
         .map_err(|e| Error::corrupt(path, None, format!("cannot decode image: {e}")))?;
     let img = match spec.image_size {

@@ -119,3 +119,15 @@ runAsGroup: 10001
 capabilities: {drop: [ALL]}
 seccompProfile: {type: RuntimeDefault}
 {{- end -}}
+
+{{/* The NetworkPolicy ingress rule of the metrics port (none when metrics are off). */}}
+{{- define "trainfleet.metricsIngress" -}}
+{{- if .Values.metrics.enabled -}}
+- ports:
+    - {port: {{ .Values.metrics.port }}, protocol: TCP}
+  {{- with .Values.metrics.allowFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
