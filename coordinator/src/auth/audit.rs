@@ -2,10 +2,13 @@
 //! (who, role, method, target, outcome, time), newest [`KEEP`] kept.
 //!
 //! The access layer hands each record to [`AuditLog::record`] (never blocking a call: a full
-//! queue drops the record and says so in the log); one writer task per replica writes them in
-//! batches through the current term's fenced store. A follower has no term: what it refuses
+//! queue drops the record and says so in the log); one writer task per replica hands them in
+//! batches to the current term's journal, so they ride in the group commits of the state (no
+//! commit of their own), fenced like every write of the term. The writer knows the keys it
+//! keeps (read once per term), so trimming the oldest never reads the trail again. A follower has no term: what it refuses
 //! itself is logged with `tracing` only, and what it forwards is recorded by the leader.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,8 +25,6 @@ use crate::state::State;
 pub const KEEP: usize = 10_000;
 /// Records waiting for the writer; past this, new ones are dropped (and counted in the log).
 const QUEUE: usize = 4096;
-/// Records deleted at once when the trail is over [`KEEP`].
-const TRIM_BATCH: usize = 500;
 
 /// One audited call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,79 +99,64 @@ impl AuditLog {
     }
 }
 
-/// Writes queued records through the current term's store until `shutdown`. A replica that
-/// does not lead drops them (they were logged).
+/// Hands queued records to the current term's journal until `shutdown`, deleting the oldest
+/// past [`KEEP`] in the same commit. A replica that does not lead drops them (they were logged).
 pub async fn run_writer(
     state: Arc<State>,
     mut rx: mpsc::Receiver<AuditRecord>,
     shutdown: CancellationToken,
 ) {
-    let mut stored: Option<usize> = None;
+    // The keys of the stored records, oldest first, and the term they were read in.
+    let mut kept: Option<(usize, VecDeque<Vec<u8>>)> = None;
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => return },
             _ = shutdown.cancelled() => return,
         };
         let mut batch = vec![first];
-        while batch.len() < 256 {
+        while batch.len() < 1024 {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
         }
         let Ok(term) = state.term() else {
-            stored = None;
+            kept = None;
             continue;
         };
-        let ops: Vec<TxnOp> = batch
-            .iter()
-            .filter_map(|r| {
-                let value = serde_json::to_vec(r).ok()?;
-                Some(TxnOp::Put(audit_key(r.at), value))
-            })
-            .collect();
-        let added = ops.len();
-        if let Err(e) = term.store.apply_batch(chunks(ops)).await {
-            tracing::warn!(error = %e, records = added, "cannot store audit records");
-            continue;
-        }
-        // Count once per term, then keep the count; trim the oldest past KEEP.
-        let count = match stored {
-            Some(n) => n + added,
-            None => match term.store.range(KeyRange::prefix(audit_prefix())).await {
-                Ok(all) => all.len(),
-                Err(_) => continue,
-            },
-        };
-        stored = Some(count);
-        if count > KEEP + TRIM_BATCH {
-            match trim(term.store.as_ref(), count - KEEP).await {
-                Ok(removed) => stored = Some(count - removed),
-                Err(e) => tracing::warn!(error = %e, "cannot trim the audit trail"),
+        let term_id = Arc::as_ptr(&term) as usize;
+        if kept.as_ref().is_none_or(|(id, _)| *id != term_id) {
+            match term.store.range(KeyRange::prefix(audit_prefix())).await {
+                Ok(all) => kept = Some((term_id, all.into_iter().map(|kv| kv.key).collect())),
+                Err(e) => {
+                    tracing::warn!(error = %e, records = batch.len(), "cannot read the audit trail; records dropped");
+                    continue;
+                }
             }
         }
+        let Some((_, keys)) = kept.as_mut() else {
+            continue;
+        };
+        let mut ops = Vec::with_capacity(batch.len());
+        for r in &batch {
+            let Ok(value) = serde_json::to_vec(r) else {
+                continue;
+            };
+            let key = audit_key(r.at);
+            keys.push_back(key.clone());
+            ops.push(TxnOp::Put(key, value));
+        }
+        while keys.len() > KEEP {
+            if let Some(old) = keys.pop_front() {
+                ops.push(TxnOp::Delete(old));
+            }
+        }
+        let added = batch.len();
+        if let Err(e) = term.control.record(ops).durable().await {
+            tracing::warn!(error = %e, records = added, "cannot store audit records");
+            kept = None;
+        }
     }
-}
-
-/// Deletes the `n` oldest records; returns how many went.
-async fn trim(
-    store: &dyn trainfleet_core::kv::KvStore,
-    n: usize,
-) -> trainfleet_core::Result<usize> {
-    let all = store.range(KeyRange::prefix(audit_prefix())).await?;
-    let ops: Vec<TxnOp> = all
-        .into_iter()
-        .take(n)
-        .map(|kv| TxnOp::Delete(kv.key))
-        .collect();
-    let removed = ops.len();
-    store.apply_batch(chunks(ops)).await?;
-    Ok(removed)
-}
-
-/// Ops in transactions small enough for etcd (128 operations at most by default).
-fn chunks(ops: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
-    ops.chunks(64).map(<[TxnOp]>::to_vec).collect()
 }
 
 /// The newest `limit` records, newest first.
@@ -185,4 +171,59 @@ pub async fn newest(
         .take(limit)
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use trainfleet_core::config::CoordinatorConfig;
+
+    use super::*;
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            at: SystemTime::now(),
+            caller: format!("caller-{i}"),
+            role: Some(Role::Admin),
+            method: "trainfleet.v1.JobService/Submit".to_owned(),
+            target: format!("job j-{i}"),
+            outcome: "OK".to_owned(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_trail_keeps_the_newest_records_and_drops_the_oldest_past_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::for_tests(CoordinatorConfig::default(), dir.path()).await;
+        let store = state.term().unwrap().store.clone();
+        let (log, rx) = AuditLog::new();
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(run_writer(state.clone(), rx, stop.clone()));
+        let total = KEEP + 300;
+        for i in 0..total {
+            // The queue is bounded; give the writer time as a burst of calls would.
+            while log.tx.capacity() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            log.record(record(i));
+        }
+        let mut kept = Vec::new();
+        for _ in 0..500 {
+            kept = newest(store.as_ref(), usize::MAX).await.unwrap();
+            if kept
+                .first()
+                .is_some_and(|r| r.caller == format!("caller-{}", total - 1))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(kept.len(), KEEP);
+        assert_eq!(kept[0].caller, format!("caller-{}", total - 1));
+        assert_eq!(kept[KEEP - 1].caller, "caller-300", "the 300 oldest went");
+        stop.cancel();
+        writer.await.unwrap();
+    }
 }

@@ -236,6 +236,13 @@ impl Control {
         Ok((inner, champion_revisions))
     }
 
+    /// Writes `ops` in the journal's next group commit, fenced like every write of the term:
+    /// for records kept beside the state (the audit trail), which then cost no commit of their
+    /// own. The ack says when they are durable.
+    pub fn record(&self, ops: Vec<trainfleet_core::kv::TxnOp>) -> crate::journal::Ack {
+        self.journal.record(ops)
+    }
+
     /// The artifact store workers write to.
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
