@@ -291,3 +291,109 @@ fn an_open_port_is_served_only_with_tls_and_auth_or_insecure() -> anyhow::Result
     assert!(health.status.success(), "{health:?}");
     Ok(())
 }
+
+#[test]
+fn replicas_forward_over_tls_and_a_worker_follows_the_leader_with_its_certificate()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path(), "ha")?;
+    let secret_file = dir.path().join("bootstrap");
+    std::fs::write(&secret_file, BOOTSTRAP)?;
+    let (cert, key, ca, secret) = (
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+        pki.ca_file.display().to_string(),
+        secret_file.display().to_string(),
+    );
+    let etcd = trainfleet_core::etcd_process::EtcdCluster::start(dir.path(), 1)?;
+    let endpoints = etcd.endpoints().join(",");
+    let replicas = (0..2)
+        .map(|i| {
+            start_coordinator(
+                dir.path(),
+                &format!("coordinator{i}"),
+                "127.0.0.1:0",
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &endpoints,
+                    "--etcd-prefix",
+                    "/tls-test",
+                    "--etcd-lease-ttl",
+                    "3s",
+                    "--auth",
+                    "--bootstrap-token-file",
+                    &secret,
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &key,
+                    "--tls-ca",
+                    &ca,
+                ],
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admin = Dial {
+        ca: Some(&pki.ca_file),
+        token: Some(BOOTSTRAP),
+        ..Dial::default()
+    };
+    // Which replica follows, asked over TLS (GetLeader is each replica's own answer).
+    let follower = wait_for(Duration::from_secs(30), "a leader and a follower", || {
+        replicas.iter().find_map(|r| {
+            let answer = admin
+                .call(&r.addr, "trainfleet.v1.ClusterService/GetLeader", json!({}))
+                .ok()?
+                .ok()?;
+            (answer["isSelf"] != true && answer["address"].as_str().is_some_and(|a| !a.is_empty()))
+                .then(|| r.addr.clone())
+        })
+    })?;
+
+    // A Submit to the follower reaches the leader over TLS (the follower trusts the CA).
+    let submitted = admin
+        .call(
+            &follower,
+            "trainfleet.v1.JobService/Submit",
+            json!({"sleep": {"duration": "0s", "name": "through-a-follower"}}),
+        )?
+        .map_err(|e| anyhow::anyhow!("submit through the follower: {e:?}"))?;
+    let job_id = submitted["job"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // A worker told only of the follower is sent to the leader and joins it by certificate.
+    let w1 = pki.worker("w1")?;
+    let _worker = start_worker(
+        dir.path(),
+        "w1",
+        &follower,
+        &format!(
+            "tls:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n",
+            pki.ca_file.display(),
+            w1.cert.display(),
+            w1.key.display()
+        ),
+    )?;
+    let job = wait_for(Duration::from_secs(60), "the job to end", || {
+        let job = admin
+            .call(
+                &follower,
+                "trainfleet.v1.JobService/Get",
+                json!({"id": job_id}),
+            )
+            .ok()?
+            .ok()?;
+        matches!(
+            job["state"].as_str(),
+            Some("JOB_STATE_SUCCEEDED" | "JOB_STATE_FAILED")
+        )
+        .then_some(job)
+    })?;
+    assert_eq!(job["state"].as_str(), Some("JOB_STATE_SUCCEEDED"), "{job}");
+    assert_eq!(job["attempts"][0]["workerId"].as_str(), Some("w1"), "{job}");
+    Ok(())
+}
