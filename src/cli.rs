@@ -20,6 +20,10 @@ pub struct Cli {
     /// scheme become https://).
     #[arg(long, env = "TRAINFLEET_CA_CERT", global = true)]
     ca_cert: Option<std::path::PathBuf>,
+    /// Verify the coordinators' certificate as this name (a Service name it carries) instead of
+    /// the dialed host: the leader's advertised address may be a pod IP.
+    #[arg(long, env = "TRAINFLEET_TLS_SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
 }
 
 /// Where a client verb finds the coordinator.
@@ -92,7 +96,7 @@ pub fn main() -> ExitCode {
         }
     };
     if let Err(err) = crate::client::set_token(cli.token_file.as_deref())
-        .and_then(|()| crate::client::set_tls(cli.ca_cert.as_deref()))
+        .and_then(|()| crate::client::set_tls(cli.ca_cert.as_deref(), cli.tls_server_name.clone()))
     {
         eprintln!("trainfleet: error: {err:#}");
         return ExitCode::FAILURE;

@@ -30,13 +30,18 @@ static TLS: OnceLock<ClientTls> = OnceLock::new();
 
 /// Dials with TLS, trusting the CA in `ca_cert`; without it plaintext (unless an address says
 /// https://).
-pub fn set_tls(ca_cert: Option<&std::path::Path>) -> anyhow::Result<()> {
+pub fn set_tls(
+    ca_cert: Option<&std::path::Path>,
+    server_name: Option<String>,
+) -> anyhow::Result<()> {
     let names = TlsSettingNames {
         ca: "--ca-cert",
         cert: "--cert",
         key: "--key",
     };
-    let tls = ClientTls::from_files(ca_cert, None, None, &names).map_err(anyhow::Error::msg)?;
+    let tls = ClientTls::from_files(ca_cert, None, None, &names)
+        .map_err(anyhow::Error::msg)?
+        .with_server_name(server_name);
     let _ = TLS.set(tls);
     Ok(())
 }

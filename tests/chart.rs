@@ -97,9 +97,14 @@ fn every_value_set_renders_validates_and_writes_configs_the_binaries_accept() {
             let map = d["metadata"]["name"].as_str().unwrap();
             let (_dir, path) = config_file(&docs, map, "worker.yaml");
             let worker = WorkerConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             assert_eq!(
                 worker.coordinator,
-                format!("http://trainfleet.default.svc:{}", config.listen.port())
+                format!("{scheme}://trainfleet.default.svc:{}", config.listen.port())
             );
         }
     }

@@ -6,9 +6,15 @@
 //! resolve to their pods. The object store the values name (`s3.storage.svc`) is the test's S3
 //! API server, and the Secret they name is added as a user would add it.
 //!
+//! The release serves TLS and wants tokens, from Secrets the test adds (a certificate for the
+//! Service's name from the test's CA; the bootstrap, worker and viewer tokens): replicas forward
+//! to the leader's pod IP verifying the Service's name, workers join with the CA and the
+//! workers' token, the helm test checks with the viewer's.
+//!
 //! Through the client Service's name only, from a client pod (grpcio with server reflection, as
-//! grpcurl would call): the helm test hook passes, a training job completes, and a client
-//! balancing over the Service's pods is answered by a follower, which forwarded to the leader.
+//! grpcurl would call, with the CA and a token): the helm test hook passes, a training job
+//! completes, and a client balancing over the Service's pods is answered by a follower, which
+//! forwarded to the leader.
 
 mod charts;
 mod support;
@@ -20,6 +26,8 @@ use serde_json::{Value, json};
 
 const SERVICE: &str = "prod-trainfleet.ml.svc:50051";
 const BUCKET: &str = "trainfleet";
+/// The first admin's secret, in the tokens Secret.
+const BOOTSTRAP: &str = "pods-test-bootstrap-token-0123456789abcdef";
 
 /// Calls `method` through the Service name from the client pod; the JSON answer.
 fn call(
@@ -107,6 +115,27 @@ fn the_rendered_pods_complete_a_job_through_the_service_and_a_follower_answers()
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ],
     );
+    // TLS for the Service's name, from a CA the test makes; the tokens.
+    let keys = tempfile::tempdir()?;
+    let pki = support::tls::Pki::for_names(keys.path(), "pods", &["prod-trainfleet.ml.svc"])?;
+    let read = |p: &std::path::Path| std::fs::read_to_string(p);
+    let (cert, key, ca) = (
+        read(&pki.server_cert)?,
+        read(&pki.server_key)?,
+        read(&pki.ca_file)?,
+    );
+    kubelet.add_secret(
+        "prod-tls",
+        &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)],
+    );
+    kubelet.add_secret(
+        "prod-tokens",
+        &[
+            ("bootstrap", BOOTSTRAP),
+            ("worker", "pods-test-worker-token-0123456789abcdef"),
+            ("viewer", "pods-test-viewer-token-0123456789abcdef"),
+        ],
+    );
 
     // The workloads in the order their probes allow (a kubelet would start all at once and
     // restart what fails; starting in order keeps the logs readable).
@@ -124,13 +153,28 @@ fn the_rendered_pods_complete_a_job_through_the_service_and_a_follower_answers()
     ensure!(workers.len() == 2, "two workers");
 
     // A client pod: grpcio with reflection, calling the Service by name only.
+    // It dials with TLS (the CA) and the bootstrap admin's token, as grpcurl -cacert -H would.
     let clients = support::repo_root().join("tests/clients");
     let mount = format!("--volume={}:/opt/clients:ro", clients.display());
+    let ca_dir = pki
+        .ca_file
+        .parent()
+        .unwrap_or(keys.path())
+        .display()
+        .to_string();
+    let ca_mount = format!("--volume={ca_dir}:/opt/tls:ro");
+    let token = format!("--env=TRAINFLEET_TOKEN={BOOTSTRAP}");
     let client = kubelet.start_other(
         "client",
         "trainfleet-e2e-client:1.85.1",
         &[],
-        &[&mount, "--entrypoint=sleep"],
+        &[
+            &mount,
+            &ca_mount,
+            "--env=TRAINFLEET_CA_CERT=/opt/tls/ca.pem",
+            &token,
+            "--entrypoint=sleep",
+        ],
         &["infinity"],
     )?;
     // What `helm install --wait` and a user's patience give: the workers have registered.

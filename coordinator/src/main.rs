@@ -131,6 +131,9 @@ enum Command {
         /// The CA of the coordinator's certificate (PEM): dial with TLS.
         #[arg(long, env = "TRAINFLEET_CA_CERT")]
         ca_cert: Option<PathBuf>,
+        /// Verify the certificate as this name instead of the dialed host.
+        #[arg(long, env = "TRAINFLEET_TLS_SERVER_NAME")]
+        tls_server_name: Option<String>,
     },
 }
 
@@ -184,6 +187,7 @@ impl Args {
                 cert_file,
                 key_file,
                 ca_file: self.tls_ca,
+                server_name: None,
             });
         }
         if let Some(v) = self.metrics_listen {
@@ -256,6 +260,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         workers,
         token_file,
         ca_cert,
+        tls_server_name,
     }) = args.command.take()
     {
         let names = trainfleet_proto::TlsSettingNames {
@@ -264,7 +269,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             key: "--key",
         };
         let tls = trainfleet_proto::ClientTls::from_files(ca_cert.as_deref(), None, None, &names)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            .with_server_name(tls_server_name);
         let addr = addr.unwrap_or_else(|| match args.listen {
             Some(listen) if !listen.ip().is_unspecified() => listen.to_string(),
             Some(listen) => format!("127.0.0.1:{}", listen.port()),

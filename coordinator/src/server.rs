@@ -309,7 +309,8 @@ fn forward_tls(
         cert: "tls.cert_file",
         key: "tls.key_file",
     };
-    trainfleet_proto::ClientTls::from_files(tls.ca_file.as_deref(), None, None, &names).map(Some)
+    trainfleet_proto::ClientTls::from_files(tls.ca_file.as_deref(), None, None, &names)
+        .map(|t| Some(t.with_server_name(tls.server_name.clone())))
 }
 
 /// A term being served: what has to be stopped when it ends.

@@ -20,6 +20,7 @@ pub fn worker_of_uri(uri: &str) -> Option<&str> {
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {
     config: Option<ClientTlsConfig>,
+    server_name: Option<String>,
 }
 
 impl ClientTls {
@@ -70,7 +71,15 @@ impl ClientTls {
         }
         Ok(Self {
             config: Some(config),
+            server_name: None,
         })
+    }
+
+    /// Verifies the coordinator's certificate as `name` whatever address is dialed: replicas
+    /// advertise pod IPs, which a certificate made for a Service name does not carry.
+    pub fn with_server_name(mut self, name: Option<String>) -> Self {
+        self.server_name = name.filter(|n| !n.is_empty());
+        self
     }
 
     /// Whether addresses without a scheme are dialed with TLS.
@@ -93,10 +102,13 @@ impl ClientTls {
         if !address.starts_with("https://") && (address.contains("://") || !self.enabled()) {
             return Ok(endpoint);
         }
-        let config = match &self.config {
+        let mut config = match &self.config {
             Some(config) => config.clone(),
             None => ClientTlsConfig::new().with_native_roots(),
         };
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
         endpoint
             .tls_config(config)
             .map_err(|e| format!("TLS settings for {address}: {e}"))

@@ -22,6 +22,7 @@ pub struct Pki {
     /// The coordinator's certificate and key.
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    server_names: Vec<String>,
 }
 
 /// A client's certificate and key files.
@@ -33,6 +34,11 @@ pub struct ClientCert {
 impl Pki {
     /// A new CA named `name`, and a server certificate for 127.0.0.1 and localhost.
     pub fn new(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::for_names(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A new CA named `name`, and a server certificate for `names` (DNS names or IPs).
+    pub fn for_names(dir: &Path, name: &str, names: &[&str]) -> anyhow::Result<Self> {
         let dir = dir.join(format!("pki-{name}"));
         std::fs::create_dir_all(&dir)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -47,6 +53,7 @@ impl Pki {
         let pki = Self {
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server-key.pem"),
+            server_names: names.iter().map(|n| n.to_string()).collect(),
             dir,
             ca,
             ca_file,
@@ -58,8 +65,7 @@ impl Pki {
     /// (Re)writes the server certificate with a fresh key: what a rotation does. Returns the
     /// certificate's PEM.
     pub fn issue_server(&self) -> anyhow::Result<String> {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        let mut params = CertificateParams::new(self.server_names.clone())?;
         params
             .distinguished_name
             .push(DnType::CommonName, "trainfleet coordinator");

@@ -106,7 +106,8 @@ impl Agent {
                 t.key_file.as_deref(),
                 &names,
             )
-            .map_err(|why| Error::Spec(trainfleet_core::Error::invalid_field("tls", why)))?,
+            .map_err(|why| Error::Spec(trainfleet_core::Error::invalid_field("tls", why)))?
+            .with_server_name(t.server_name.clone()),
             None => ClientTls::plaintext(),
         };
         let host = gethostname::gethostname().to_string_lossy().into_owned();

@@ -63,6 +63,10 @@ struct Args {
     /// Its private key (PEM).
     #[arg(long, env = "TRAINFLEET_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Verify the coordinators' certificate as this name (a Service name it carries) instead of
+    /// the dialed host: the leader's advertised address may be a pod IP.
+    #[arg(long, env = "TRAINFLEET_TLS_SERVER_NAME", requires = "ca_cert")]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +131,7 @@ impl Args {
                 ca_file: ca_file.clone(),
                 cert_file: self.tls_cert.clone(),
                 key_file: self.tls_key.clone(),
+                server_name: self.tls_server_name.clone(),
             });
         }
         let origin = match &self.config {

@@ -19,6 +19,10 @@ pub struct ServerTls {
     /// which may then act only as itself. Replicas also trust it when they forward a call to
     /// the leader (without it, the system's roots).
     pub ca_file: Option<PathBuf>,
+    /// The name replicas verify each other's certificate as when forwarding (a Service name
+    /// the certificate carries); by default the host of the leader's advertise address.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// How a worker (or another client) dials a coordinator that serves TLS.
@@ -32,4 +36,8 @@ pub struct ClientTlsFiles {
     pub cert_file: Option<PathBuf>,
     /// Its private key (PEM).
     pub key_file: Option<PathBuf>,
+    /// The name to verify the coordinators' certificate as (a Service name it carries),
+    /// whichever replica is dialed; by default the dialed host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }

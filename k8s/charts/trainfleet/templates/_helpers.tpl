@@ -120,6 +120,21 @@ capabilities: {drop: [ALL]}
 seccompProfile: {type: RuntimeDefault}
 {{- end -}}
 
+{{/* The name every client verifies the coordinators' certificate as: the client Service's. */}}
+{{- define "trainfleet.serviceHost" -}}
+{{ include "trainfleet.fullname" . }}.{{ .Release.Namespace }}.svc
+{{- end -}}
+
+{{/* The TLS Secret, when tls is on (its name is required). */}}
+{{- define "trainfleet.tlsSecret" -}}
+{{- required "tls.existingSecret: name the kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) of the coordinators" .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* The tokens Secret, when auth is on (its name is required). */}}
+{{- define "trainfleet.authSecret" -}}
+{{- required "auth.existingSecret: name the Secret with the bootstrap, worker and viewer tokens" .Values.auth.existingSecret -}}
+{{- end -}}
+
 {{/* The NetworkPolicy ingress rule of the metrics port (none when metrics are off). */}}
 {{- define "trainfleet.metricsIngress" -}}
 {{- if .Values.metrics.enabled -}}
@@ -130,4 +145,30 @@ seccompProfile: {type: RuntimeDefault}
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* A client's mounts of the CA (tls) and of one token (auth): call with (dict "root" $ "token" "worker"). */}}
+{{- define "trainfleet.credentialMounts" -}}
+{{- if .root.Values.tls.enabled }}
+- {name: tls-ca, mountPath: /etc/trainfleet-tls, readOnly: true}
+{{- end }}
+{{- if .root.Values.auth.enabled }}
+- {name: auth, mountPath: /etc/trainfleet-auth, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* The volumes of trainfleet.credentialMounts: only the CA, and only the one token. */}}
+{{- define "trainfleet.credentialVolumes" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ include "trainfleet.tlsSecret" .root }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
+{{- if .root.Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "trainfleet.authSecret" .root }}
+    items: [{key: {{ .token }}, path: {{ .token }}}]
+{{- end }}
 {{- end -}}
