@@ -14,7 +14,9 @@
 //! 1. latency: sleep(0) jobs submitted one at a time to idle workers, from just before Submit
 //!    to the moment a worker's PollTask returns it (p50, p99);
 //! 2. throughput: `--submitters` concurrent submitters push `--jobs` jobs; tasks/s is jobs
-//!    received by workers (and completed) per second of wall time.
+//!    received by workers (and completed) per second of wall time, and the coordinator's own
+//!    CPU time per task (from /proc: what the server pays, apart from the load generator's own
+//!    TLS on the same cores).
 //!
 //! Prints one JSON object with each configuration and its ratios to off. `bench/dispatch_secure.sh`
 //! builds and runs it.
@@ -269,7 +271,31 @@ impl Mode {
     }
 }
 
-async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<(Vec<Duration>, f64)> {
+/// CPU time (user + system) the process `pid` has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// What one round measured.
+struct Measured {
+    latencies: Vec<Duration>,
+    tasks_per_sec: f64,
+    /// The coordinator's CPU time per task in the throughput phase, in microseconds.
+    cpu_us_per_task: f64,
+}
+
+async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let addr_file = dir.path().join("addr");
     let mut command = Command::new(&args.coordinator);
@@ -336,6 +362,8 @@ async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<(Vec<Durati
     }
 
     let per = args.jobs / args.submitters;
+    let pid = coordinator.0.id();
+    let cpu_before = cpu_seconds(pid)?;
     let begin = Instant::now();
     let mut submitters = Vec::new();
     for _ in 0..args.submitters {
@@ -355,6 +383,7 @@ async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<(Vec<Durati
             .context("workers stopped")?;
     }
     let tasks_per_sec = (per * args.submitters) as f64 / begin.elapsed().as_secs_f64();
+    let cpu_us_per_task = (cpu_seconds(pid)? - cpu_before) * 1e6 / (per * args.submitters) as f64;
     for s in submitters {
         s.await??;
     }
@@ -362,7 +391,11 @@ async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<(Vec<Durati
         l.abort();
     }
     drop(coordinator);
-    Ok((latencies, tasks_per_sec))
+    Ok(Measured {
+        latencies,
+        tasks_per_sec,
+        cpu_us_per_task,
+    })
 }
 
 /// Per round of one configuration: p50 and p99 latency (ms), tasks/s.
@@ -371,6 +404,7 @@ struct Rounds {
     p50: Vec<f64>,
     p99: Vec<f64>,
     tasks_per_sec: Vec<f64>,
+    cpu_us_per_task: Vec<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -386,21 +420,28 @@ async fn main() -> anyhow::Result<()> {
     let mut by_mode: HashMap<Mode, Rounds> = HashMap::new();
     for r in 0..args.rounds {
         for mode in Mode::ALL {
-            let (latencies, tps) = round(&args, &pki, mode).await?;
-            let (p50, p99) = summary(latencies);
+            let m = round(&args, &pki, mode).await?;
+            let (p50, p99) = summary(m.latencies);
+            let (tps, cpu) = (m.tasks_per_sec, m.cpu_us_per_task);
             eprintln!(
-                "round {r}: {}: p50 {p50:.2} ms, p99 {p99:.2} ms, {tps:.0} tasks/s",
+                "round {r}: {}: p50 {p50:.2} ms, p99 {p99:.2} ms, {tps:.0} tasks/s, coordinator CPU {cpu:.0} us/task",
                 mode.name()
             );
             let entry = by_mode.entry(mode).or_default();
             entry.p50.push(p50);
             entry.p99.push(p99);
             entry.tasks_per_sec.push(tps);
+            entry.cpu_us_per_task.push(cpu);
         }
     }
     let figures = |mode: Mode| {
         let r = by_mode[&mode].clone();
-        (median(r.p50), median(r.p99), median(r.tasks_per_sec))
+        (
+            median(r.p50),
+            median(r.p99),
+            median(r.tasks_per_sec),
+            median(r.cpu_us_per_task),
+        )
     };
     let off = figures(Mode::Off);
     let mut result = serde_json::json!({
@@ -410,8 +451,11 @@ async fn main() -> anyhow::Result<()> {
     for mode in Mode::ALL {
         let f = figures(mode);
         result[mode.name()] = serde_json::json!({
-            "p50_ms": f.0, "p99_ms": f.1, "tasks_per_sec": f.2,
-            "ratio_to_off": {"p50": f.0 / off.0, "p99": f.1 / off.1, "tasks_per_sec": f.2 / off.2},
+            "p50_ms": f.0, "p99_ms": f.1, "tasks_per_sec": f.2, "coordinator_cpu_us_per_task": f.3,
+            "ratio_to_off": {
+                "p50": f.0 / off.0, "p99": f.1 / off.1, "tasks_per_sec": f.2 / off.2,
+                "coordinator_cpu_per_task": f.3 / off.3,
+            },
         });
     }
     println!("{}", serde_json::to_string_pretty(&result)?);
