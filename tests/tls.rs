@@ -14,6 +14,25 @@ use support::*;
 
 const BOOTSTRAP: &str = "b00t5trap-secret-that-is-long-enough-0123456789";
 
+/// The flags of a coordinator with TLS (the certificate `pki` made, its CA for workers) and
+/// tokens (the bootstrap secret, written into `dir`).
+fn protected_flags(dir: &std::path::Path, pki: &Pki) -> anyhow::Result<Vec<String>> {
+    let secret = dir.join("bootstrap");
+    std::fs::write(&secret, BOOTSTRAP)?;
+    let shown = |p: &std::path::Path| p.display().to_string();
+    Ok(vec![
+        "--auth".to_owned(),
+        "--bootstrap-token-file".to_owned(),
+        shown(&secret),
+        "--tls-cert".to_owned(),
+        shown(&pki.server_cert),
+        "--tls-key".to_owned(),
+        shown(&pki.server_key),
+        "--tls-ca".to_owned(),
+        shown(&pki.ca_file),
+    ])
+}
+
 fn registration(id: &str) -> Value {
     json!({
         "workerId": id,
@@ -28,33 +47,16 @@ fn registration(id: &str) -> Value {
 fn tls_binds_workers_to_their_certificates_and_refuses_plaintext() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = Pki::new(dir.path(), "cluster")?;
-    let secret_file = dir.path().join("bootstrap");
-    std::fs::write(&secret_file, BOOTSTRAP)?;
-    let (cert, key, ca, secret) = (
-        pki.server_cert.display().to_string(),
-        pki.server_key.display().to_string(),
-        pki.ca_file.display().to_string(),
-        secret_file.display().to_string(),
-    );
+    let protected = protected_flags(dir.path(), &pki)?;
+    let ca = pki.ca_file.display().to_string();
     let coordinator = start_coordinator(
         dir.path(),
         "coordinator",
         "127.0.0.1:0",
-        &[
-            "--heartbeat-interval",
-            "200ms",
-            "--lease-timeout",
-            "2s",
-            "--auth",
-            "--bootstrap-token-file",
-            &secret,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-ca",
-            &ca,
-        ],
+        &["--heartbeat-interval", "200ms", "--lease-timeout", "2s"]
+            .into_iter()
+            .chain(protected.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
     )?;
     let addr = coordinator.addr.as_str();
     let admin = Dial {
@@ -297,14 +299,7 @@ fn replicas_forward_over_tls_and_a_worker_follows_the_leader_with_its_certificat
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = Pki::new(dir.path(), "ha")?;
-    let secret_file = dir.path().join("bootstrap");
-    std::fs::write(&secret_file, BOOTSTRAP)?;
-    let (cert, key, ca, secret) = (
-        pki.server_cert.display().to_string(),
-        pki.server_key.display().to_string(),
-        pki.ca_file.display().to_string(),
-        secret_file.display().to_string(),
-    );
+    let protected = protected_flags(dir.path(), &pki)?;
     let etcd = trainfleet_core::etcd_process::EtcdCluster::start(dir.path(), 1)?;
     let endpoints = etcd.endpoints().join(",");
     let replicas = (0..2)
@@ -322,16 +317,10 @@ fn replicas_forward_over_tls_and_a_worker_follows_the_leader_with_its_certificat
                     "/tls-test",
                     "--etcd-lease-ttl",
                     "3s",
-                    "--auth",
-                    "--bootstrap-token-file",
-                    &secret,
-                    "--tls-cert",
-                    &cert,
-                    "--tls-key",
-                    &key,
-                    "--tls-ca",
-                    &ca,
-                ],
+                ]
+                .into_iter()
+                .chain(protected.iter().map(String::as_str))
+                .collect::<Vec<_>>(),
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

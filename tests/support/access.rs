@@ -3,33 +3,23 @@
 
 use std::process::Command;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use serde_json::Value;
 
-use super::{CallResult, binary, reflect_as};
+use super::{CallResult, binary};
 
-/// Calls `method` with `token` (or none); the answer or (code, message).
+/// Calls `method` with `token` (or none), in plaintext; the answer or (code, message).
 pub fn call_as(
     addr: &str,
     token: Option<&str>,
     method: &str,
     body: Value,
 ) -> anyhow::Result<CallResult> {
-    let output = reflect_as(addr, token, &["call", method, &body.to_string()])?;
-    let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!(
-            "reflect.py printed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })?;
-    Ok(if output.status.code() == Some(3) {
-        Err((
-            json["code"].as_str().unwrap_or_default().to_owned(),
-            json["message"].as_str().unwrap_or_default().to_owned(),
-        ))
-    } else {
-        Ok(json)
-    })
+    super::tls::Dial {
+        token,
+        ..Default::default()
+    }
+    .call(addr, method, body)
 }
 
 /// The gRPC code of a refused call (panics on success).
