@@ -2,8 +2,9 @@
 //! plain-HTTP port of its own (`metrics_listen`; `trainfleet_core::metrics_http`).
 //!
 //! Counters and histograms are updated where things happen (the access layer, the control
-//! plane, the journal); gauges that describe the state (leadership, the queue, workers) are read
-//! from it at each scrape ([`render`]), so they can never drift. Labels are bounded sets
+//! plane, the journal); gauges that describe the state (leadership, the queue, workers) are set
+//! from it at each scrape (`server.rs` reads the state, [`Metrics::state`] takes it, [`encode`]
+//! writes the text), so they can never drift. This module depends on no other of the crate. Labels are bounded sets
 //! (method names, codes, outcomes, reasons); no worker, job or task id is ever a label.
 
 use std::sync::OnceLock;
@@ -16,9 +17,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::registry::Liveness;
-use crate::state::State;
 
 /// A label set with one label, `method`, `outcome`, `reason`, `state` or `result`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,14 +193,9 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Records one answered call. A path that names no served method counts as `other`, so
-    /// a stranger's made-up paths cannot grow the label set.
+    /// Records one answered call. `method` must come from a bounded set (the access layer
+    /// passes `other` for a path that names no served method).
     pub fn call(&self, method: &str, code: &str, took: Duration) {
-        let method = if crate::auth::rules::is_served(&format!("/{method}")) {
-            method
-        } else {
-            "other"
-        };
         self.grpc_requests
             .get_or_create(&CallLabels {
                 method: method.to_owned(),
@@ -242,34 +235,43 @@ pub fn since(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
 }
 
-/// The exposition text, with the state gauges read from `state` now.
-pub fn render(state: &State) -> String {
-    let m = get();
-    m.leader.set(i64::from(state.is_leader()));
-    match state.term() {
-        Ok(term) => {
-            let queue = term.control.queue();
-            m.queue_depth.set(queue.queued.len() as i64);
-            let oldest = queue.queued.iter().map(|t| t.enqueued_at).min();
-            m.queue_oldest_age
-                .set(oldest.map_or(0.0, |t| since(t).as_secs_f64()));
-            let workers = term.registry.list(None);
-            for (label, liveness) in [("alive", Liveness::Alive), ("lost", Liveness::Lost)] {
-                let n = workers.iter().filter(|w| w.liveness == liveness).count();
-                m.workers
-                    .get_or_create(&StateLabel { state: label })
-                    .set(n as i64);
+/// What the state says at a scrape: leadership, and on the leader the queue and the workers.
+#[derive(Debug, Default)]
+pub struct StateNow {
+    /// Whether this replica leads.
+    pub leader: bool,
+    /// Queued tasks and when the oldest entered the queue (the leader only).
+    pub queue: Option<(usize, Option<SystemTime>)>,
+    /// Alive and lost workers (the leader only).
+    pub workers: Option<(usize, usize)>,
+}
+
+impl Metrics {
+    /// Sets the state gauges. A follower knows no queue or workers: it reports none rather than
+    /// stale numbers.
+    pub fn state(&self, now: &StateNow) {
+        self.leader.set(i64::from(now.leader));
+        let (depth, oldest) = now.queue.unwrap_or((0, None));
+        self.queue_depth.set(depth as i64);
+        self.queue_oldest_age
+            .set(oldest.map_or(0.0, |t| since(t).as_secs_f64()));
+        match now.workers {
+            Some((alive, lost)) => {
+                for (state, n) in [("alive", alive), ("lost", lost)] {
+                    self.workers
+                        .get_or_create(&StateLabel { state })
+                        .set(n as i64);
+                }
             }
-        }
-        // A follower knows no queue or workers: it reports none rather than stale numbers.
-        Err(_) => {
-            m.queue_depth.set(0);
-            m.queue_oldest_age.set(0.0);
-            m.workers.clear();
+            None => self.workers.clear(),
         }
     }
+}
+
+/// The exposition text of every metric.
+pub fn encode() -> String {
     let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &get().registry) {
         tracing::warn!(error = %e, "metrics: encoding failed");
     }
     text

@@ -171,8 +171,7 @@ impl Coordinator {
         ));
         if let Some(addr) = state.config.metrics_listen {
             let scraped = state.clone();
-            let render: trainfleet_core::metrics_http::Render =
-                Arc::new(move || crate::metrics::render(&scraped));
+            let render: trainfleet_core::metrics_http::Render = Arc::new(move || scrape(&scraped));
             let bound = trainfleet_core::metrics_http::serve(addr, render, shutdown.clone())
                 .await
                 .map_err(|e| startup(&format!("metrics on {addr}"), &e))?;
@@ -294,6 +293,28 @@ impl Coordinator {
         tracing::info!("coordinator stopped");
         Ok(())
     }
+}
+
+/// The metrics text, with the state gauges read from `state` now.
+fn scrape(state: &State) -> String {
+    let mut now = crate::metrics::StateNow {
+        leader: state.is_leader(),
+        ..Default::default()
+    };
+    if let Ok(term) = state.term() {
+        let queue = term.control.queue();
+        let oldest = queue.queued.iter().map(|t| t.enqueued_at).min();
+        now.queue = Some((queue.queued.len(), oldest));
+        let workers = term.registry.list(None);
+        let alive = workers
+            .iter()
+            .filter(|w| w.liveness == crate::registry::Liveness::Alive)
+            .count();
+        now.workers = Some((alive, workers.len() - alive));
+    }
+    let metrics = crate::metrics::get();
+    metrics.state(&now);
+    crate::metrics::encode()
 }
 
 /// How a follower dials the leader: TLS (trusting `tls.ca_file`, else the system's roots) when

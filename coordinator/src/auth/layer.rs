@@ -79,7 +79,7 @@ where
                 Box::pin(async move {
                     let response = inner.call(request).await.map_err(Into::into)?;
                     let (code, message) = outcome(response.headers());
-                    crate::metrics::get().call(&method, &code, started.elapsed());
+                    crate::metrics::get().call(label(&method), &code, started.elapsed());
                     if audited {
                         let (outcome, message) = (code, message);
                         let target = response
@@ -113,7 +113,7 @@ where
                     .auth_failures
                     .get_or_create(&crate::metrics::ReasonLabel { reason })
                     .inc();
-                metrics.call(&method, &code_name(status.code()), started.elapsed());
+                metrics.call(label(&method), &code_name(status.code()), started.elapsed());
                 audit.record(AuditRecord {
                     at: std::time::SystemTime::now(),
                     caller: who
@@ -128,6 +128,16 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// The metrics label of `method`: itself when served, else `other`, so that a stranger's
+/// made-up paths cannot grow the label set.
+fn label(method: &str) -> &str {
+    if rules::is_served(&format!("/{method}")) {
+        method
+    } else {
+        "other"
     }
 }
 
