@@ -134,7 +134,7 @@ where
 /// The metrics label of `method`: itself when served, else `other`, so that a stranger's
 /// made-up paths cannot grow the label set.
 fn label(method: &str) -> &str {
-    if rules::is_served(&format!("/{method}")) {
+    if rules::is_served(method) {
         method
     } else {
         "other"

@@ -128,13 +128,18 @@ pub fn allows(rule: Rule, role: Role) -> bool {
     }
 }
 
-/// Whether `/service/method` is a method this coordinator serves (metrics label only these).
-pub fn is_served(path: &str) -> bool {
+/// Whether `service/method` is a method this coordinator serves (metrics label only these).
+pub fn is_served(method: &str) -> bool {
     static SERVED: std::sync::OnceLock<std::collections::HashSet<String>> =
         std::sync::OnceLock::new();
     SERVED
-        .get_or_init(|| served_methods().into_iter().collect())
-        .contains(path)
+        .get_or_init(|| {
+            served_methods()
+                .into_iter()
+                .map(|m| m.trim_start_matches('/').to_owned())
+                .collect()
+        })
+        .contains(method)
 }
 
 /// Every method the coordinator serves, from the descriptor sets reflection serves.
