@@ -80,6 +80,7 @@ fn finished_job(template: &JobSpec, start: SystemTime, i: usize) -> Vec<TxnOp> {
         scanned: None,
         retrain: None,
         owner: String::new(),
+        sweep: None,
         run: Some(RunRecord {
             device: "cpu".into(),
             threads: 1,

@@ -82,6 +82,9 @@ enum Command {
     /// Bearer tokens (admins): create, list, revoke.
     #[command(subcommand)]
     Token(commands::tokens::TokenCommand),
+    /// Hyperparameter sweeps: start, status, list, cancel.
+    #[command(subcommand)]
+    Sweep(commands::sweeps::SweepCommand),
 }
 
 /// Parses arguments, runs the command, maps errors to a message and exit code.
@@ -119,6 +122,7 @@ pub fn main() -> ExitCode {
             Command::Rollback(args) => commands::datasets::rollback(args).await,
             Command::Token(command) => commands::tokens::run(command).await,
             Command::Audit(args) => commands::audit::run(args).await,
+            Command::Sweep(command) => commands::sweeps::run(command).await,
         }
     });
     match result {

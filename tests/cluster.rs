@@ -262,14 +262,26 @@ fn malformed_requests_get_invalid_argument_naming_the_field() -> anyhow::Result<
     assert_eq!(code, "NOT_FOUND");
     assert!(message.contains("register again"), "{message}");
 
-    // Capabilities from later milestones say so instead of pretending.
-    let (code, message) =
-        reflect_call(addr, "trainfleet.v1.SweepService/Get", "{}")?.expect_err("pending");
-    assert_eq!(code, "UNIMPLEMENTED");
+    // A sweep whose spec is wrong is refused naming the field, through reflection as grpcurl
+    // would send it; an unknown sweep is NOT_FOUND.
+    let (code, message) = reflect_call(
+        addr,
+        "trainfleet.v1.SweepService/Start",
+        r#"{"specYaml": "job: {dataset: {builtin: synth-digits}, model: {arch: simple_cnn}}\nspace: {training.learning_rate: {log: [0, 0.1]}}\nmax_trials: 2\n"}"#,
+    )?
+    .expect_err("a log range from 0");
+    assert_eq!(code, "INVALID_ARGUMENT");
     assert!(
-        message.contains("SweepService/Get is not available"),
+        message.contains("spec_yaml:2:") && message.contains("space.training.learning_rate"),
         "{message}"
     );
+    let (code, _) = reflect_call(
+        addr,
+        "trainfleet.v1.SweepService/Get",
+        r#"{"id": "s-none"}"#,
+    )?
+    .expect_err("unknown sweep");
+    assert_eq!(code, "NOT_FOUND");
 
     // Nothing malformed was recorded.
     assert!(list_workers(addr)?.is_empty());

@@ -3,11 +3,13 @@
 //! headers over the list size: the stream is refused), and nothing of the call is acted on.
 
 /// Largest request a service decodes, by service. JobService takes a job's YAML (and the
-/// structured spec), bounded again when parsed; the worker protocol carries an eval's
+/// structured spec), and SweepService a sweep with its base job, bounded again when parsed; the worker protocol carries an eval's
 /// per-sample results; everything else is a name and a few fields.
 pub fn max_request_bytes(service: &str) -> usize {
     match service {
-        "trainfleet.v1.JobService" => crate::services::jobs::MAX_REQUEST_BYTES,
+        "trainfleet.v1.JobService" | "trainfleet.v1.SweepService" => {
+            crate::services::jobs::MAX_REQUEST_BYTES
+        }
         "trainfleet.v1.WorkerService" => 8 << 20,
         _ => 1 << 20,
     }

@@ -37,7 +37,7 @@ use crate::services::cluster::ClusterApi;
 use crate::services::datasets::DatasetApi;
 use crate::services::jobs::JobApi;
 use crate::services::models::ModelApi;
-use crate::services::pending::SweepApi;
+use crate::services::sweeps::SweepApi;
 use crate::services::worker::WorkerApi;
 use crate::state::{State, Term};
 
@@ -249,7 +249,7 @@ impl Coordinator {
                 "trainfleet.v1.ModelService"
             ))
             .add_service(limit!(
-                SweepServiceServer::new(SweepApi),
+                SweepServiceServer::new(SweepApi::new(state.clone())),
                 "trainfleet.v1.SweepService"
             ))
             .add_service(limit!(

@@ -15,6 +15,8 @@
 //! - [`metrics_http`]: the plain-HTTP `/metrics` endpoint both binaries serve.
 //! - [`policy`]: when a new dataset version is worth a retrain (growth, content change,
 //!   min_interval, coalescing, idempotency), as a pure function of the facts and the time.
+//! - [`sweep`]: the sweep spec (base job, search space, strategy, budget), its validation,
+//!   seeded trial proposals and ASHA's rung arithmetic.
 //! - [`ids`]: rules for identifiers that cross the wire (worker ids).
 //! - [`process`]: logging setup and signal handling shared by the binaries.
 //! - [`error`]: the crate's error type.
@@ -35,6 +37,7 @@ pub mod metrics_http;
 pub mod policy;
 pub mod process;
 pub mod schedule;
+pub mod sweep;
 
 pub use error::{Error, Result};
 

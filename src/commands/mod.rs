@@ -6,5 +6,6 @@ pub mod demo;
 pub mod jobs;
 pub mod run;
 pub mod runs;
+pub mod sweeps;
 pub mod tokens;
 pub mod workers;

@@ -70,6 +70,9 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     // Sweeps.
     ("trainfleet.v1.SweepService", "Start", AtLeast(Submitter)),
     ("trainfleet.v1.SweepService", "Get", AtLeast(Viewer)),
+    ("trainfleet.v1.SweepService", "List", AtLeast(Viewer)),
+    // A submitter may cancel its own sweeps; the service checks the owner.
+    ("trainfleet.v1.SweepService", "Cancel", AtLeast(Submitter)),
     // Tokens.
     ("trainfleet.v1.AccessService", "CreateToken", AtLeast(Admin)),
     ("trainfleet.v1.AccessService", "ListTokens", AtLeast(Admin)),
@@ -90,6 +93,7 @@ pub const AUDITED: &[&str] = &[
     "trainfleet.v1.ModelService/Promote",
     "trainfleet.v1.ModelService/Rollback",
     "trainfleet.v1.SweepService/Start",
+    "trainfleet.v1.SweepService/Cancel",
     "trainfleet.v1.AccessService/CreateToken",
     "trainfleet.v1.AccessService/RevokeToken",
     "trainfleet.v1.WorkerService/Register",

@@ -105,7 +105,11 @@ impl Control {
                             job.train_run = Some(run);
                             job.train_metrics = metrics;
                             job.run = Some(record);
-                            inner.enqueue_eval(&job_id, &mut ops);
+                            if job.sweep.is_some() {
+                                inner.trial_trained(&job_id, &mut ops);
+                            } else {
+                                inner.enqueue_eval(&job_id, &mut ops);
+                            }
                         }
                         TaskRole::Eval => {
                             let manifest = manifest.expect("eval results are verified");
@@ -330,11 +334,15 @@ impl Inner {
         job.worker_id.clear();
         job.active_task.clear();
         tracing::info!(%job_id, ?state, error = %job.error, "job ended");
+        let in_sweep = job.sweep.is_some();
         if self.watchers.contains_key(job_id) {
             let ended = Box::new(JobView::live(job.clone()));
             self.emit(event(job_id, EventKind::State(state)));
             self.emit(event(job_id, EventKind::Finished(ended)));
             self.watchers.remove(job_id);
+        }
+        if in_sweep {
+            self.sweep_job_ended(job_id, state, ops);
         }
     }
 }

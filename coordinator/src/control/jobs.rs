@@ -26,6 +26,7 @@ pub(super) struct NewJob {
     pub(super) idempotency_key: String,
     pub(super) retrain: Option<records::RetrainOrigin>,
     pub(super) owner: String,
+    pub(super) sweep: Option<records::SweepLink>,
 }
 
 impl NewJob {
@@ -45,6 +46,7 @@ impl NewJob {
             idempotency_key: String::new(),
             retrain,
             owner: String::new(),
+            sweep: None,
         }
     }
 
@@ -65,6 +67,7 @@ impl NewJob {
             idempotency_key: String::new(),
             retrain: None,
             owner: String::new(),
+            sweep: None,
         }
     }
 }
@@ -114,6 +117,7 @@ impl Control {
                     idempotency_key: String::new(),
                     retrain: None,
                     owner: String::new(),
+                    sweep: None,
                 },
                 Submission::Scan { dataset, full } => {
                     if !inner.datasets.contains_key(&dataset) {
@@ -279,19 +283,8 @@ impl Control {
                     job.state
                 )));
             }
-            let task_id = job.active_task.clone();
             let mut ops = Vec::new();
-            let state = inner.scheduler.cancel(&task_id).cloned();
-            inner.put_task(&task_id, &mut ops);
-            match state {
-                Some(TaskState::Leased { worker_id }) => {
-                    tracing::info!(job_id = %id, %worker_id, "cancel requested; telling the worker");
-                    let job = inner.jobs.get_mut(id).expect("checked");
-                    job.error = format!("{reason} (waiting for worker {worker_id} to stop)");
-                }
-                _ => inner.finish(id, JobState::Cancelled, reason, &mut ops),
-            }
-            inner.put_job(id, &mut ops);
+            inner.cancel_job(id, reason, &mut ops);
             (
                 JobView::live(inner.jobs[id].clone()),
                 self.journal.record(ops),
@@ -335,6 +328,16 @@ impl Inner {
         now: SystemTime,
         ops: &mut Vec<TxnOp>,
     ) -> String {
+        let (role, needs, max_attempts) = (new.role, new.needs, new.max_attempts);
+        let id = self.insert_job(new, now);
+        let task_id = self.jobs[&id].active_task.clone();
+        self.enqueue(&task_id, &id, role, needs, max_attempts, ops);
+        self.put_job(&id, ops);
+        id
+    }
+
+    /// Creates a job's record without queuing anything (its caller queues the first task).
+    pub(super) fn insert_job(&mut self, new: NewJob, now: SystemTime) -> String {
         let id = new_job_id(now);
         let task_id = format!("{id}-{}", new.role.name());
         let job = JobRecord {
@@ -362,14 +365,30 @@ impl Inner {
             owner: new.owner,
             retrain: new.retrain,
             run: None,
+            sweep: new.sweep,
         };
         if !new.idempotency_key.is_empty() {
             self.idempotency.insert(new.idempotency_key, id.clone());
         }
         self.jobs.insert(id.clone(), job);
-        self.enqueue(&task_id, &id, new.role, new.needs, new.max_attempts, ops);
-        self.put_job(&id, ops);
         id
+    }
+
+    /// Cancels a job that has not ended: a queued task at once, a leased one through its
+    /// worker's next heartbeat.
+    pub(super) fn cancel_job(&mut self, id: &str, reason: String, ops: &mut Vec<TxnOp>) {
+        let task_id = self.jobs[id].active_task.clone();
+        let state = self.scheduler.cancel(&task_id).cloned();
+        self.put_task(&task_id, ops);
+        match state {
+            Some(TaskState::Leased { worker_id }) => {
+                tracing::info!(job_id = %id, %worker_id, "cancel requested; telling the worker");
+                let job = self.jobs.get_mut(id).expect("checked");
+                job.error = format!("{reason} (waiting for worker {worker_id} to stop)");
+            }
+            _ => self.finish(id, JobState::Cancelled, reason, ops),
+        }
+        self.put_job(id, ops);
     }
 
     pub(super) fn emit(&mut self, (job_id, ev): (String, JobEvent)) {

@@ -23,6 +23,8 @@
 //! - [`datasets`]: registration, versions, scans and what they recorded.
 //! - [`retrain`]: the retrain loop: the policy's decisions and the ticker.
 //! - [`retention`]: finished jobs past retention move to the archive ([`crate::archive`]).
+//! - [`sweeps`]: hyperparameter sweeps: trials as jobs, the next proposal when one ends, the
+//!   best trial sent through the gate.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +44,7 @@ mod leasing;
 mod models;
 mod retention;
 mod retrain;
+mod sweeps;
 #[cfg(test)]
 mod tests;
 
@@ -97,6 +100,10 @@ struct Inner {
     /// The newest archived job's id: `None` until looked up, `Some(None)` for an empty archive.
     /// A page of `List` that ends above it needs no archive read.
     newest_archived: Option<Option<String>>,
+    /// Sweeps by id, and each sweep's trials by number.
+    sweeps: BTreeMap<String, records::SweepRecord>,
+    trials: HashMap<String, Vec<records::TrialRecord>>,
+    sweep_idempotency: HashMap<String, String>,
 }
 
 /// The coordinator's jobs, tasks and models.
@@ -212,6 +219,25 @@ impl Control {
                         .entry(d.dataset.clone())
                         .or_default()
                         .push_back(d);
+                }
+                Some("sweeps") => {
+                    let sweep: records::SweepRecord = decode(&kv.key, &kv.value)?;
+                    if !sweep.idempotency_key.is_empty() {
+                        inner
+                            .sweep_idempotency
+                            .insert(sweep.idempotency_key.clone(), sweep.id.clone());
+                    }
+                    inner.trials.entry(sweep.id.clone()).or_default();
+                    inner.sweeps.insert(sweep.id.clone(), sweep);
+                }
+                Some("trials") => {
+                    // Keys sort by trial number, so each list is built in order.
+                    let trial: records::TrialRecord = decode(&kv.key, &kv.value)?;
+                    inner
+                        .trials
+                        .entry(trial.sweep_id.clone())
+                        .or_default()
+                        .push(trial);
                 }
                 Some("workers") => {
                     let worker: WorkerSnapshot = decode(&kv.key, &kv.value)?;

@@ -5,6 +5,7 @@
 mod dispatch;
 mod events;
 mod records;
+pub mod sweeps;
 #[cfg(test)]
 mod tests;
 

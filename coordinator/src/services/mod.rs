@@ -7,5 +7,5 @@ pub mod cluster;
 pub mod datasets;
 pub mod jobs;
 pub mod models;
-pub mod pending;
+pub mod sweeps;
 pub mod worker;

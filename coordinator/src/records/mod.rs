@@ -13,6 +13,8 @@
 //! | `/trainfleet/decisions/<name>/<seq>` | [`DecisionRecord`] (one retrain decision; seq zero-padded) |
 //! | `/trainfleet/audit/<nanos>-<rand>` | [`AuditRecord`](crate::auth::audit::AuditRecord) (one audited call; newest 10,000 kept) |
 //! | `/trainfleet/tokens/<id>`        | [`TokenRecord`](crate::auth::tokens::TokenRecord) (a bearer token's hash and role; read by every replica) |
+//! | `/trainfleet/sweeps/<sweep_id>`  | [`SweepRecord`] (spec, state, budget spent, the best trial, the gate) |
+//! | `/trainfleet/trials/<sweep_id>/<n>` | [`TrialRecord`] (one trial: values, state, objective, rung reports; n zero-padded) |
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -21,6 +23,13 @@ use serde::{Deserialize, Serialize};
 use trainfleet_core::job::JobSpec;
 
 use crate::scheduler::Task;
+
+mod sweeps;
+
+pub use sweeps::{
+    RungReport, SweepGateRecord, SweepLink, SweepRecord, SweepState, SweepView, TrialRecord,
+    TrialState, sweep_key, trial_key,
+};
 
 /// Prefix of every key the coordinator writes.
 pub const ROOT: &str = "/trainfleet/";
@@ -247,6 +256,9 @@ pub struct JobRecord {
     /// coordinator). A submitter may cancel only its own jobs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
+    /// For a sweep's trial, or the job that sends its best trial to the gate: which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepLink>,
 }
 
 /// How a training run ran, on what data, and what it wrote (from its manifest and result).

@@ -1,0 +1,464 @@
+//! Sweeps: trials are ordinary jobs tagged with their sweep; the sweep proposes the next trial
+//! when one ends, keeps the best, and when every trial has ended sends the best through the
+//! ordinary eval and gate against the dataset's champion.
+//!
+//! Every change rides in the same journal commit as the job change that caused it (a trial's
+//! job ending, its successor's creation, the sweep's bookkeeping), so a coordinator that takes
+//! over finds the sweep exactly where the old one left it: proposals are a pure function of the
+//! spec, the seed and the trial number, and `started` says which number comes next.
+//!
+//! `parallelism` counts trials whose jobs are queued or training; trials are proposed in number
+//! order, and a trial whose job cannot be built from its values (a combination the job spec
+//! refuses) counts as failed without running. Once `failure_budget` trials failed, no new trial
+//! starts; the sweep ends when its last running trial does.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use trainfleet_core::kv::TxnOp;
+use trainfleet_core::sweep::SweepSpec;
+
+use crate::error::{Error, Result};
+use crate::records::{
+    self, JobOutcome, JobState, SweepGateRecord, SweepLink, SweepRecord, SweepState, SweepView,
+    TrialRecord, TrialState,
+};
+
+use super::jobs::NewJob;
+use super::{Control, Inner, retrain};
+
+/// A sweep id that sorts by start time: `s-` + milliseconds since the epoch (hex) + random.
+fn new_sweep_id(now: SystemTime) -> String {
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("s-{millis:011x}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn no_sweep(id: &str) -> Error {
+    Error::NotFound(format!("sweep `{id}` does not exist"))
+}
+
+impl Control {
+    /// Starts a sweep (or returns the one started before with the same idempotency key) and
+    /// queues its first trials.
+    pub async fn start_sweep(
+        &self,
+        mut spec: SweepSpec,
+        idempotency_key: String,
+        owner: String,
+    ) -> Result<SweepView> {
+        let now = SystemTime::now();
+        let (view, ack) = {
+            let mut inner = self.lock();
+            if !idempotency_key.is_empty()
+                && let Some(existing) = inner.sweep_idempotency.get(&idempotency_key)
+            {
+                return Ok(inner.sweep_view(existing, true));
+            }
+            // Every trial trains on the same data: a registered dataset is pinned once.
+            if let Some(job) = spec.job.as_mut()
+                && job.names_registered_dataset()
+            {
+                retrain::resolve_registered(&inner.datasets, job)?;
+            }
+            let id = new_sweep_id(now);
+            let record = SweepRecord {
+                id: id.clone(),
+                spec: Box::new(spec),
+                state: SweepState::Running,
+                started: 0,
+                failed: 0,
+                best: None,
+                gate: None,
+                error: String::new(),
+                created_at: now,
+                finished_at: None,
+                owner,
+                idempotency_key: idempotency_key.clone(),
+            };
+            if !idempotency_key.is_empty() {
+                inner.sweep_idempotency.insert(idempotency_key, id.clone());
+            }
+            inner.sweeps.insert(id.clone(), record);
+            inner.trials.insert(id.clone(), Vec::new());
+            let mut ops = Vec::new();
+            inner.advance_sweep(&id, now, &mut ops);
+            inner.put_sweep(&id, &mut ops);
+            let view = inner.sweep_view(&id, true);
+            let ack = self.journal.record(ops);
+            self.dispatch(&mut inner);
+            (view, ack)
+        };
+        ack.durable().await.map_err(Error::Store)?;
+        tracing::info!(sweep_id = %view.record.id, trials = view.record.spec.trials(), "sweep started");
+        Ok(view)
+    }
+
+    /// A sweep with its trials.
+    pub fn sweep(&self, id: &str) -> Result<SweepView> {
+        let inner = self.lock();
+        if !inner.sweeps.contains_key(id) {
+            return Err(no_sweep(id));
+        }
+        Ok(inner.sweep_view(id, true))
+    }
+
+    /// Sweeps, newest first, without their trials.
+    pub fn sweeps(&self, limit: usize) -> Vec<SweepView> {
+        let inner = self.lock();
+        inner
+            .sweeps
+            .keys()
+            .rev()
+            .take(limit)
+            .map(|id| inner.sweep_view(id, false))
+            .collect()
+    }
+
+    /// Cancels a sweep: its running trials' jobs are cancelled, paused trials marked
+    /// cancelled, no trial starts and the best is not gated.
+    pub async fn cancel_sweep(&self, id: &str, reason: &str) -> Result<SweepView> {
+        let reason = if reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        let (view, ack) = {
+            let mut inner = self.lock();
+            let sweep = inner.sweeps.get_mut(id).ok_or_else(|| no_sweep(id))?;
+            if sweep.state.is_final() {
+                return Err(Error::FailedPrecondition(format!(
+                    "sweep `{id}` already ended ({:?}); there is nothing to cancel",
+                    sweep.state
+                )));
+            }
+            sweep.state = SweepState::Cancelled;
+            sweep.error = reason.clone();
+            sweep.finished_at = Some(SystemTime::now());
+            let mut ops = Vec::new();
+            let live: Vec<(u32, String, TrialState)> = inner.trials[id]
+                .iter()
+                .filter(|t| matches!(t.state, TrialState::Running | TrialState::Paused))
+                .map(|t| (t.number, t.job_id.clone(), t.state))
+                .collect();
+            for (number, job_id, state) in live {
+                let trial = &mut inner.trials.get_mut(id).expect("exists")[number as usize];
+                trial.state = TrialState::Cancelled;
+                inner.put_trial(id, number, &mut ops);
+                let running = inner.jobs.get(&job_id).is_some_and(|j| !j.state.is_final());
+                if state == TrialState::Running && running {
+                    inner.cancel_job(&job_id, format!("{reason} (sweep {id})"), &mut ops);
+                }
+            }
+            if let Some(gate) = inner.sweeps[id].gate.clone()
+                && inner
+                    .jobs
+                    .get(&gate.job_id)
+                    .is_some_and(|j| !j.state.is_final())
+            {
+                inner.cancel_job(&gate.job_id, format!("{reason} (sweep {id})"), &mut ops);
+            }
+            inner.put_sweep(id, &mut ops);
+            (inner.sweep_view(id, true), self.journal.record(ops))
+        };
+        ack.durable().await.map_err(Error::Store)?;
+        tracing::info!(sweep_id = %id, "sweep cancelled");
+        Ok(view)
+    }
+}
+
+impl Inner {
+    pub(super) fn sweep_view(&self, id: &str, with_trials: bool) -> SweepView {
+        SweepView {
+            record: self.sweeps[id].clone(),
+            trials: if with_trials {
+                self.trials.get(id).cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn put_sweep(&self, id: &str, ops: &mut Vec<TxnOp>) {
+        if let Some(s) = self.sweeps.get(id) {
+            ops.push(TxnOp::Put(records::sweep_key(id), records::encode(s)));
+        }
+    }
+
+    fn put_trial(&self, id: &str, number: u32, ops: &mut Vec<TxnOp>) {
+        if let Some(t) = self.trials.get(id).and_then(|t| t.get(number as usize)) {
+            ops.push(TxnOp::Put(
+                records::trial_key(id, number),
+                records::encode(t),
+            ));
+        }
+    }
+
+    /// Starts trials while there is room and budget; ends the sweep when nothing runs and
+    /// nothing more can start.
+    pub(super) fn advance_sweep(&mut self, id: &str, now: SystemTime, ops: &mut Vec<TxnOp>) {
+        loop {
+            let sweep = &self.sweeps[id];
+            if sweep.state != SweepState::Running {
+                return;
+            }
+            let spec = &sweep.spec;
+            let running = self.trials[id].iter().filter(|t| t.is_running()).count();
+            let can_start = sweep.started < spec.trials() && sweep.failed < spec.failure_budget();
+            if can_start && running < spec.parallelism as usize {
+                self.start_trial(id, now, ops);
+                continue;
+            }
+            if running == 0 && !can_start {
+                self.sweep_trials_done(id, now, ops);
+            }
+            return;
+        }
+    }
+
+    fn start_trial(&mut self, id: &str, now: SystemTime, ops: &mut Vec<TxnOp>) {
+        let sweep = self.sweeps.get_mut(id).expect("exists");
+        let number = sweep.started;
+        sweep.started += 1;
+        let values = sweep.spec.propose(number);
+        let params = values
+            .iter()
+            .map(|(path, v)| (path.clone(), serde_json::to_value(v).unwrap_or_default()))
+            .collect();
+        let mut trial = TrialRecord {
+            sweep_id: id.to_owned(),
+            number,
+            job_id: String::new(),
+            params,
+            state: TrialState::Running,
+            objective: None,
+            epochs: 0,
+            rungs: Vec::new(),
+            resumes: 0,
+            error: String::new(),
+            run_uri: String::new(),
+        };
+        match sweep.spec.trial_job(number, &values) {
+            Ok(job) => {
+                let owner = sweep.owner.clone();
+                let mut new = NewJob::train(job, None);
+                new.owner = owner;
+                new.sweep = Some(SweepLink {
+                    sweep_id: id.to_owned(),
+                    trial: number,
+                    gate: false,
+                });
+                trial.job_id = self.create_job(new, now, ops);
+            }
+            Err(e) => {
+                tracing::warn!(sweep_id = %id, trial = number, error = %e, "trial cannot run");
+                trial.state = TrialState::Failed;
+                trial.error = e.to_string();
+                sweep.failed += 1;
+            }
+        }
+        self.trials.get_mut(id).expect("exists").push(trial);
+        self.put_trial(id, number, ops);
+        self.put_sweep(id, ops);
+    }
+
+    /// A trial's training succeeded: the job ends here, without an eval (only the sweep's best
+    /// meets the champion).
+    pub(super) fn trial_trained(&mut self, job_id: &str, ops: &mut Vec<TxnOp>) {
+        let job = self.jobs.get_mut(job_id).expect("exists");
+        let sweep = job
+            .sweep
+            .as_ref()
+            .map(|l| l.sweep_id.clone())
+            .unwrap_or_default();
+        job.result = Some(JobOutcome {
+            model_id: String::new(),
+            metrics: job.train_metrics.clone(),
+            promoted: false,
+            reasons: vec![format!(
+                "a trial of sweep {sweep}: only the sweep's best trial meets the champion"
+            )],
+            run_uri: job.train_run.clone().unwrap_or_default(),
+            report_uri: String::new(),
+            report_error: String::new(),
+            mlflow_run_id: String::new(),
+            tracking_error: String::new(),
+        });
+        self.finish(job_id, JobState::Succeeded, String::new(), ops);
+    }
+
+    /// A job of a sweep ended (called by `finish`): record the trial or the gate, go on.
+    pub(super) fn sweep_job_ended(&mut self, job_id: &str, state: JobState, ops: &mut Vec<TxnOp>) {
+        let job = &self.jobs[job_id];
+        let Some(link) = job.sweep.clone() else {
+            return;
+        };
+        let Some(sweep) = self.sweeps.get(&link.sweep_id) else {
+            return;
+        };
+        let id = link.sweep_id.clone();
+        if link.gate {
+            self.gate_ended(&id, job_id, state, ops);
+            return;
+        }
+        let metric = sweep.spec.objective.metric.clone();
+        let maximize = sweep.spec.objective.maximize();
+        let objective = job.epochs.last().and_then(|(_, v)| v.get(&metric).copied());
+        let epochs = job.epochs.last().map_or(0, |(n, _)| *n);
+        let run_uri = job.train_run.clone().unwrap_or_default();
+        let error = job.error.clone();
+        let Some(trial) = self
+            .trials
+            .get_mut(&id)
+            .and_then(|t| t.get_mut(link.trial as usize))
+            .filter(|t| t.state == TrialState::Running && t.job_id == job_id)
+        else {
+            return;
+        };
+        trial.epochs = epochs;
+        trial.objective = objective;
+        trial.run_uri = run_uri;
+        let sweep = self.sweeps.get_mut(&id).expect("exists");
+        match state {
+            JobState::Succeeded => {
+                trial.state = TrialState::Succeeded;
+                let better = |best: f64, v: f64| if maximize { v > best } else { v < best };
+                let current = sweep
+                    .best
+                    .and_then(|b| self.trials[&id].get(b as usize))
+                    .and_then(|t| t.objective);
+                if let Some(v) = objective
+                    && current.is_none_or(|best| better(best, v))
+                {
+                    sweep.best = Some(link.trial);
+                }
+            }
+            JobState::Cancelled => trial.state = TrialState::Cancelled,
+            _ => {
+                trial.state = TrialState::Failed;
+                trial.error = error;
+                sweep.failed += 1;
+            }
+        }
+        self.put_trial(&id, link.trial, ops);
+        self.put_sweep(&id, ops);
+        self.advance_sweep(&id, SystemTime::now(), ops);
+    }
+
+    /// Every trial ended: send the best to the gate, or end the sweep.
+    fn sweep_trials_done(&mut self, id: &str, now: SystemTime, ops: &mut Vec<TxnOp>) {
+        let sweep = &self.sweeps[id];
+        let best = sweep.best;
+        let gate = sweep.spec.promote_best;
+        match best {
+            Some(number) if gate => {
+                let trial = self.trials[id][number as usize].clone();
+                let values: BTreeMap<String, serde_yaml::Value> = trial
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_yaml::to_value(v).unwrap_or_default()))
+                    .collect();
+                let spec = match sweep.spec.trial_job(number, &values) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        self.end_sweep(
+                            id,
+                            SweepState::Failed,
+                            format!("the best trial's job cannot be rebuilt: {e}"),
+                            ops,
+                        );
+                        return;
+                    }
+                };
+                let mut new = NewJob::train(spec, None);
+                new.owner = sweep.owner.clone();
+                new.sweep = Some(SweepLink {
+                    sweep_id: id.to_owned(),
+                    trial: number,
+                    gate: true,
+                });
+                let job_id = self.insert_job(new, now);
+                let job = self.jobs.get_mut(&job_id).expect("just inserted");
+                job.train_run = Some(trial.run_uri.clone());
+                job.started_at = Some(now);
+                self.enqueue_eval(&job_id, ops);
+                self.put_job(&job_id, ops);
+                let sweep = self.sweeps.get_mut(id).expect("exists");
+                sweep.state = SweepState::Gating;
+                sweep.gate = Some(SweepGateRecord {
+                    job_id,
+                    trial: number,
+                    model_id: String::new(),
+                    promoted: false,
+                    reasons: Vec::new(),
+                });
+                self.put_sweep(id, ops);
+                tracing::info!(sweep_id = %id, trial = number, "sweep's trials ended; gating the best");
+            }
+            Some(_) => self.end_sweep(id, SweepState::Succeeded, String::new(), ops),
+            None => {
+                let failed = sweep.failed;
+                self.end_sweep(
+                    id,
+                    SweepState::Failed,
+                    format!("no trial reported the objective ({failed} failed)"),
+                    ops,
+                );
+            }
+        }
+    }
+
+    fn gate_ended(&mut self, id: &str, job_id: &str, state: JobState, ops: &mut Vec<TxnOp>) {
+        let job = &self.jobs[job_id];
+        let outcome = job.result.clone();
+        let error = job.error.clone();
+        let sweep = self.sweeps.get_mut(id).expect("exists");
+        if sweep.state != SweepState::Gating {
+            return;
+        }
+        let gate = sweep.gate.get_or_insert_with(|| SweepGateRecord {
+            job_id: job_id.to_owned(),
+            trial: 0,
+            model_id: String::new(),
+            promoted: false,
+            reasons: Vec::new(),
+        });
+        match (state, outcome) {
+            (JobState::Succeeded, Some(result)) => {
+                gate.model_id = result.model_id;
+                gate.promoted = result.promoted;
+                gate.reasons = result.reasons;
+                self.end_sweep(id, SweepState::Succeeded, String::new(), ops);
+            }
+            _ => {
+                gate.reasons = vec![format!("the eval did not finish: {error}")];
+                self.end_sweep(
+                    id,
+                    SweepState::Failed,
+                    format!("the best trial's eval ended {state:?}: {error}"),
+                    ops,
+                );
+            }
+        }
+    }
+
+    fn end_sweep(&mut self, id: &str, state: SweepState, error: String, ops: &mut Vec<TxnOp>) {
+        let sweep = self.sweeps.get_mut(id).expect("exists");
+        sweep.state = state;
+        sweep.error = error;
+        sweep.finished_at = Some(SystemTime::now());
+        tracing::info!(sweep_id = %id, ?state, best = ?sweep.best, "sweep ended");
+        let paused: Vec<u32> = self.trials[id]
+            .iter()
+            .filter(|t| t.state == TrialState::Paused)
+            .map(|t| t.number)
+            .collect();
+        for number in paused {
+            self.trials.get_mut(id).expect("exists")[number as usize].state = TrialState::Stopped;
+            self.put_trial(id, number, ops);
+        }
+        self.put_sweep(id, ops);
+    }
+}
