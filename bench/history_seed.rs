@@ -151,6 +151,7 @@ fn finished_job(template: &JobSpec, start: SystemTime, i: usize) -> Vec<TxnOp> {
                 champion: "file:///srv/artifacts/runs/j-champion/attempt-1".into(),
                 session: "s-0123456789abcdef".into(),
                 leased_at: Some(created),
+                pause_at: 0,
             },
         };
         ops.push(TxnOp::Put(

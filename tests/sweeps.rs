@@ -1,7 +1,8 @@
-//! End-to-end sweeps: a real coordinator and two real workers run a grid sweep of tiny
-//! synth-digits trials started from the CLI; the best trial meets the (empty) champion seat
-//! through the ordinary eval and gate; the sweep survives a coordinator restart; a sweep is
-//! cancelled mid-trial; bad specs are refused naming the field, before anything is queued.
+//! End-to-end sweeps: a real coordinator and two real workers run a grid sweep and an ASHA
+//! sweep of tiny synth-digits trials started from the CLI; ASHA pauses trials at a rung and
+//! resumes the promoted ones from their checkpoints; the best trial meets the champion through
+//! the ordinary eval and gate; a sweep survives a coordinator restart; a sweep is cancelled
+//! mid-trial; bad specs are refused naming the field, before anything is queued.
 
 mod support;
 
@@ -269,5 +270,113 @@ fn a_cancelled_sweep_stops_its_trial_and_bad_specs_queue_nothing() -> anyhow::Re
     );
     let again = cli(d, &addr, &["sweep", "cancel", &id])?;
     assert!(String::from_utf8_lossy(&again.stderr).contains("already ended"));
+    Ok(())
+}
+
+#[test]
+fn asha_pauses_trials_at_a_rung_and_resumes_the_promoted_from_their_checkpoints()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    base_job(d, 3, 600)?;
+    std::fs::write(
+        d.join("asha.yaml"),
+        "name: asha\njob_file: base.yaml\nspace:\n  training.learning_rate: {log: [0.0002, 0.02]}\n  training.batch_size: {categorical: [16, 32]}\nstrategy: asha\nasha: {min_epochs: 1, max_epochs: 3, eta: 3}\nmax_trials: 6\nparallelism: 2\nseed: 3\n",
+    )?;
+    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
+    let addr = coordinator.addr.clone();
+    let _a = worker(d, "worker-a", &addr)?;
+    let _b = worker(d, "worker-b", &addr)?;
+    let out = cli(
+        d,
+        &addr,
+        &["sweep", "start", "asha.yaml", "--wait", "--json"],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        coordinator.proc.log_text()
+    );
+    let sweep: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(sweep["state"], "succeeded", "{sweep:#}");
+    assert_eq!(sweep["rungs"], json!([1, 3]));
+    let trials = sweep["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 6, "exactly max_trials trials");
+    // Asynchronous promotion: a trial is promoted when it is in the top third of the reports
+    // at its rung so far, so once all six reported, the top two there were promoted and the
+    // worst never was; every other trial either resumed or stopped at the rung.
+    let promoted: Vec<&Value> = trials.iter().filter(|t| t["resumes"] == 1).collect();
+    let stopped: Vec<&Value> = trials.iter().filter(|t| t["state"] == "stopped").collect();
+    assert_eq!(promoted.len() + stopped.len(), 6, "{sweep:#}");
+    let mut at_rung: Vec<(f64, &Value)> = trials
+        .iter()
+        .map(|t| (t["rungs"][0]["value"].as_f64().unwrap_or(f64::MIN), t))
+        .collect();
+    at_rung.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (_, t) in &at_rung[..2] {
+        assert_eq!(t["rungs"][0]["promoted"], true, "a top-third trial: {t:#}");
+    }
+    assert_eq!(
+        at_rung[5].1["state"], "stopped",
+        "the worst at the rung: {sweep:#}"
+    );
+    for t in &stopped {
+        assert_eq!(t["epochs"], 1, "stopped at the first rung: {t:#}");
+        assert_eq!(t["rungs"].as_array().map(Vec::len), Some(1));
+        let job = call(
+            &addr,
+            "trainfleet.v1.JobService/Get",
+            json!({ "id": t["job_id"] }),
+        )?;
+        assert_eq!(job["state"], "JOB_STATE_CANCELLED");
+        assert!(
+            job["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("stopped by ASHA"),
+            "{job:#}"
+        );
+    }
+    for t in &promoted {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+        assert_eq!(t["epochs"], 3);
+        assert_eq!(t["rungs"][0]["promoted"], true);
+        assert_eq!(t["rungs"][1]["epochs"], 3);
+        // Resumed, not restarted: the second task started from epoch 1, and each epoch was
+        // trained once.
+        let job = call(
+            &addr,
+            "trainfleet.v1.JobService/Get",
+            json!({ "id": t["job_id"] }),
+        )?;
+        let attempts = job["attempts"].as_array().cloned().unwrap_or_default();
+        let train: Vec<&Value> = attempts.iter().filter(|a| a["task"] == "train").collect();
+        assert_eq!(train.len(), 2, "{job:#}");
+        assert!(
+            train[0]["outcome"]
+                .as_str()
+                .unwrap_or("")
+                .contains("paused after epoch 1"),
+            "{job:#}"
+        );
+        assert_eq!(train[1]["resumedFromEpoch"], 1, "{job:#}");
+        let epochs: Vec<u64> = job["epochs"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|m| m["epoch"].as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(epochs, vec![1, 2, 3], "{job:#}");
+    }
+    let best = sweep["best"].as_u64().expect("a best trial") as usize;
+    assert_eq!(
+        trials[best]["epochs"], 3,
+        "the best is a fully trained trial"
+    );
+    assert_eq!(sweep["gate"]["trial"].as_u64(), Some(best as u64));
+    assert!(
+        sweep["gate"]["model_id"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     Ok(())
 }

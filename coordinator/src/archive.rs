@@ -91,6 +91,7 @@ fn state_name(state: JobState) -> &'static str {
         JobState::Queued => "queued",
         JobState::Training => "training",
         JobState::Evaluating => "evaluating",
+        JobState::Paused => "paused",
     }
 }
 

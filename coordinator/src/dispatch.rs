@@ -30,6 +30,8 @@ pub struct Assignment {
     pub eval: Option<EvalInputs>,
     /// For a scan task: what to scan.
     pub scan: Option<ScanInputs>,
+    /// For an ASHA trial's train task: the epoch to pause after (0: none).
+    pub pause_at: u32,
 }
 
 /// An eval's inputs.

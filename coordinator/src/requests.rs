@@ -48,6 +48,15 @@ pub enum Report {
     },
     /// It stopped on a cancel directive.
     Cancelled,
+    /// A train task stopped at its pause epoch (ASHA), with that epoch's checkpoint.
+    Paused {
+        /// The epoch it stopped after.
+        epoch: u32,
+        /// The checkpoint's artifact URI.
+        checkpoint: String,
+        /// Every epoch it trained: number and metrics.
+        epochs: Vec<(u32, BTreeMap<String, f64>)>,
+    },
 }
 
 /// One task's progress, as a worker's heartbeat reports it.

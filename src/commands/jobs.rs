@@ -517,6 +517,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(v1::JobState::Succeeded) => "succeeded",
         Ok(v1::JobState::Failed) => "failed",
         Ok(v1::JobState::Cancelled) => "cancelled",
+        Ok(v1::JobState::Paused) => "paused",
         _ => "unknown",
     }
 }

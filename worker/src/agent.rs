@@ -419,12 +419,7 @@ impl Agent {
             let finished = tasks::execute(task, running.clone(), ctx).await;
             running.ended.store(true, Ordering::Relaxed);
             telemetry.running.dec();
-            let outcome = match &finished {
-                Finished::Success(_) => "succeeded",
-                Finished::Failure { .. } => "failed",
-                Finished::Cancelled => "cancelled",
-            };
-            telemetry.task_done(kind, outcome);
+            telemetry.task_done(kind, finished_name(&finished));
             agent.report(&running, finished).await;
             agent.shared.lock_running().remove(&running.task_id);
             agent.shared.slot_freed.notify_waiters();
@@ -445,6 +440,7 @@ impl Agent {
                 (Outcome::Failure(reason.clone()), *permanent)
             }
             Finished::Cancelled => (Outcome::Cancelled(true), false),
+            Finished::Paused(paused) => (Outcome::Paused(paused.clone()), false),
         };
         tracing::info!(task_id = %running.task_id, attempt = running.attempt, outcome = ?finished_name(&finished), "task finished");
         let mut link = self.shared.link.subscribe();
@@ -526,6 +522,7 @@ fn finished_name(f: &Finished) -> &'static str {
         Finished::Success(_) => "succeeded",
         Finished::Failure { .. } => "failed",
         Finished::Cancelled => "cancelled",
+        Finished::Paused(_) => "paused",
     }
 }
 

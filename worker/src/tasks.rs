@@ -129,6 +129,8 @@ pub enum Finished {
     },
     /// Stopped by a cancel directive.
     Cancelled,
+    /// A train task stopped at its `pause_at_epoch` (an ASHA rung), checkpoint uploaded.
+    Paused(v1::TaskPaused),
 }
 
 impl Finished {
@@ -316,7 +318,7 @@ async fn train(
         .mlflow_uri
         .as_deref()
         .map(|uri| crate::tracking::Live::start(uri, &task.job_id, &spec));
-    let trained = {
+    let (trained, epochs) = {
         let (ctx, running, dir, prefix, live) = (
             ctx.clone(),
             running.clone(),
@@ -324,25 +326,60 @@ async fn train(
             prefix.clone(),
             live.clone(),
         );
+        let pause_at = task.pause_at_epoch;
         tokio::task::spawn_blocking(move || {
             // Abandoning also sets `cancel` (see the agent), so one flag covers both.
             let options = RunOptions {
                 resume,
                 cancel: Some(&running.cancel),
-                stop_after_epoch: 0,
+                stop_after_epoch: pause_at,
                 report: false,
             };
+            let mut epochs = Vec::new();
             let mut on_event = |event: &Event<'_>| {
-                if let (Some(live), Event::Epoch(report)) = (&live, event) {
-                    live.epoch(report);
+                if let Event::Epoch(report) = event {
+                    if let Some(live) = &live {
+                        live.epoch(report);
+                    }
+                    epochs.push(v1::EpochMetrics {
+                        epoch: report.epoch,
+                        values: epoch_values(report).into_iter().collect(),
+                    });
                 }
                 on_train_event(event, &running, &ctx, &dir, &prefix, &handle);
             };
-            job::run(&spec, &ctx.data, &dir, &options, &mut on_event)
+            let trained = job::run(&spec, &ctx.data, &dir, &options, &mut on_event);
+            (trained, epochs)
         })
         .await
         .map_err(|e| Error::Unsupported(format!("the training thread failed: {e}")))?
     };
+    // Stopped at its pause epoch (not by a cancel): report the rung's checkpoint.
+    if task.pause_at_epoch > 0
+        && matches!(trained, Err(Error::Cancelled))
+        && !running.cancel.load(Ordering::Relaxed)
+    {
+        let (checkpoint, epoch) = {
+            let p = running.progress();
+            (p.checkpoint.clone(), p.checkpoint_epoch)
+        };
+        if epoch != task.pause_at_epoch {
+            // Transient: another attempt resumes from the last checkpoint that did upload.
+            return Err(Error::Spec(trainfleet_core::Error::Artifact {
+                uri: prefix,
+                message: format!(
+                    "paused after epoch {} but its checkpoint did not upload",
+                    task.pause_at_epoch
+                ),
+            }));
+        }
+        tracing::info!(task_id = %task.id, epoch, "paused at its rung");
+        return Ok(Finished::Paused(v1::TaskPaused {
+            epoch,
+            checkpoint,
+            epochs,
+        }));
+    }
     let trained = match trained {
         Ok(trained) => trained,
         Err(e) => {

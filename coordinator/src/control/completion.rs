@@ -67,6 +67,7 @@ impl Control {
                 Report::Success { .. } => "succeeded",
                 Report::Failure { .. } => "failed",
                 Report::Cancelled => "cancelled",
+                Report::Paused { .. } => "paused",
             };
             let ran = inner
                 .meta
@@ -140,6 +141,34 @@ impl Control {
                         .complete(worker_id, task_id, attempt, Outcome::Cancelled)
                         .map_err(refused)?;
                     inner.after_task_change(task_id, "cancelled", &mut ops);
+                }
+                Report::Paused {
+                    epoch,
+                    checkpoint,
+                    epochs,
+                } => {
+                    let asked = inner.meta[task_id].pause_at;
+                    if role != TaskRole::Train || asked == 0 || epoch != asked {
+                        return Err(Error::FailedPrecondition(format!(
+                            "task {task_id} reported a pause after epoch {epoch}, but it was asked to pause {}; report refused, nothing changed",
+                            if asked == 0 {
+                                "never".to_owned()
+                            } else {
+                                format!("after epoch {asked}")
+                            }
+                        )));
+                    }
+                    self.artifacts.key_of(&checkpoint).map_err(|e| {
+                        Error::FailedPrecondition(format!(
+                            "the paused task's checkpoint {checkpoint:?} is not in the artifact store: {e}"
+                        ))
+                    })?;
+                    inner
+                        .scheduler
+                        .complete(worker_id, task_id, attempt, Outcome::Succeeded)
+                        .map_err(refused)?;
+                    inner.close_attempt(&job_id, &format!("paused after epoch {epoch}"));
+                    inner.trial_paused(&job_id, epoch, checkpoint, epochs, &mut ops);
                 }
             }
             crate::metrics::get().task_ended(outcome, ran);

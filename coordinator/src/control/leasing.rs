@@ -267,6 +267,7 @@ impl Inner {
                 champion: String::new(),
                 session: String::new(),
                 leased_at: None,
+                pause_at: 0,
             },
         );
         self.put_task(task_id, ops);
@@ -363,6 +364,7 @@ impl Inner {
             sleep,
             eval,
             scan,
+            pause_at: meta.pause_at,
         };
         let state = job.state;
         let job_id = task.job_id.clone();

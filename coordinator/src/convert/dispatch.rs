@@ -76,6 +76,7 @@ impl Assignment {
                 object_store_url: s.object_store_url.clone(),
                 dataset_yaml: s.dataset_yaml.clone(),
             }),
+            pause_at_epoch: self.pause_at,
         }
     }
 }

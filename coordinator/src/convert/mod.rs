@@ -445,7 +445,7 @@ pub fn report(
     match outcome {
         None => Err(CoreError::invalid_field(
             "outcome",
-            "is missing: set one of success, failure, cancelled",
+            "is missing: set one of success, failure, cancelled, paused",
         )),
         Some(Outcome::Success(result)) => {
             if result.detail_json.len() > 1 << 20 {
@@ -471,5 +471,36 @@ pub fn report(
             permanent,
         }),
         Some(Outcome::Cancelled(_)) => Ok(Report::Cancelled),
+        Some(Outcome::Paused(p)) => {
+            if p.epoch == 0 || p.checkpoint.is_empty() {
+                return Err(CoreError::invalid_field(
+                    "paused",
+                    "needs the epoch it stopped after and that epoch's checkpoint",
+                ));
+            }
+            if p.epochs.len() > 100_000 {
+                return Err(CoreError::invalid_field(
+                    "paused.epochs",
+                    "lists more epochs than a job may have",
+                ));
+            }
+            Ok(Report::Paused {
+                epoch: p.epoch,
+                checkpoint: p.checkpoint,
+                epochs: p
+                    .epochs
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.epoch,
+                            e.values
+                                .into_iter()
+                                .filter(|(_, v)| v.is_finite())
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            })
+        }
     }
 }

@@ -19,6 +19,7 @@ impl JobState {
             JobState::Succeeded => v1::JobState::Succeeded,
             JobState::Failed => v1::JobState::Failed,
             JobState::Cancelled => v1::JobState::Cancelled,
+            JobState::Paused => v1::JobState::Paused,
         }
     }
 
@@ -31,6 +32,7 @@ impl JobState {
             v1::JobState::Succeeded => JobState::Succeeded,
             v1::JobState::Failed => JobState::Failed,
             v1::JobState::Cancelled => JobState::Cancelled,
+            v1::JobState::Paused => JobState::Paused,
             v1::JobState::Unspecified => return None,
         })
     }

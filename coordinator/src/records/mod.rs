@@ -80,6 +80,8 @@ pub enum JobState {
     Failed,
     /// Cancelled by a person.
     Cancelled,
+    /// A sweep trial stopped at an ASHA rung with its checkpoint, holding no worker.
+    Paused,
 }
 
 impl JobState {
@@ -321,6 +323,13 @@ pub struct TaskMeta {
     pub session: String,
     /// When it was last leased.
     pub leased_at: Option<SystemTime>,
+    /// For a sweep trial's train task under ASHA: the epoch to pause after (its rung); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pause_at: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A task as stored: the scheduler's view plus the rest.

@@ -13,6 +13,9 @@
 //! - A trial that failed at a rung ranks below every trial with a value there.
 //! - `⌊n/η⌋` is rounded down, as in the paper: with η = 3 a rung needs three reports before its
 //!   first promotion.
+//! - Promotions are decided as reports arrive (the asynchronous trade-off of the paper): a trial
+//!   promoted early, among few reports, stays promoted, so over a whole sweep a rung may promote
+//!   more than `⌊n/η⌋` trials; the best `⌊n/η⌋` of the final reports are always among them.
 
 use serde::{Deserialize, Serialize};
 

@@ -10,13 +10,15 @@
 //! `parallelism` counts trials whose jobs are queued or training; trials are proposed in number
 //! order, and a trial whose job cannot be built from its values (a combination the job spec
 //! refuses) counts as failed without running. Once `failure_budget` trials failed, no new trial
-//! starts; the sweep ends when its last running trial does.
+//! starts; the sweep ends when its last running trial does. ASHA's pauses and promotions are
+//! in `asha.rs`.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use trainfleet_core::kv::TxnOp;
-use trainfleet_core::sweep::SweepSpec;
+use trainfleet_core::sweep::asha::{Next, next};
+use trainfleet_core::sweep::{Strategy, SweepSpec};
 
 use crate::error::{Error, Result};
 use crate::records::{
@@ -26,6 +28,8 @@ use crate::records::{
 
 use super::jobs::NewJob;
 use super::{Control, Inner, retrain};
+
+mod asha;
 
 /// A sweep id that sorts by start time: `s-` + milliseconds since the epoch (hex) + random.
 fn new_sweep_id(now: SystemTime) -> String {
@@ -138,17 +142,18 @@ impl Control {
             sweep.error = reason.clone();
             sweep.finished_at = Some(SystemTime::now());
             let mut ops = Vec::new();
-            let live: Vec<(u32, String, TrialState)> = inner.trials[id]
+            let live: Vec<(u32, String)> = inner.trials[id]
                 .iter()
                 .filter(|t| matches!(t.state, TrialState::Running | TrialState::Paused))
-                .map(|t| (t.number, t.job_id.clone(), t.state))
+                .map(|t| (t.number, t.job_id.clone()))
                 .collect();
-            for (number, job_id, state) in live {
+            for (number, job_id) in live {
                 let trial = &mut inner.trials.get_mut(id).expect("exists")[number as usize];
                 trial.state = TrialState::Cancelled;
                 inner.put_trial(id, number, &mut ops);
-                let running = inner.jobs.get(&job_id).is_some_and(|j| !j.state.is_final());
-                if state == TrialState::Running && running {
+                // A paused trial's job ends too (its checkpoint stays in the artifact store).
+                let live = inner.jobs.get(&job_id).is_some_and(|j| !j.state.is_final());
+                if live {
                     inner.cancel_job(&job_id, format!("{reason} (sweep {id})"), &mut ops);
                 }
             }
@@ -205,13 +210,26 @@ impl Inner {
                 return;
             }
             let spec = &sweep.spec;
-            let running = self.trials[id].iter().filter(|t| t.is_running()).count();
+            let trials = &self.trials[id];
+            let running = trials.iter().filter(|t| t.is_running()).count();
+            if running >= spec.parallelism as usize {
+                return;
+            }
+            // ASHA: a promotion before any new trial.
+            if spec.strategy == Strategy::Asha {
+                let rungs = asha::rung_table(trials, &spec.rungs());
+                let eta = spec.asha.as_ref().map_or(3, |a| a.eta);
+                if let Next::Promote { trial, to } = next(&rungs, eta, spec.objective.maximize()) {
+                    self.promote_trial(id, trial, to, ops);
+                    continue;
+                }
+            }
             let can_start = sweep.started < spec.trials() && sweep.failed < spec.failure_budget();
-            if can_start && running < spec.parallelism as usize {
+            if can_start {
                 self.start_trial(id, now, ops);
                 continue;
             }
-            if running == 0 && !can_start {
+            if running == 0 {
                 self.sweep_trials_done(id, now, ops);
             }
             return;
@@ -243,6 +261,7 @@ impl Inner {
         match sweep.spec.trial_job(number, &values) {
             Ok(job) => {
                 let owner = sweep.owner.clone();
+                let pause_at = asha::pause_target(&sweep.spec.rungs(), 0);
                 let mut new = NewJob::train(job, None);
                 new.owner = owner;
                 new.sweep = Some(SweepLink {
@@ -251,6 +270,11 @@ impl Inner {
                     gate: false,
                 });
                 trial.job_id = self.create_job(new, now, ops);
+                let task_id = self.jobs[&trial.job_id].active_task.clone();
+                if pause_at > 0 {
+                    self.meta.get_mut(&task_id).expect("queued").pause_at = pause_at;
+                    self.put_task(&task_id, ops);
+                }
             }
             Err(e) => {
                 tracing::warn!(sweep_id = %id, trial = number, error = %e, "trial cannot run");
@@ -305,6 +329,7 @@ impl Inner {
         }
         let metric = sweep.spec.objective.metric.clone();
         let maximize = sweep.spec.objective.maximize();
+        let asha = sweep.spec.strategy == Strategy::Asha;
         let objective = job.epochs.last().and_then(|(_, v)| v.get(&metric).copied());
         let epochs = job.epochs.last().map_or(0, |(n, _)| *n);
         let run_uri = job.train_run.clone().unwrap_or_default();
@@ -313,7 +338,8 @@ impl Inner {
             .trials
             .get_mut(&id)
             .and_then(|t| t.get_mut(link.trial as usize))
-            .filter(|t| t.state == TrialState::Running && t.job_id == job_id)
+            .filter(|t| matches!(t.state, TrialState::Running | TrialState::Paused))
+            .filter(|t| t.job_id == job_id)
         else {
             return;
         };
@@ -324,6 +350,13 @@ impl Inner {
         match state {
             JobState::Succeeded => {
                 trial.state = TrialState::Succeeded;
+                if asha {
+                    trial.rungs.push(records::RungReport {
+                        trial: link.trial,
+                        value: objective,
+                        promoted: false,
+                    });
+                }
                 let better = |best: f64, v: f64| if maximize { v > best } else { v < best };
                 let current = sweep
                     .best
@@ -340,6 +373,14 @@ impl Inner {
                 trial.state = TrialState::Failed;
                 trial.error = error;
                 sweep.failed += 1;
+                // It counts at the rung it was training for, ranked below every value.
+                if asha {
+                    trial.rungs.push(records::RungReport {
+                        trial: link.trial,
+                        value: None,
+                        promoted: false,
+                    });
+                }
             }
         }
         self.put_trial(&id, link.trial, ops);
@@ -349,6 +390,7 @@ impl Inner {
 
     /// Every trial ended: send the best to the gate, or end the sweep.
     fn sweep_trials_done(&mut self, id: &str, now: SystemTime, ops: &mut Vec<TxnOp>) {
+        self.stop_paused(id, ops);
         let sweep = &self.sweeps[id];
         let best = sweep.best;
         let gate = sweep.spec.promote_best;
@@ -450,15 +492,28 @@ impl Inner {
         sweep.error = error;
         sweep.finished_at = Some(SystemTime::now());
         tracing::info!(sweep_id = %id, ?state, best = ?sweep.best, "sweep ended");
-        let paused: Vec<u32> = self.trials[id]
+        self.stop_paused(id, ops);
+        self.put_sweep(id, ops);
+    }
+
+    /// ASHA left these trials paused at a rung without promoting them: they are stopped, and
+    /// their jobs end (cancelled, saying so; their checkpoints stay in the artifact store).
+    fn stop_paused(&mut self, id: &str, ops: &mut Vec<TxnOp>) {
+        let paused: Vec<(u32, String, u32)> = self.trials[id]
             .iter()
             .filter(|t| t.state == TrialState::Paused)
-            .map(|t| t.number)
+            .map(|t| (t.number, t.job_id.clone(), t.epochs))
             .collect();
-        for number in paused {
+        for (number, job_id, epochs) in paused {
             self.trials.get_mut(id).expect("exists")[number as usize].state = TrialState::Stopped;
             self.put_trial(id, number, ops);
+            if self.jobs.get(&job_id).is_some_and(|j| !j.state.is_final()) {
+                let why = format!(
+                    "stopped by ASHA after epoch {epochs}: not in the top of its rung when sweep {id} ended"
+                );
+                self.finish(&job_id, JobState::Cancelled, why, ops);
+                self.put_job(&job_id, ops);
+            }
         }
-        self.put_sweep(id, ops);
     }
 }
