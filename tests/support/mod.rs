@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod access;
+pub mod ha;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
