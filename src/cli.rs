@@ -82,7 +82,7 @@ enum Command {
     /// Bearer tokens (admins): create, list, revoke.
     #[command(subcommand)]
     Token(commands::tokens::TokenCommand),
-    /// Hyperparameter sweeps: start, status, list, cancel.
+    /// Hyperparameter sweeps: start, status, list, cancel, report.
     #[command(subcommand)]
     Sweep(commands::sweeps::SweepCommand),
 }

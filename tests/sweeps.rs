@@ -372,6 +372,48 @@ fn asha_pauses_trials_at_a_rung_and_resumes_the_promoted_from_their_checkpoints(
         trials[best]["epochs"], 3,
         "the best is a fully trained trial"
     );
+
+    // The offline page: every trial's curve, the parameters plot, the rung table, the gate.
+    let id = sweep["id"].as_str().expect("id");
+    let out = cli(d, &addr, &["sweep", "report", id, "--out", "report"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(d.join("report/index.html"))?;
+    let figures: Value = serde_json::from_str(
+        html.split("const FIGURES = ")
+            .nth(1)
+            .and_then(|rest| rest.split(";\n").next())
+            .expect("the figures"),
+    )?;
+    let curves = figures["chart-curves"]["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(curves.len(), 6, "a curve per trial");
+    let best_curve = curves
+        .iter()
+        .find(|c| c["name"] == format!("trial {best} (best)"))
+        .expect("the best trial's curve");
+    assert_eq!(best_curve["x"], json!([1, 2, 3]));
+    let dims = &figures["chart-parallel"]["data"][0]["dimensions"];
+    assert_eq!(figures["chart-parallel"]["data"][0]["type"], "parcoords");
+    assert_eq!(
+        dims.as_array().map(Vec::len),
+        Some(3),
+        "two parameters and the objective"
+    );
+    assert_eq!(
+        html.matches("↑ promoted").count(),
+        promoted.len(),
+        "the rung table"
+    );
+    assert!(
+        html.contains("promoted: it is the champion"),
+        "the gate's decision"
+    );
     assert_eq!(sweep["gate"]["trial"].as_u64(), Some(best as u64));
     assert!(
         sweep["gate"]["model_id"]

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::json;
 use trainfleet_core::sweep::SweepSpec;
 use trainfleet_proto::v1;
+use trainfleet_proto::v1::job_service_client::JobServiceClient;
 use trainfleet_proto::v1::sweep_service_client::SweepServiceClient;
 
 use crate::cli::Remote;
@@ -25,6 +27,21 @@ pub enum SweepCommand {
     List(ListArgs),
     /// Cancel a sweep: running trials stop, paused ones are cancelled, no gate.
     Cancel(CancelArgs),
+    /// Write the sweep's offline page: every trial's curve, parameters against the objective,
+    /// the rung table, the gate's decision.
+    Report(ReportArgs),
+}
+
+/// Arguments of `trainfleet sweep report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Sweep id.
+    id: String,
+    /// Directory to write index.html into.
+    #[arg(long, default_value = "sweep-report")]
+    out: PathBuf,
 }
 
 /// Arguments of `trainfleet sweep start`.
@@ -77,6 +94,7 @@ pub async fn run(command: SweepCommand) -> anyhow::Result<()> {
         SweepCommand::Status(args) => status(args).await,
         SweepCommand::List(args) => list(args).await,
         SweepCommand::Cancel(args) => cancel(args).await,
+        SweepCommand::Report(args) => report(args).await,
     }
 }
 
@@ -211,6 +229,69 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         .map_err(|s| status_error("Cancel", s))?
         .into_inner();
     show(&sweep, args.remote.json)
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    use trainfleet_worker::report::sweep::{GateSummary, SweepPage, TrialSeries, render};
+    let channel = connect(&args.remote.endpoint).await?;
+    let sweep = SweepServiceClient::new(channel.clone())
+        .get(v1::GetSweepRequest { id: args.id })
+        .await
+        .map_err(|s| status_error("Get", s))?
+        .into_inner();
+    let mut jobs = JobServiceClient::new(channel);
+    let mut trials = Vec::new();
+    for t in &sweep.trials {
+        // A trial that never ran has no job; one archived still answers.
+        let curve = if t.job_id.is_empty() {
+            Vec::new()
+        } else {
+            let job = jobs
+                .get(v1::GetJobRequest {
+                    id: t.job_id.clone(),
+                })
+                .await
+                .map_err(|s| status_error("Get", s))?
+                .into_inner();
+            job.epochs
+                .iter()
+                .filter_map(|e| e.values.get(&sweep.objective_metric).map(|v| (e.epoch, *v)))
+                .collect()
+        };
+        trials.push(TrialSeries {
+            number: t.number,
+            state: trial_state(t.state).to_owned(),
+            params: t.params.clone().into_iter().collect(),
+            objective: t.objective,
+            curve,
+            rungs: t.rungs.iter().map(|r| (r.value, r.promoted)).collect(),
+            resumes: t.resumes,
+        });
+    }
+    let page = SweepPage {
+        id: sweep.id.clone(),
+        name: sweep.name.clone(),
+        strategy: sweep.strategy.clone(),
+        state: sweep_state(sweep.state).to_owned(),
+        metric: sweep.objective_metric.clone(),
+        maximize: sweep.maximize,
+        rungs: sweep.rungs.clone(),
+        trials,
+        best: sweep.best,
+        gate: sweep.gate.as_ref().map(|g| GateSummary {
+            trial: g.trial,
+            model_id: g.model_id.clone(),
+            promoted: g.promoted,
+            reasons: g.reasons.clone(),
+        }),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot make {}", args.out.display()))?;
+    let path = args.out.join("index.html");
+    std::fs::write(&path, render(&page))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn show(sweep: &v1::Sweep, json: bool) -> anyhow::Result<()> {

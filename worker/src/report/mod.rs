@@ -10,6 +10,8 @@
 //! - one PNG per chart, for terminals, CI artifacts and readers without JavaScript ([`png`]);
 //! - `report.json`: the data itself, for `trainfleet runs` and other tools.
 //!
+//! [`sweep`] renders a sweep's page the same way (curves, parameters, rungs, the gate).
+//!
 //! [`collect`] builds the parts that need libtorch (thumbnails, predictions). Rendering is
 //! pure: no tensors, no I/O besides writing the files.
 
@@ -19,6 +21,7 @@ pub mod compare;
 pub mod dataset;
 pub mod html;
 pub mod png;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
