@@ -24,16 +24,6 @@ pub enum Error {
         /// The worker.
         worker_id: String,
     },
-    /// The method exists in the API but its capability is not built yet.
-    #[error("{method} is not available in trainfleet {version} yet: {why}")]
-    NotYetImplemented {
-        /// Fully qualified method.
-        method: &'static str,
-        /// trainfleet version answering.
-        version: &'static str,
-        /// What it waits for.
-        why: &'static str,
-    },
     /// No such job, task, model or champion.
     #[error("{0}")]
     NotFound(String),
@@ -75,7 +65,6 @@ impl From<Error> for tonic::Status {
             Error::UnknownSession { .. } | Error::SessionExpired { .. } => {
                 tonic::Status::not_found(message)
             }
-            Error::NotYetImplemented { .. } => tonic::Status::unimplemented(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             Error::Aborted(_) => tonic::Status::aborted(message),

@@ -547,7 +547,11 @@ pub fn job_json(job: &v1::Job) -> serde_json::Value {
         "attempts": job.attempts.iter().map(|a| json!({
             "task": a.task, "attempt": a.attempt, "worker_id": a.worker_id,
             "resumed_from_epoch": a.resumed_from_epoch, "outcome": a.outcome,
+            "started_at": a.started_at.as_ref().map(|t| t.to_string()),
+            "finished_at": a.finished_at.as_ref().map(|t| t.to_string()),
         })).collect::<Vec<_>>(),
+        "created_at": job.created_at.as_ref().map(|t| t.to_string()),
+        "finished_at": job.finished_at.as_ref().map(|t| t.to_string()),
         "result": job.result.as_ref().map(|r| json!({
             "model_id": r.model_id, "metrics": r.metrics, "promoted": r.promoted,
             "reasons": r.reasons, "artifacts": r.run_uri,
