@@ -12,7 +12,8 @@ if [ ! -x .bench-ray/bin/python ]; then
   .bench-ray/bin/pip install --quiet "ray[tune]==2.60.0"
 fi
 ours=$(target/release/sweep_overhead "$@")
-theirs=$(.bench-ray/bin/python bench/sweep_ray.py "$@" 2>/dev/null)
+# Ray prints its experiment tables to stdout too; the JSON is the last line.
+theirs=$(.bench-ray/bin/python bench/sweep_ray.py "$@" 2>/dev/null | tail -n 1)
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" <<'PY'
