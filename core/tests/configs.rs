@@ -1,7 +1,9 @@
-//! Every example in configs/ parses and validates: they are documentation users copy.
+//! Every example in configs/ parses and validates: they are documentation users copy (jobs,
+//! sweeps, coordinator and worker settings).
 
 use trainfleet_core::config::{CoordinatorConfig, WorkerConfig};
 use trainfleet_core::job::JobSpec;
+use trainfleet_core::sweep::SweepSpec;
 
 #[test]
 fn example_coordinator_and_worker_settings_are_valid() {
@@ -18,6 +20,11 @@ fn every_example_job_is_valid() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name == "coordinator.yaml" || name == "worker.yaml" || !name.ends_with(".yaml") {
+            continue;
+        }
+        // Sweep specs (their base job inside, read relative to them) are sweeps, not jobs.
+        if name.starts_with("sweep-") {
+            SweepSpec::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             continue;
         }
         JobSpec::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));

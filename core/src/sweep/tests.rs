@@ -1,5 +1,3 @@
-use std::path::Path;
-
 use super::*;
 
 const BASE: &str = "job:
@@ -18,17 +16,6 @@ fn parse(rest: &str) -> Result<SweepSpec> {
 
 fn refused(rest: &str) -> String {
     parse(rest).expect_err("should be refused").to_string()
-}
-
-#[test]
-fn example_sweeps_in_configs_validate() {
-    for name in ["sweep-digits-grid.yaml", "sweep-digits-asha.yaml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs")
-            .join(name);
-        let spec = SweepSpec::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(spec.job.is_some() && spec.job_file.is_none(), "job inlined");
-    }
 }
 
 #[test]
