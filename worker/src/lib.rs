@@ -8,7 +8,8 @@
 //! - [`metrics`]: evaluation (accuracy, top-5, per-class P/R/F1, confusion, correctness).
 //! - [`telemetry`]: Prometheus metrics (throughput, epoch times, tasks, memory) on their own
 //!   HTTP port.
-//! - [`tasks`]: running leased tasks (train, eval, sleep) with progress, checkpoints, cancel.
+//! - [`tasks`]: running leased tasks (train, eval, sleep) with progress, checkpoints, cancel;
+//!   [`rung`]: what a sweep trial reports when it stops at its ASHA rung.
 //! - [`job`]: a job from spec to artifacts; verification of a saved model.
 //! - [`local_paths`]: a job's local paths checked on the worker that runs it.
 //! - [`artifacts`]: what a run leaves behind (weights, model card, metrics, config).
@@ -30,6 +31,7 @@ pub mod local_paths;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod rung;
 pub mod tasks;
 pub mod telemetry;
 pub mod tracking;

@@ -85,7 +85,7 @@ impl Running {
         }
     }
 
-    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+    pub(crate) fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -359,26 +359,7 @@ async fn train(
         && matches!(trained, Err(Error::Cancelled))
         && !running.cancel.load(Ordering::Relaxed)
     {
-        let (checkpoint, epoch) = {
-            let p = running.progress();
-            (p.checkpoint.clone(), p.checkpoint_epoch)
-        };
-        if epoch != task.pause_at_epoch {
-            // Transient: another attempt resumes from the last checkpoint that did upload.
-            return Err(Error::Spec(trainfleet_core::Error::Artifact {
-                uri: prefix,
-                message: format!(
-                    "paused after epoch {} but its checkpoint did not upload",
-                    task.pause_at_epoch
-                ),
-            }));
-        }
-        tracing::info!(task_id = %task.id, epoch, "paused at its rung");
-        return Ok(Finished::Paused(v1::TaskPaused {
-            epoch,
-            checkpoint,
-            epochs,
-        }));
+        return crate::rung::paused(&task, &running, prefix, epochs);
     }
     let trained = match trained {
         Ok(trained) => trained,
