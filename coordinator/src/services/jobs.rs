@@ -29,8 +29,8 @@ pub const MAX_JOB_YAML: usize = 1 << 20;
 /// gets our INVALID_ARGUMENT with sizes rather than a transport error.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// Default and largest page of `List`.
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 500;
+pub(super) const DEFAULT_PAGE: usize = 50;
+pub(super) const MAX_PAGE: usize = 500;
 
 /// Serves jobs.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl JobApi {
     }
 }
 
-fn invalid(field: &str, message: String) -> Status {
+pub(super) fn invalid(field: &str, message: String) -> Status {
     Error::from(trainfleet_core::Error::invalid_field(field, message)).into()
 }
 

@@ -12,9 +12,7 @@ use crate::convert::sweeps::sweep_spec_from_wire;
 use crate::error::Error;
 use crate::state::State;
 
-/// Default and largest page of `List`.
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 500;
+use super::jobs::{DEFAULT_PAGE, MAX_PAGE, invalid};
 
 /// Serves sweeps.
 #[derive(Debug, Clone)]
@@ -27,10 +25,6 @@ impl SweepApi {
     pub fn new(state: Arc<State>) -> Self {
         Self { state }
     }
-}
-
-fn invalid(field: &str, message: String) -> Status {
-    Error::from(trainfleet_core::Error::invalid_field(field, message)).into()
 }
 
 #[tonic::async_trait]
