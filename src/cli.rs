@@ -72,7 +72,7 @@ enum Command {
     #[command(subcommand)]
     Dataset(commands::datasets::DatasetCommand),
     /// Ask a dataset's retrain policy for a retrain now (idempotency and min_interval apply).
-    Retrain(commands::datasets::RetrainArgs),
+    Retrain(commands::decisions::RetrainArgs),
     /// Make a model its dataset's champion by hand.
     Promote(commands::datasets::PromoteArgs),
     /// Move a dataset's champion pointer back to the previous champion.
@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
             Command::Models(args) => commands::jobs::models(args).await,
             Command::Runs(command) => commands::runs::run(command).await,
             Command::Dataset(command) => commands::datasets::run(command).await,
-            Command::Retrain(args) => commands::datasets::retrain(args).await,
+            Command::Retrain(args) => commands::decisions::retrain(args).await,
             Command::Promote(args) => commands::datasets::promote(args).await,
             Command::Rollback(args) => commands::datasets::rollback(args).await,
             Command::Token(command) => commands::tokens::run(command).await,

@@ -1,5 +1,5 @@
-//! Dataset verbs: `dataset register|list|scan|versions|history`, `retrain`, and the champion
-//! pointer's `promote` and `rollback`.
+//! Dataset verbs: `dataset register|list|scan|versions|report`, and the champion pointer's
+//! `promote` and `rollback` (`retrain` and `dataset history` are in `decisions.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -91,6 +91,16 @@ pub struct RegisterArgs {
     /// The job YAML a retrain runs (its `dataset` is set to this dataset and pinned version).
     #[arg(long)]
     job: Option<PathBuf>,
+    /// Retrain with this sweep (a sweep spec without `job`: its base job is --job) instead of
+    /// the job alone; the best trial meets the champion.
+    #[arg(long, requires = "job")]
+    sweep: Option<PathBuf>,
+    /// Configurations of the previous retrain sweep that the next one proposes first (0: none).
+    #[arg(long, default_value_t = 3, requires = "sweep")]
+    warm_start_top_k: u32,
+    /// Trials of a warm-started retrain sweep (0: the spec's max_trials).
+    #[arg(long, default_value_t = 0, requires = "sweep")]
+    warm_max_trials: u32,
 }
 
 /// Arguments of `dataset list`.
@@ -116,24 +126,9 @@ pub struct ScanArgs {
 #[derive(Debug, clap::Args)]
 pub struct NameArgs {
     #[command(flatten)]
-    remote: Remote,
+    pub(super) remote: Remote,
     /// Dataset name.
-    name: String,
-}
-
-/// Arguments of `trainfleet retrain`.
-#[derive(Debug, clap::Args)]
-pub struct RetrainArgs {
-    #[command(flatten)]
-    remote: Remote,
-    /// Dataset name.
-    name: String,
-    /// Version: number or root hash (default: the latest).
-    #[arg(long, default_value = "")]
-    version: String,
-    /// Why, recorded with the decision.
-    #[arg(long, default_value = "")]
-    reason: String,
+    pub(super) name: String,
 }
 
 /// Arguments of `trainfleet promote`.
@@ -173,7 +168,7 @@ pub async fn run(command: DatasetCommand) -> anyhow::Result<()> {
         DatasetCommand::List(args) => list(args).await,
         DatasetCommand::Scan(args) => scan(args).await,
         DatasetCommand::Versions(args) => versions(args).await,
-        DatasetCommand::History(args) => history(args).await,
+        DatasetCommand::History(args) => super::decisions::history(args).await,
         DatasetCommand::Report(args) => report(args).await,
     }
 }
@@ -279,13 +274,13 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(
+pub(super) async fn client(
     endpoint: &str,
 ) -> anyhow::Result<DatasetServiceClient<trainfleet_proto::AuthChannel>> {
     Ok(DatasetServiceClient::new(connect(endpoint).await?))
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -294,6 +289,11 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let job_yaml = match &args.job {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the job file {}", path.display()))?,
+        None => String::new(),
+    };
+    let sweep_yaml = match &args.sweep {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the sweep file {}", path.display()))?,
         None => String::new(),
     };
     let dataset = client(&args.remote.endpoint)
@@ -325,6 +325,9 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
                     .and_then(|d| prost_types::Duration::try_from(d).ok()),
                 job_yaml,
                 min_samples_per_class: Some(args.min_samples_per_class),
+                warm_start_top_k: args.sweep.is_some().then_some(args.warm_start_top_k),
+                warm_max_trials: args.warm_max_trials,
+                sweep_yaml,
             }),
         })
         .await
@@ -363,7 +366,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 source(d),
                 short(&d.latest_version),
                 policy_summary(&policy),
-                d.pending_retrain_job.clone(),
+                format!("{}{}", d.pending_retrain_job, d.pending_retrain_sweep),
             ]
         })
         .collect();
@@ -473,84 +476,6 @@ async fn versions(args: NameArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn history(args: NameArgs) -> anyhow::Result<()> {
-    let decisions = client(&args.remote.endpoint)
-        .await?
-        .history(v1::DatasetHistoryRequest {
-            name: args.name,
-            page_size: 1000,
-        })
-        .await
-        .map_err(|s| status_error("History", s))?
-        .into_inner()
-        .decisions;
-    if args.remote.json {
-        return print_json(&json!(
-            decisions.iter().map(decision_json).collect::<Vec<_>>()
-        ));
-    }
-    if decisions.is_empty() {
-        println!("no retrain decisions yet");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = decisions
-        .iter()
-        .map(|d| {
-            vec![
-                time(&d.decided_at),
-                d.trigger.clone(),
-                format!("v{} {}", d.version_number, short(&d.version_root)),
-                outcome_name(d.outcome).to_owned(),
-                d.job_id.clone(),
-                d.reason.clone(),
-            ]
-        })
-        .collect();
-    println!(
-        "{}",
-        table::render(
-            &["DECIDED", "TRIGGER", "VERSION", "OUTCOME", "JOB", "REASON"],
-            &rows
-        )
-    );
-    Ok(())
-}
-
-/// `trainfleet retrain`: asks the policy for a retrain now.
-pub async fn retrain(args: RetrainArgs) -> anyhow::Result<()> {
-    let d = client(&args.remote.endpoint)
-        .await?
-        .retrain(v1::RetrainRequest {
-            name: args.name,
-            version: args.version,
-            reason: args.reason,
-        })
-        .await
-        .map_err(|s| status_error("Retrain", s))?
-        .into_inner();
-    if args.remote.json {
-        return print_json(&decision_json(&d));
-    }
-    print_decision(&d);
-    Ok(())
-}
-
-/// One decision as a line a person reads.
-pub fn print_decision(d: &v1::RetrainDecision) {
-    let job = if d.job_id.is_empty() {
-        String::new()
-    } else {
-        format!(" → job {}", d.job_id)
-    };
-    println!(
-        "{} v{}: {}{job}: {}",
-        d.dataset,
-        d.version_number,
-        outcome_name(d.outcome),
-        d.reason
-    );
-}
-
 /// `trainfleet promote`: moves the champion pointer by hand.
 pub async fn promote(args: PromoteArgs) -> anyhow::Result<()> {
     let model = ModelServiceClient::new(connect(&args.remote.endpoint).await?)
@@ -595,20 +520,8 @@ pub fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> String {
+pub(super) fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref().map(|t| t.to_string()).unwrap_or_default()
-}
-
-/// The outcome's lower-case name.
-pub fn outcome_name(outcome: i32) -> &'static str {
-    use v1::retrain_decision::Outcome;
-    match Outcome::try_from(outcome) {
-        Ok(Outcome::Fired) => "fired",
-        Ok(Outcome::Coalesced) => "coalesced",
-        Ok(Outcome::Skipped) => "skipped",
-        Ok(Outcome::Deferred) => "deferred",
-        _ => "unknown",
-    }
 }
 
 fn source(d: &v1::Dataset) -> String {
@@ -642,6 +555,10 @@ fn policy_summary(p: &v1::RetrainPolicy) -> String {
     {
         parts.push(format!("min {}", humantime::format_duration(d)));
     }
+    if !p.sweep_yaml.is_empty() {
+        let k = p.warm_start_top_k.unwrap_or(3);
+        parts.push(format!("retrains with a sweep (warm start: top {k})"));
+    }
     match p.min_samples_per_class.unwrap_or(1) {
         0 => {}
         1 => parts.push("no empty class".into()),
@@ -655,6 +572,7 @@ fn dataset_json(d: &v1::Dataset) -> serde_json::Value {
     json!({
         "name": d.name, "source": source(d), "latest_version": d.latest_version,
         "pending_retrain_job": d.pending_retrain_job,
+        "pending_retrain_sweep": d.pending_retrain_sweep,
         "last_retrain_at": d.last_retrain_at.map(|t| t.to_string()),
         "next_scan_at": d.next_scan_at.map(|t| t.to_string()),
         "policy": {
@@ -662,7 +580,8 @@ fn dataset_json(d: &v1::Dataset) -> serde_json::Value {
             "schedule": p.schedule, "time_zone": p.time_zone,
             "min_interval_s": p.min_interval.map(|d| d.seconds),
             "min_samples_per_class": p.min_samples_per_class.unwrap_or(1),
-            "job_yaml": p.job_yaml,
+            "job_yaml": p.job_yaml, "sweep_yaml": p.sweep_yaml,
+            "warm_start_top_k": p.warm_start_top_k, "warm_max_trials": p.warm_max_trials,
         },
     })
 }
@@ -676,14 +595,5 @@ fn version_json(v: &v1::DatasetVersion) -> serde_json::Value {
         "manifest_uri": v.manifest_uri, "created_at": time(&v.created_at),
         "skipped_count": v.skipped_count,
         "skipped": v.skipped.iter().map(|e| json!({"path": e.path, "reason": e.reason})).collect::<Vec<_>>(),
-    })
-}
-
-fn decision_json(d: &v1::RetrainDecision) -> serde_json::Value {
-    json!({
-        "dataset": d.dataset, "decided_at": time(&d.decided_at), "trigger": d.trigger,
-        "version": d.version_number, "root": d.version_root,
-        "outcome": outcome_name(d.outcome), "reason": d.reason, "job_id": d.job_id,
-        "defer_until": d.defer_until.map(|t| t.to_string()),
     })
 }

@@ -20,7 +20,8 @@ use trainfleet_proto::v1::model_service_client::ModelServiceClient;
 use trainfleet_worker::data::synth;
 
 use crate::client::{connect, status_error};
-use crate::commands::datasets::{outcome_name, short};
+use crate::commands::datasets::short;
+use crate::commands::decisions::outcome_name;
 use crate::commands::jobs::{describe, watch};
 use crate::commands::run::Embedded;
 use crate::table;
@@ -176,7 +177,7 @@ async fn play(
             time_zone: "UTC".into(),
             min_interval: None,
             job_yaml: job_yaml(args.epochs),
-            min_samples_per_class: None,
+            ..Default::default()
         }),
     };
     datasets

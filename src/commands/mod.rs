@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod datasets;
+pub mod decisions;
 pub mod demo;
 pub mod jobs;
 pub mod run;

@@ -308,6 +308,13 @@ fn show(sweep: &v1::Sweep, json: bool) -> anyhow::Result<()> {
         sweep.max_trials,
         sweep.failed
     );
+    if !sweep.retrain_dataset.is_empty() {
+        let warm = match sweep.warm_start_from.as_str() {
+            "" => String::new(),
+            from => format!(", warm-started from {from}'s best"),
+        };
+        println!("a retrain of dataset {}{warm}", sweep.retrain_dataset);
+    }
     let rows: Vec<Vec<String>> = sweep
         .trials
         .iter()
@@ -401,6 +408,7 @@ pub fn sweep_json(s: &v1::Sweep) -> serde_json::Value {
         "rungs": s.rungs,
         "error": s.error,
         "owner": s.owner,
+        "retrain_dataset": s.retrain_dataset, "warm_start_from": s.warm_start_from,
         "gate": s.gate.as_ref().map(|g| json!({
             "job_id": g.job_id, "trial": g.trial, "model_id": g.model_id,
             "promoted": g.promoted, "reasons": g.reasons,

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod ha;
+pub mod shapes;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

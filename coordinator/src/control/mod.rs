@@ -49,7 +49,7 @@ mod sweeps;
 mod tests;
 
 pub use retention::run_archiver;
-pub use retrain::{next_scan, retrain_spec, run_ticker};
+pub use retrain::{next_scan, retrain_spec, retrain_sweep, run_ticker};
 
 use jobs::NewJob;
 

@@ -192,6 +192,18 @@ impl DecisionRecord {
             reason: self.reason.clone(),
             job_id: self.job_id.clone(),
             defer_until: self.defer_until.map(timestamp),
+            sweep_id: self
+                .sweep
+                .as_ref()
+                .map(|s| s.sweep_id.clone())
+                .unwrap_or_default(),
+            warm_start_from: self
+                .sweep
+                .as_ref()
+                .map(|s| s.warm_start_from.clone())
+                .unwrap_or_default(),
+            warm_start_configs: self.sweep.as_ref().map_or(0, |s| s.warm_start_configs),
+            sweep_trials: self.sweep.as_ref().map_or(0, |s| s.trials),
         }
     }
 }
@@ -253,6 +265,13 @@ impl DatasetRecord {
                 min_interval: Some(super::duration(self.policy.min_interval)),
                 job_yaml: self.job_yaml.clone(),
                 min_samples_per_class: Some(self.policy.min_samples_per_class),
+                sweep_yaml: self
+                    .sweep
+                    .as_ref()
+                    .map(|s| s.yaml.clone())
+                    .unwrap_or_default(),
+                warm_start_top_k: self.sweep.as_ref().map(|s| s.warm_start_top_k),
+                warm_max_trials: self.sweep.as_ref().map_or(0, |s| s.warm_max_trials),
             }),
             latest_version: self
                 .versions
@@ -265,6 +284,12 @@ impl DatasetRecord {
                 .pending
                 .as_ref()
                 .map(|p| p.job_id.clone())
+                .unwrap_or_default(),
+            pending_retrain_sweep: self
+                .retrain
+                .pending
+                .as_ref()
+                .map(|p| p.sweep_id.clone())
                 .unwrap_or_default(),
             last_retrain_at: self.retrain.last_retrain_at.map(timestamp),
             next_scan_at: self.retrain.next_scan_at.map(timestamp),

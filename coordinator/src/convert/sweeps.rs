@@ -235,6 +235,12 @@ impl SweepView {
             started: r.started,
             failed: r.failed,
             owner: r.owner.clone(),
+            retrain_dataset: r
+                .retrain
+                .as_ref()
+                .map(|o| o.dataset.clone())
+                .unwrap_or_default(),
+            warm_start_from: r.warm_start_from.clone(),
         }
     }
 }

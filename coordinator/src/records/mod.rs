@@ -24,8 +24,13 @@ use trainfleet_core::job::JobSpec;
 
 use crate::scheduler::Task;
 
+mod datasets;
 mod sweeps;
 
+pub use datasets::{
+    DatasetRecord, DecidedSweep, DecisionOutcome, DecisionRecord, Deferred, PendingRetrain,
+    RetrainBook, RetrainOrigin, RetrainSweep, VersionRecord, WarmStart,
+};
 pub use sweeps::{
     RungReport, SweepGateRecord, SweepLink, SweepRecord, SweepState, SweepView, TrialRecord,
     TrialState, sweep_key, trial_key,
@@ -290,15 +295,6 @@ pub struct RunRecord {
     pub worker_id: String,
 }
 
-/// Why a job exists when the retrain policy queued it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RetrainOrigin {
-    /// The registered dataset.
-    pub dataset: String,
-    /// Idempotency key: version root and job-config hash.
-    pub key: String,
-}
-
 impl JobRecord {
     /// The spec, for a training job.
     pub fn spec(&self) -> Option<&JobSpec> {
@@ -430,147 +426,4 @@ pub struct ChampionRecord {
 /// JSON for a record.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialise")
-}
-
-/// A registered dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRecord {
-    /// Unique name.
-    pub name: String,
-    /// Directory that workers read (empty for a builtin or an object-store prefix).
-    pub directory: String,
-    /// Layout of the directory or prefix: "imagefolder" or "idx" (empty for a builtin).
-    pub format: String,
-    /// A builtin dataset's name.
-    #[serde(default)]
-    pub builtin: String,
-    /// An object-store prefix holding an image folder.
-    #[serde(default)]
-    pub url: String,
-    /// When to retrain.
-    pub policy: trainfleet_core::policy::RetrainPolicy,
-    /// The job to run on a retrain, as YAML (empty: none yet).
-    pub job_yaml: String,
-    /// When it was registered.
-    pub created_at: SystemTime,
-    /// Versions, oldest first.
-    pub versions: Vec<VersionRecord>,
-    /// What the retrain policy remembers.
-    #[serde(default)]
-    pub retrain: RetrainBook,
-}
-
-/// A dataset's retrain bookkeeping: what [`trainfleet_core::policy::decide`] needs besides the
-/// champion (which is read from the champion pointer, so a rollback is taken into account).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RetrainBook {
-    /// When the last retrain started (its train task was first leased).
-    pub last_retrain_at: Option<SystemTime>,
-    /// The retrain queued and not started yet.
-    pub pending: Option<PendingRetrain>,
-    /// Keys of retrains started and not failed: the idempotency record.
-    pub started_keys: Vec<String>,
-    /// A decision postponed by min_interval, taken again at `until`.
-    pub deferred: Option<Deferred>,
-    /// Next scheduled scan.
-    pub next_scan_at: Option<SystemTime>,
-    /// The job of the last scheduled scan.
-    pub scheduled_scan: String,
-    /// Decisions recorded so far (the next one's sequence number).
-    pub decisions: u64,
-}
-
-/// A retrain waiting for a worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingRetrain {
-    /// Its job.
-    pub job_id: String,
-    /// The version it will train on (number).
-    pub version: u64,
-    /// Its idempotency key.
-    pub key: String,
-}
-
-/// A postponed decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deferred {
-    /// The version (number).
-    pub version: u64,
-    /// When to decide again.
-    pub until: SystemTime,
-}
-
-/// What the retrain policy decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionOutcome {
-    /// A retrain job was queued.
-    Fired,
-    /// The pending retrain now uses this version.
-    Coalesced,
-    /// No retrain.
-    Skipped,
-    /// Postponed by min_interval.
-    Deferred,
-}
-
-/// One recorded retrain decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    /// Dataset name.
-    pub dataset: String,
-    /// Sequence number within the dataset.
-    pub seq: u64,
-    /// When.
-    pub decided_at: SystemTime,
-    /// What asked: "new version", "manual", "schedule", "scan", "deferred".
-    pub trigger: String,
-    /// Version number and root decided about.
-    pub version: u64,
-    /// See `version`.
-    pub root: String,
-    /// The outcome.
-    pub outcome: DecisionOutcome,
-    /// The rule that decided, in words.
-    pub reason: String,
-    /// The retrain job (fired or coalesced).
-    pub job_id: String,
-    /// When a deferred decision is taken again.
-    pub defer_until: Option<SystemTime>,
-}
-
-/// One recorded dataset version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionRecord {
-    /// 1 for the first.
-    pub number: u64,
-    /// Merkle root.
-    pub root: String,
-    /// Files.
-    pub samples: u64,
-    /// Per class.
-    pub by_class: BTreeMap<String, u64>,
-    /// Per split.
-    pub by_split: BTreeMap<String, u64>,
-    /// Diff against the previous version.
-    pub added: u64,
-    /// See `added`.
-    pub removed: u64,
-    /// See `added`.
-    pub changed: u64,
-    /// Where the full manifest is.
-    pub manifest_uri: String,
-    /// When the scan finished.
-    pub created_at: SystemTime,
-    /// How many entries the scan left out (versions recorded before this field: 0).
-    #[serde(default)]
-    pub skipped: u64,
-    /// The first of them, (path, reason): what `dataset versions` shows.
-    #[serde(default)]
-    pub skipped_examples: Vec<(String, String)>,
-    /// Classes the scan saw but left wholly out (every file skipped): empty to the retrain
-    /// policy.
-    #[serde(default)]
-    pub empty_classes: Vec<String>,
 }

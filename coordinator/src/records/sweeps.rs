@@ -90,6 +90,12 @@ pub struct SweepRecord {
     /// The client's idempotency key.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub idempotency_key: String,
+    /// The dataset retrain that started it (policy `sweep_yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain: Option<super::RetrainOrigin>,
+    /// The retrain sweep whose best configurations this one proposes first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warm_start_from: String,
 }
 
 /// Where a trial is.

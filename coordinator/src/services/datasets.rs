@@ -12,7 +12,7 @@ use trainfleet_proto::v1::dataset_service_server::DatasetService;
 
 use crate::auth::audit::AuditTarget;
 use crate::error::Error;
-use crate::records::DatasetRecord;
+use crate::records::{DatasetRecord, RetrainSweep};
 use crate::state::State;
 
 /// Serves datasets.
@@ -135,6 +135,11 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
             min_samples_per_class: p.min_samples_per_class.unwrap_or(1),
         },
         job_yaml: p.job_yaml,
+        sweep: (!p.sweep_yaml.is_empty()).then(|| RetrainSweep {
+            yaml: p.sweep_yaml,
+            warm_start_top_k: p.warm_start_top_k.unwrap_or(3),
+            warm_max_trials: p.warm_max_trials,
+        }),
         created_at: SystemTime::now(),
         versions: Vec::new(),
         retrain: Default::default(),
@@ -145,6 +150,23 @@ pub fn registration(req: v1::RegisterDatasetRequest) -> Result<DatasetRecord, St
         && let Err(why) = crate::control::retrain_spec(&record, None)
     {
         return Err(invalid("policy.job_yaml", why));
+    }
+    if record.sweep.is_some() {
+        if record.job_yaml.is_empty() {
+            return Err(invalid(
+                "policy.sweep_yaml",
+                "is set without policy.job_yaml: a retrain sweep's base job is job_yaml",
+            ));
+        }
+        if let Err(why) = crate::control::retrain_sweep(&record, None) {
+            return Err(invalid("policy.sweep_yaml", why));
+        }
+    }
+    if p.warm_start_top_k.is_some_and(|k| k > 100) {
+        return Err(invalid(
+            "policy.warm_start_top_k",
+            "must be at most 100 (0 turns warm starts off)",
+        ));
     }
     Ok(record)
 }

@@ -47,7 +47,8 @@ pub struct SweepSpec {
     /// How trials are chosen.
     #[serde(default)]
     pub strategy: Strategy,
-    /// Trials in all (a grid's size when unset for `grid`; required otherwise).
+    /// Trials in all (for `grid`, when unset: the warm starts, then every grid point; required
+    /// otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_trials: Option<u32>,
     /// Trials training at once (paused ASHA trials do not count: they hold no worker).
@@ -216,6 +217,43 @@ impl SweepSpec {
         Ok(spec)
     }
 
+    /// Parses sweep YAML that must not name a base job, sets `base` as its job, and validates:
+    /// a dataset's retrain sweep, whose base job is the policy's job pinned to a version.
+    pub fn with_base(text: &str, origin: &str, base: JobSpec) -> Result<Self> {
+        let mut spec: Self =
+            serde_yaml::from_str(text).map_err(|e| crate::config::yaml_error(origin, &e))?;
+        let located = |e: Error| locate::with_location(e, text, origin);
+        for (field, set) in [
+            ("job", spec.job.is_some()),
+            ("job_file", spec.job_file.is_some()),
+        ] {
+            if set {
+                return Err(located(Error::invalid_field(
+                    field,
+                    "is set, but a retrain sweep's base job is the policy's job_yaml; leave it out",
+                )));
+            }
+        }
+        spec.job = Some(base);
+        spec.validate().map_err(located)?;
+        Ok(spec)
+    }
+
+    /// What the retrain policy's idempotency compares: the base job's configuration (without
+    /// its version pin) and the search itself, without warm starts (which differ from one
+    /// retrain to the next while the search stays the same).
+    pub fn config_hash(&self) -> String {
+        let mut search = self.clone();
+        let base = search
+            .job
+            .take()
+            .map(|j| j.config_hash())
+            .unwrap_or_default();
+        search.warm_start.clear();
+        let text = format!("{base}\n{}", search.to_yaml());
+        crate::artifacts::sha256_hex(text.as_bytes())
+    }
+
     /// The spec as canonical YAML, with the base job inline: what is stored with a sweep.
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a sweep spec always serialises")
@@ -226,10 +264,13 @@ impl SweepSpec {
         self.job.as_ref().expect("validated specs have a job")
     }
 
-    /// Trials in all.
+    /// Trials in all: `max_trials`, or for a grid without it, its warm starts and then every
+    /// grid point.
     pub fn trials(&self) -> u32 {
-        self.max_trials
-            .unwrap_or_else(|| u32::try_from(space::grid_size(&self.space)).unwrap_or(MAX_TRIALS))
+        self.max_trials.unwrap_or_else(|| {
+            let all = space::grid_size(&self.space) + self.warm_start.len() as u64;
+            u32::try_from(all).unwrap_or(MAX_TRIALS)
+        })
     }
 
     /// Failed trials after which no new trial starts.
@@ -339,11 +380,16 @@ impl SweepSpec {
             Some(n) if !(1..=MAX_TRIALS).contains(&n) => {
                 return bad("max_trials", format!("is {n}; it must be 1..={MAX_TRIALS}"));
             }
-            Some(n) if self.strategy == Strategy::Grid && u64::from(n) > grid && !random => {
+            Some(n)
+                if self.strategy == Strategy::Grid
+                    && u64::from(n) > grid + self.warm_start.len() as u64
+                    && !random =>
+            {
                 return bad(
                     "max_trials",
                     format!(
-                        "is {n}, above the grid's {grid} points; with no random parameter the extra trials would repeat configurations"
+                        "is {n}, above the grid's {grid} points (and {} warm starts); with no random parameter the extra trials would repeat configurations",
+                        self.warm_start.len()
                     ),
                 );
             }

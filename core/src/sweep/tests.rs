@@ -119,6 +119,22 @@ warm_start:
         plain.propose(0),
         "proposals shift past the warm start"
     );
+
+    // A grid runs its warm starts, then every point.
+    let grid = parse(
+        "space:
+  training.learning_rate: {grid: [0.1, 0.01]}
+strategy: grid
+warm_start:
+  - {training.learning_rate: 0.05}
+",
+    )
+    .unwrap();
+    assert_eq!(grid.trials(), 3);
+    let lrs: Vec<String> = (0..3)
+        .map(|i| space::show(&grid.propose(i)["training.learning_rate"]))
+        .collect();
+    assert_eq!(lrs, ["0.05", "0.1", "0.01"]);
 }
 
 #[test]
@@ -224,4 +240,32 @@ max_trials: 2
     .unwrap();
     let job = spec.trial_job(0, &spec.propose(0)).unwrap();
     assert!(job.model.channels.is_some());
+}
+
+#[test]
+fn a_retrain_sweep_takes_its_base_job_and_hashes_without_warm_starts() {
+    let base = parse("space: {training.learning_rate: {const: 0.01}}\nmax_trials: 1\n")
+        .unwrap()
+        .job
+        .unwrap();
+    let text = "space: {training.learning_rate: {log: [0.001, 0.1]}}\nmax_trials: 4\n";
+    let spec = SweepSpec::with_base(text, "policy.sweep_yaml", base.clone()).unwrap();
+    assert_eq!(spec.base(), &base);
+    let mut warm = spec.clone();
+    warm.warm_start = vec![[("training.learning_rate".to_owned(), 0.05.into())].into()];
+    assert_eq!(spec.config_hash(), warm.config_hash());
+    let mut other_job = base.clone();
+    other_job.training.epochs += 1;
+    let other = SweepSpec::with_base(text, "policy.sweep_yaml", other_job).unwrap();
+    assert_ne!(spec.config_hash(), other.config_hash());
+    let wider = SweepSpec::with_base(&text.replace("0.1]", "0.2]"), "p", base.clone()).unwrap();
+    assert_ne!(spec.config_hash(), wider.config_hash());
+
+    let named = SweepSpec::with_base(&format!("{BASE}{text}"), "policy.sweep_yaml", base)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        named.contains("policy.sweep_yaml:1:1: `job` is set, but a retrain sweep's base job"),
+        "{named}"
+    );
 }

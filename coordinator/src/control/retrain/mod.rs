@@ -11,30 +11,37 @@
 //! - **Skipped**: only recorded.
 //!
 //! A retrain that fails or is cancelled gives its key back, so the same version can be retried.
+//! A policy with `sweep_yaml` retrains with a sweep instead of one job, the same way ([`sweep`]).
 //!
 //! This file keeps the policy's book (decisions and what they do); [`job`] makes the job a
-//! retrain runs, pinned to its version; [`ticker`] takes postponed decisions when they come due
-//! and starts scheduled scans (cron in the dataset's time zone).
+//! retrain runs, pinned to its version; [`sweep`] the sweep, warm-started from the previous
+//! one; [`ticker`] takes postponed decisions when they come due and starts scheduled scans
+//! (cron in the dataset's time zone).
 
 use std::time::SystemTime;
 
 use trainfleet_core::job::JobSpec;
 use trainfleet_core::policy::{self, Cause, Decision, RetrainState, VersionFacts};
+use trainfleet_core::sweep::SweepSpec;
 
 mod job;
+mod sweep;
+#[cfg(test)]
+mod sweep_tests;
 #[cfg(test)]
 mod tests;
 mod ticker;
 
 pub use job::retrain_spec;
 pub(super) use job::{resolve_registered, scan_dataset_yaml};
+pub use sweep::retrain_sweep;
 pub use ticker::{next_scan, run_ticker};
 
 use super::{Control, Inner, NewJob};
 use crate::error::{Error, Result};
 use crate::records::{
-    self, DecisionOutcome, DecisionRecord, Deferred, JobKind, PendingRetrain, RetrainOrigin,
-    VersionRecord,
+    self, DatasetRecord, DecidedSweep, DecisionOutcome, DecisionRecord, Deferred, JobKind,
+    PendingRetrain, RetrainOrigin, VersionRecord,
 };
 use trainfleet_core::kv::TxnOp;
 
@@ -61,6 +68,33 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
             Trigger::Deferred => "deferred",
+        }
+    }
+}
+
+/// What a retrain runs: the policy's job, or a sweep over it.
+pub(crate) enum Plan {
+    Job(JobSpec),
+    Sweep(SweepSpec),
+}
+
+impl Plan {
+    /// The retrain `record`'s policy runs on `version` (`None`: only checks that it can).
+    pub(crate) fn of(
+        record: &DatasetRecord,
+        version: Option<&VersionRecord>,
+    ) -> std::result::Result<Self, String> {
+        if record.sweep.is_some() {
+            retrain_sweep(record, version).map(Plan::Sweep)
+        } else {
+            retrain_spec(record, version).map(Plan::Job)
+        }
+    }
+
+    fn config_hash(&self) -> String {
+        match self {
+            Plan::Job(spec) => spec.config_hash(),
+            Plan::Sweep(spec) => spec.config_hash(),
         }
     }
 }
@@ -122,24 +156,27 @@ impl Inner {
             Trigger::Manual => Cause::Manual,
             _ => Cause::NewVersion,
         };
-        let (outcome, reason, job_id, defer_until) = match retrain_spec(record, Some(&version)) {
+        let mut sweep = None;
+        let (outcome, reason, job_id, defer_until) = match Plan::of(record, Some(&version)) {
             Err(why) => (DecisionOutcome::Skipped, why, String::new(), None),
-            Ok(spec) => {
+            Ok(plan) => {
                 let decision = policy::decide(
                     &record.policy,
                     &self.policy_state(dataset),
                     &facts(&version),
-                    &spec.config_hash(),
+                    &plan.config_hash(),
                     cause,
                     now,
                 );
                 match decision {
                     Decision::Fire { key, reason } => {
-                        let id = self.fire(dataset, number, spec, key, now, ops);
+                        let (id, decided) = self.fire(dataset, number, plan, key, now, ops);
+                        sweep = decided;
                         (DecisionOutcome::Fired, reason, id, None)
                     }
                     Decision::Coalesce { key, reason } => {
-                        let id = self.coalesce(dataset, number, spec, key, ops);
+                        let (id, decided) = self.coalesce(dataset, number, plan, key, now, ops);
+                        sweep = decided;
                         (DecisionOutcome::Coalesced, reason, id, None)
                     }
                     Decision::Skip { reason } => {
@@ -183,6 +220,7 @@ impl Inner {
             reason,
             job_id,
             defer_until,
+            sweep,
         };
         record.retrain.decisions += 1;
         ops.push(TxnOp::Put(
@@ -201,20 +239,30 @@ impl Inner {
         }
         tracing::info!(
             %dataset, version = number, trigger = trigger.name(), outcome = ?decision.outcome,
-            reason = %decision.reason, job_id = %decision.job_id, "retrain decision"
+            reason = %decision.reason, job_id = %decision.job_id,
+            sweep_id = decision.sweep.as_ref().map_or("", |s| s.sweep_id.as_str()),
+            "retrain decision"
         );
         decision
     }
 
+    /// Queues the retrain: a job, or a sweep (then the job id is empty).
     fn fire(
         &mut self,
         dataset: &str,
         number: u64,
-        spec: JobSpec,
+        plan: Plan,
         key: String,
         now: SystemTime,
         ops: &mut Vec<TxnOp>,
-    ) -> String {
+    ) -> (String, Option<DecidedSweep>) {
+        let spec = match plan {
+            Plan::Job(spec) => spec,
+            Plan::Sweep(spec) => {
+                let decided = self.fire_sweep(dataset, number, spec, key, now, ops);
+                return (String::new(), Some(decided));
+            }
+        };
         let mut new = NewJob::train(
             spec,
             Some(RetrainOrigin {
@@ -228,27 +276,52 @@ impl Inner {
         let record = self.datasets.get_mut(dataset).expect("exists");
         record.retrain.pending = Some(PendingRetrain {
             job_id: id.clone(),
+            sweep_id: String::new(),
             version: number,
             key,
         });
-        id
+        (id, None)
     }
 
-    /// Re-pins the queued retrain to version `number` (newest wins).
+    /// Re-pins the queued retrain to version `number` (newest wins). When the policy changed
+    /// between a job and a sweep since it was queued, the queued one is cancelled and the new
+    /// kind fires instead.
     fn coalesce(
         &mut self,
         dataset: &str,
         number: u64,
-        spec: JobSpec,
+        plan: Plan,
         key: String,
+        now: SystemTime,
         ops: &mut Vec<TxnOp>,
-    ) -> String {
+    ) -> (String, Option<DecidedSweep>) {
         let record = self.datasets.get_mut(dataset).expect("exists");
         let pending = record
             .retrain
             .pending
-            .as_mut()
+            .clone()
             .expect("the policy coalesces only into a pending retrain");
+        let spec = match (plan, pending.sweep_id.is_empty()) {
+            (Plan::Job(spec), true) => spec,
+            (Plan::Sweep(spec), false) => {
+                let decided = self.coalesce_sweep(&pending.sweep_id, number, spec, key, ops);
+                return (String::new(), Some(decided));
+            }
+            (plan, _) => {
+                let why = "replaced: the dataset's policy changed between a job and a sweep";
+                if pending.sweep_id.is_empty() {
+                    self.cancel_job(&pending.job_id, why.to_owned(), ops);
+                } else {
+                    self.cancel_sweep_in(&pending.sweep_id, why.to_owned(), ops);
+                }
+                let record = self.datasets.get_mut(dataset).expect("exists");
+                record.retrain.pending = None;
+                record.retrain.started_keys.retain(|k| *k != pending.key);
+                return self.fire(dataset, number, plan, key, now, ops);
+            }
+        };
+        let record = self.datasets.get_mut(dataset).expect("exists");
+        let pending = record.retrain.pending.as_mut().expect("checked above");
         pending.version = number;
         pending.key = key.clone();
         let job_id = pending.job_id.clone();
@@ -270,19 +343,39 @@ impl Inner {
         self.idempotency.remove(&old_key);
         self.idempotency.insert(new_key, job_id.clone());
         self.put_job(&job_id, ops);
-        job_id
+        (job_id, None)
     }
 
-    /// A retrain's first lease: it is no longer pending, and its key is taken.
+    /// A retrain's first lease (a retrain sweep's: its first trial's): it is no longer pending,
+    /// and its key is taken.
     pub(super) fn retrain_started(&mut self, job_id: &str, now: SystemTime, ops: &mut Vec<TxnOp>) {
-        let Some(origin) = self.jobs[job_id].retrain.clone() else {
-            return;
+        let job = &self.jobs[job_id];
+        let (origin, sweep_id) = match (&job.retrain, &job.sweep) {
+            (Some(origin), _) => (origin.clone(), String::new()),
+            (None, Some(link)) => match self.sweeps.get(&link.sweep_id) {
+                Some(s) if s.retrain.is_some() => {
+                    (s.retrain.clone().expect("checked"), s.id.clone())
+                }
+                _ => return,
+            },
+            _ => return,
         };
         let Some(record) = self.datasets.get_mut(&origin.dataset) else {
             return;
         };
         let book = &mut record.retrain;
-        if book.pending.as_ref().is_some_and(|p| p.job_id == job_id) {
+        let was_pending = book.pending.as_ref().is_some_and(|p| {
+            if sweep_id.is_empty() {
+                p.job_id == job_id
+            } else {
+                p.sweep_id == sweep_id
+            }
+        });
+        if !sweep_id.is_empty() && !was_pending && book.started_keys.contains(&origin.key) {
+            // A later trial of a sweep already started.
+            return;
+        }
+        if was_pending {
             book.pending = None;
         }
         if !book.started_keys.contains(&origin.key) {
@@ -333,7 +426,7 @@ impl Control {
                     "dataset `{name}` has no version yet: scan it first (trainfleet dataset scan {name})"
                 )));
             }
-            if let Err(why) = retrain_spec(record, None) {
+            if let Err(why) = Plan::of(record, None) {
                 return Err(Error::FailedPrecondition(why));
             }
             let number = match which {

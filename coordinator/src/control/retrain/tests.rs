@@ -18,7 +18,7 @@ use crate::records::DatasetRecord;
 
 const JOB: &str = "name: digits\nmodel: {arch: simple_cnn}\nresources: {gpu: true}\n";
 
-fn root(n: u64) -> String {
+pub(super) fn root(n: u64) -> String {
     trainfleet_core::artifacts::sha256_hex(format!("version {n}").as_bytes())
 }
 
@@ -32,6 +32,7 @@ async fn register_dataset(f: &Fixture, dir: &std::path::Path, policy: RetrainPol
             url: String::new(),
             policy,
             job_yaml: JOB.into(),
+            sweep: None,
             created_at: SystemTime::now(),
             versions: Vec::new(),
             retrain: Default::default(),
@@ -41,7 +42,7 @@ async fn register_dataset(f: &Fixture, dir: &std::path::Path, policy: RetrainPol
 }
 
 /// Runs one scan job on the CPU worker `w`, reporting version `n` with `samples` files.
-async fn scan(f: &Fixture, session: &str, n: u64, samples: u64) {
+pub(super) async fn scan(f: &Fixture, session: &str, n: u64, samples: u64) {
     f.control
         .submit(
             Submission::Scan {
@@ -62,7 +63,7 @@ async fn scan(f: &Fixture, session: &str, n: u64, samples: u64) {
 }
 
 /// Leases the next task to worker `id` (session `session`) at once.
-async fn lease(f: &Fixture, id: &str, session: &str) -> v1::Task {
+pub(super) async fn lease(f: &Fixture, id: &str, session: &str) -> v1::Task {
     f.control
         .poll(
             id,
@@ -134,7 +135,7 @@ fn outcomes(f: &Fixture) -> Vec<(String, i32)> {
 use v1::retrain_decision::Outcome;
 
 /// The dataset's newest `n` decisions as the wire shows them.
-fn wire_history(f: &Fixture, n: usize) -> Vec<v1::RetrainDecision> {
+pub(super) fn wire_history(f: &Fixture, n: usize) -> Vec<v1::RetrainDecision> {
     let h = f.control.history("digits", n).unwrap();
     h.iter().map(|d| d.to_wire()).collect()
 }

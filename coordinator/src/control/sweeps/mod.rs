@@ -67,29 +67,8 @@ impl Control {
             {
                 retrain::resolve_registered(&inner.datasets, job)?;
             }
-            let id = new_sweep_id(now);
-            let record = SweepRecord {
-                id: id.clone(),
-                spec: Box::new(spec),
-                state: SweepState::Running,
-                started: 0,
-                failed: 0,
-                best: None,
-                gate: None,
-                error: String::new(),
-                created_at: now,
-                finished_at: None,
-                owner,
-                idempotency_key: idempotency_key.clone(),
-            };
-            if !idempotency_key.is_empty() {
-                inner.sweep_idempotency.insert(idempotency_key, id.clone());
-            }
-            inner.sweeps.insert(id.clone(), record);
-            inner.trials.insert(id.clone(), Vec::new());
             let mut ops = Vec::new();
-            inner.advance_sweep(&id, now, &mut ops);
-            inner.put_sweep(&id, &mut ops);
+            let id = inner.create_sweep(spec, owner, idempotency_key, None, now, &mut ops);
             let view = inner.sweep_view(&id, true);
             let ack = self.journal.record(ops);
             self.dispatch(&mut inner);
@@ -131,41 +110,15 @@ impl Control {
         };
         let (view, ack) = {
             let mut inner = self.lock();
-            let sweep = inner.sweeps.get_mut(id).ok_or_else(|| no_sweep(id))?;
+            let sweep = inner.sweeps.get(id).ok_or_else(|| no_sweep(id))?;
             if sweep.state.is_final() {
                 return Err(Error::FailedPrecondition(format!(
                     "sweep `{id}` already ended ({:?}); there is nothing to cancel",
                     sweep.state
                 )));
             }
-            sweep.state = SweepState::Cancelled;
-            sweep.error = reason.clone();
-            sweep.finished_at = Some(SystemTime::now());
             let mut ops = Vec::new();
-            let live: Vec<(u32, String)> = inner.trials[id]
-                .iter()
-                .filter(|t| matches!(t.state, TrialState::Running | TrialState::Paused))
-                .map(|t| (t.number, t.job_id.clone()))
-                .collect();
-            for (number, job_id) in live {
-                let trial = &mut inner.trials.get_mut(id).expect("exists")[number as usize];
-                trial.state = TrialState::Cancelled;
-                inner.put_trial(id, number, &mut ops);
-                // A paused trial's job ends too (its checkpoint stays in the artifact store).
-                let live = inner.jobs.get(&job_id).is_some_and(|j| !j.state.is_final());
-                if live {
-                    inner.cancel_job(&job_id, format!("{reason} (sweep {id})"), &mut ops);
-                }
-            }
-            if let Some(gate) = inner.sweeps[id].gate.clone()
-                && inner
-                    .jobs
-                    .get(&gate.job_id)
-                    .is_some_and(|j| !j.state.is_final())
-            {
-                inner.cancel_job(&gate.job_id, format!("{reason} (sweep {id})"), &mut ops);
-            }
-            inner.put_sweep(id, &mut ops);
+            inner.cancel_sweep_in(id, reason, &mut ops);
             (inner.sweep_view(id, true), self.journal.record(ops))
         };
         ack.durable().await.map_err(Error::Store)?;
@@ -175,6 +128,78 @@ impl Control {
 }
 
 impl Inner {
+    /// Records a new sweep and starts its first trials; returns its id.
+    pub(super) fn create_sweep(
+        &mut self,
+        spec: SweepSpec,
+        owner: String,
+        idempotency_key: String,
+        retrain: Option<records::RetrainOrigin>,
+        now: SystemTime,
+        ops: &mut Vec<TxnOp>,
+    ) -> String {
+        let id = new_sweep_id(now);
+        let record = SweepRecord {
+            id: id.clone(),
+            spec: Box::new(spec),
+            state: SweepState::Running,
+            started: 0,
+            failed: 0,
+            best: None,
+            gate: None,
+            error: String::new(),
+            created_at: now,
+            finished_at: None,
+            owner,
+            idempotency_key: idempotency_key.clone(),
+            retrain,
+            warm_start_from: String::new(),
+        };
+        if !idempotency_key.is_empty() {
+            self.sweep_idempotency.insert(idempotency_key, id.clone());
+        }
+        self.sweeps.insert(id.clone(), record);
+        self.trials.insert(id.clone(), Vec::new());
+        self.advance_sweep(&id, now, ops);
+        self.put_sweep(&id, ops);
+        id
+    }
+
+    /// Cancels a sweep that has not ended: its running trials' jobs are cancelled, paused
+    /// trials marked cancelled, no trial starts and the best is not gated.
+    pub(super) fn cancel_sweep_in(&mut self, id: &str, reason: String, ops: &mut Vec<TxnOp>) {
+        let inner = self;
+        let sweep = inner.sweeps.get_mut(id).expect("exists");
+        sweep.state = SweepState::Cancelled;
+        sweep.error = reason.clone();
+        sweep.finished_at = Some(SystemTime::now());
+        let live: Vec<(u32, String)> = inner.trials[id]
+            .iter()
+            .filter(|t| matches!(t.state, TrialState::Running | TrialState::Paused))
+            .map(|t| (t.number, t.job_id.clone()))
+            .collect();
+        for (number, job_id) in live {
+            let trial = &mut inner.trials.get_mut(id).expect("exists")[number as usize];
+            trial.state = TrialState::Cancelled;
+            inner.put_trial(id, number, ops);
+            // A paused trial's job ends too (its checkpoint stays in the artifact store).
+            let live = inner.jobs.get(&job_id).is_some_and(|j| !j.state.is_final());
+            if live {
+                inner.cancel_job(&job_id, format!("{reason} (sweep {id})"), ops);
+            }
+        }
+        if let Some(gate) = inner.sweeps[id].gate.clone()
+            && inner
+                .jobs
+                .get(&gate.job_id)
+                .is_some_and(|j| !j.state.is_final())
+        {
+            inner.cancel_job(&gate.job_id, format!("{reason} (sweep {id})"), ops);
+        }
+        inner.retrain_sweep_ended(id, ops);
+        inner.put_sweep(id, ops);
+    }
+
     pub(super) fn sweep_view(&self, id: &str, with_trials: bool) -> SweepView {
         SweepView {
             record: self.sweeps[id].clone(),
@@ -186,7 +211,7 @@ impl Inner {
         }
     }
 
-    fn put_sweep(&self, id: &str, ops: &mut Vec<TxnOp>) {
+    pub(super) fn put_sweep(&self, id: &str, ops: &mut Vec<TxnOp>) {
         if let Some(s) = self.sweeps.get(id) {
             ops.push(TxnOp::Put(records::sweep_key(id), records::encode(s)));
         }
@@ -493,6 +518,7 @@ impl Inner {
         sweep.finished_at = Some(SystemTime::now());
         tracing::info!(sweep_id = %id, ?state, best = ?sweep.best, "sweep ended");
         self.stop_paused(id, ops);
+        self.retrain_sweep_ended(id, ops);
         self.put_sweep(id, ops);
     }
 
