@@ -466,7 +466,16 @@ fn a_retrain_sweep_gates_its_best_and_the_next_retrain_starts_from_it() -> anyho
         d.join("retrain-sweep.yaml"),
         "space:\n  training.learning_rate: {log: [0.0003, 0.03]}\nmax_trials: 3\nparallelism: 2\nseed: 11\n",
     )?;
-    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", FAST)?;
+    // Every finished sweep leaves the store for the archive at once: the next retrain's warm
+    // start is kept with the dataset, and the sweeps are still read from the archive.
+    let mut flags = FAST.to_vec();
+    flags.extend([
+        "--retain-finished-sweeps",
+        "0",
+        "--archive-interval",
+        "200ms",
+    ]);
+    let coordinator = start_coordinator(d, "coordinator", "127.0.0.1:0", &flags)?;
     let addr = coordinator.addr.clone();
     let _a = worker(d, "worker-a", &addr)?;
     let _b = worker(d, "worker-b", &addr)?;
@@ -603,6 +612,20 @@ fn a_retrain_sweep_gates_its_best_and_the_next_retrain_starts_from_it() -> anyho
         s2["gate"]["model_id"].is_string(),
         "the best met the champion: {s2:#}"
     );
+
+    // Both were archived (the coordinator's log says so), and are still listed and read.
+    wait_for(Duration::from_secs(30), "both sweeps archived", || {
+        let log = coordinator.proc.log_text();
+        (log.matches("finished sweeps moved to the archive").count() >= 2).then_some(())
+    })?;
+    let listed = call(&addr, "trainfleet.v1.SweepService/List", json!({}))?;
+    let ids: Vec<&str> = listed["sweeps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [second_id.as_str(), first_id.as_str()], "{listed:#}");
+    let archived = wait_sweep(d, &addr, &first_id)?;
+    assert_eq!(archived["trials"], s1["trials"]);
 
     // The history says it, in words.
     let text = run(&["dataset", "history", "shapes"])?;

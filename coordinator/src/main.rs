@@ -42,7 +42,11 @@ struct Args {
     /// Finished jobs kept in the state store before older ones move to the archive.
     #[arg(long, env = "TRAINFLEET_RETAIN_FINISHED_JOBS")]
     retain_finished_jobs: Option<usize>,
-    /// Finished jobs older than this move to the archive, e.g. "7days".
+    /// Finished sweeps kept in the state store (with their trials) before older ones move to
+    /// the archive.
+    #[arg(long, env = "TRAINFLEET_RETAIN_FINISHED_SWEEPS")]
+    retain_finished_sweeps: Option<usize>,
+    /// Finished jobs (and sweeps) older than this move to the archive, e.g. "7days".
     #[arg(long, env = "TRAINFLEET_RETAIN_FINISHED_FOR", value_parser = humantime::parse_duration)]
     retain_finished_for: Option<Duration>,
     /// How often the archiver looks for jobs to move, e.g. "30s".
@@ -166,6 +170,9 @@ impl Args {
         }
         if let Some(v) = self.retain_finished_jobs {
             config.retention.finished_jobs = v;
+        }
+        if let Some(v) = self.retain_finished_sweeps {
+            config.retention.finished_sweeps = v;
         }
         if let Some(v) = self.retain_finished_for {
             config.retention.finished_age = v;

@@ -104,9 +104,12 @@ pub struct RetentionConfig {
     /// Finished jobs kept in the store, newest first. Bounds the store and the leader's memory:
     /// a job with its tasks is about 5 KiB there.
     pub finished_jobs: usize,
-    /// Finished jobs older than this are archived even when fewer are kept.
+    /// Finished jobs (and sweeps) older than this are archived even when fewer are kept.
     #[serde(with = "humantime_serde")]
     pub finished_age: Duration,
+    /// Finished sweeps kept in the store with their trials, newest first; older ones move to
+    /// the archive (`SweepService.Get` and `List` still find them).
+    pub finished_sweeps: usize,
     /// How often the archiver looks for jobs to move.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -117,6 +120,7 @@ impl Default for RetentionConfig {
         Self {
             finished_jobs: 1000,
             finished_age: Duration::from_secs(7 * 24 * 3600),
+            finished_sweeps: 100,
             interval: Duration::from_secs(30),
         }
     }

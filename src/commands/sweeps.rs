@@ -185,7 +185,7 @@ async fn status(args: SweepArgs) -> anyhow::Result<()> {
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let sweeps = client(&args.remote.endpoint)
         .await?
-        .list(v1::ListSweepsRequest { page_size: 0 })
+        .list(v1::ListSweepsRequest::default())
         .await
         .map_err(|s| status_error("List", s))?
         .into_inner()

@@ -65,7 +65,7 @@ impl SweepService for SweepApi {
     ) -> Result<Response<v1::Sweep>, Status> {
         let term = self.state.term()?;
         Ok(Response::new(
-            term.control.sweep(&request.get_ref().id)?.to_wire(),
+            term.control.sweep(&request.get_ref().id).await?.to_wire(),
         ))
     }
 
@@ -78,13 +78,13 @@ impl SweepService for SweepApi {
             n => n.min(MAX_PAGE),
         };
         let term = self.state.term()?;
+        let (sweeps, next_page_token) = term
+            .control
+            .sweeps(&request.get_ref().page_token, size)
+            .await?;
         Ok(Response::new(v1::ListSweepsResponse {
-            sweeps: term
-                .control
-                .sweeps(size)
-                .iter()
-                .map(|s| s.to_wire())
-                .collect(),
+            sweeps: sweeps.iter().map(|s| s.to_wire()).collect(),
+            next_page_token,
         }))
     }
 
@@ -97,7 +97,7 @@ impl SweepService for SweepApi {
         let term = self.state.term()?;
         // Admins cancel any sweep; a submitter only what it started (the rules let both in).
         if caller.role != Role::Admin {
-            let sweep = term.control.sweep(&req.id)?;
+            let sweep = term.control.sweep(&req.id).await?;
             if sweep.record.owner != caller.name {
                 return Err(Status::permission_denied(format!(
                     "{} (role {}) may cancel only its own sweeps; sweep {} was started by {}",

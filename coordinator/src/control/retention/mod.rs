@@ -14,7 +14,8 @@
 //!    the deletes of its keys (fenced like every other write of this leader).
 //!
 //! A crash before step 3 is durable leaves the job in both places: the store's copy wins, and a
-//! later pass archives it again. A job is never in neither.
+//! later pass archives it again. A job is never in neither. Finished sweeps go the same way
+//! ([`sweeps`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -238,10 +239,14 @@ pub async fn run_archiver(
                 if let Err(e) = control.archive_finished(&policy).await {
                     tracing::warn!(error = %e, "archiving finished jobs failed; retrying next pass");
                 }
+                if let Err(e) = control.archive_finished_sweeps(&policy).await {
+                    tracing::warn!(error = %e, "archiving finished sweeps failed; retrying next pass");
+                }
             }
         }
     }
 }
 
+mod sweeps;
 #[cfg(test)]
 mod tests;

@@ -81,7 +81,7 @@ async fn a_sweep_retrain_repins_starts_and_warm_starts_the_next_from_its_best() 
     assert_eq!(coalesced.sweep_id, first);
     assert_eq!(trial_jobs(&f, &first), jobs, "no new trial jobs");
     assert!(jobs.iter().all(|j| pinned_root(&f, j) == root(2)));
-    let sweep = f.control.sweep(&first).unwrap();
+    let sweep = f.control.sweep(&first).await.unwrap();
     assert_eq!(sweep.record.spec.base().dataset.version, Some(root(2)));
 
     // A trial's lease starts the retrain: no longer pending, the key taken.
@@ -139,7 +139,7 @@ async fn a_sweep_retrain_repins_starts_and_warm_starts_the_next_from_its_best() 
         ),
         (first.as_str(), 2, 3)
     );
-    let second = f.control.sweep(&next.sweep_id).unwrap();
+    let second = f.control.sweep(&next.sweep_id).await.unwrap();
     assert_eq!(second.record.warm_start_from, first);
     assert_eq!(second.record.retrain.as_ref().unwrap().dataset, "digits");
     let params: Vec<_> = second.trials.iter().map(|t| t.params.clone()).collect();
@@ -154,7 +154,7 @@ async fn a_sweep_retrain_repins_starts_and_warm_starts_the_next_from_its_best() 
     let h = wire_history(&f, 10);
     assert_eq!(h[0].sweep_id, next.sweep_id);
     assert_eq!(h[0].warm_start_configs, 2);
-    let reloaded = f.control.sweep(&next.sweep_id).unwrap();
+    let reloaded = f.control.sweep(&next.sweep_id).await.unwrap();
     assert_eq!(reloaded.record.state, SweepState::Running);
     assert_eq!(reloaded.record.warm_start_from, first);
     close(f).await;

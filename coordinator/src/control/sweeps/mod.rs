@@ -79,25 +79,71 @@ impl Control {
         Ok(view)
     }
 
-    /// A sweep with its trials.
-    pub fn sweep(&self, id: &str) -> Result<SweepView> {
-        let inner = self.lock();
-        if !inner.sweeps.contains_key(id) {
-            return Err(no_sweep(id));
+    /// A sweep with its trials, from the store or else the archive.
+    pub async fn sweep(&self, id: &str) -> Result<SweepView> {
+        if let Some(view) = self.live_sweep(id) {
+            return Ok(view);
         }
-        Ok(inner.sweep_view(id, true))
+        match self.archive.get_sweep(id).await? {
+            Some(a) => Ok(SweepView {
+                record: a.sweep,
+                trials: a.trials,
+            }),
+            None => Err(no_sweep(id)),
+        }
     }
 
-    /// Sweeps, newest first, without their trials.
-    pub fn sweeps(&self, limit: usize) -> Vec<SweepView> {
+    fn live_sweep(&self, id: &str) -> Option<SweepView> {
         let inner = self.lock();
         inner
             .sweeps
-            .keys()
-            .rev()
-            .take(limit)
-            .map(|id| inner.sweep_view(id, false))
-            .collect()
+            .contains_key(id)
+            .then(|| inner.sweep_view(id, true))
+    }
+
+    /// Sweeps older than `before` (all when empty), newest first, without their trials, the
+    /// store's and the archive's together; and the token of the next page (empty at the end).
+    pub async fn sweeps(&self, before: &str, limit: usize) -> Result<(Vec<SweepView>, String)> {
+        let live: Vec<SweepView> = {
+            let inner = self.lock();
+            inner
+                .sweeps
+                .keys()
+                .rev()
+                .filter(|id| before.is_empty() || id.as_str() < before)
+                .take(limit)
+                .map(|id| inner.sweep_view(id, false))
+                .collect()
+        };
+        let archived = self.archive.sweep_ids(before, limit).await?;
+        let mut ids: Vec<&str> = live
+            .iter()
+            .map(|s| s.record.id.as_str())
+            .chain(archived.iter().map(String::as_str))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        ids.truncate(limit);
+        let mut page = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match live.iter().find(|s| s.record.id == *id) {
+                Some(view) => page.push(view.clone()),
+                None => {
+                    if let Some(a) = self.archive.get_sweep(id).await? {
+                        page.push(SweepView {
+                            record: a.sweep,
+                            trials: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        let next = if ids.len() == limit {
+            ids.last().map(|s| s.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((page, next))
     }
 
     /// Cancels a sweep: its running trials' jobs are cancelled, paused trials marked
@@ -108,6 +154,14 @@ impl Control {
         } else {
             format!("cancelled: {reason}")
         };
+        if self.live_sweep(id).is_none() {
+            return Err(match self.archive.get_sweep(id).await? {
+                Some(_) => Error::FailedPrecondition(format!(
+                    "sweep `{id}` already ended (archived); there is nothing to cancel"
+                )),
+                None => no_sweep(id),
+            });
+        }
         let (view, ack) = {
             let mut inner = self.lock();
             let sweep = inner.sweeps.get(id).ok_or_else(|| no_sweep(id))?;

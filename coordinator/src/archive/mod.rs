@@ -9,6 +9,8 @@
 //! archive/index/<bucket>/<order key>.<state>     an empty marker per archived job
 //! archive/models/<bucket>/<order key>.<digest>   an empty marker per archived model; the digest
 //!                                                 names its dataset (sha256, 16 hex digits)
+//! archive/sweeps/<sweep_id>.json                 one ArchivedSweep: the sweep and its trials
+//! archive/sweep-index/<bucket>/<order key>.<state> an empty marker per archived sweep
 //! ```
 //!
 //! A model's id is its job's (`m-` for `j-`), so an archived model is read from its job's object.
@@ -30,6 +32,10 @@ use trainfleet_core::artifacts::ArtifactStore;
 
 use crate::error::{Error, Result};
 use crate::records::{JobRecord, JobState, ModelRecord, TaskRecord};
+
+mod sweeps;
+
+pub use sweeps::ArchivedSweep;
 
 const JOBS: &str = "archive/jobs/";
 const INDEX: &str = "archive/index/";
