@@ -238,6 +238,27 @@ impl AsyncWrite for Conn {
         }
     }
 
+    // Forwarded, not left to the defaults: h2 writes a frame's header and its payload as one
+    // vectored write when the stream says it can, and as separate writes otherwise, each of
+    // which becomes its own TLS record and system call.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tls(s, _) => s.is_write_vectored(),
+            Conn::Plain(s, _) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
