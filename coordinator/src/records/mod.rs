@@ -11,7 +11,7 @@
 //! | `/trainfleet/workers/<worker_id>`| [`WorkerSnapshot`](crate::registry::WorkerSnapshot) (last known state) |
 //! | `/trainfleet/datasets/<name>`    | [`DatasetRecord`] (source, policy, versions, retrain book) |
 //! | `/trainfleet/decisions/<name>/<seq>` | [`DecisionRecord`] (one retrain decision; seq zero-padded) |
-//! | `/trainfleet/audit/<nanos>-<rand>` | [`AuditRecord`](crate::auth::audit::AuditRecord) (one audited call; newest 10,000 kept) |
+//! | `/trainfleet/audit/<nanos>-<rand>` | [`AuditRecord`](crate::auth::audit::AuditRecord)s (a chunk: one writer batch of audited calls, oldest first; newest 10,000 records kept) |
 //! | `/trainfleet/tokens/<id>`        | [`TokenRecord`](crate::auth::tokens::TokenRecord) (a bearer token's hash and role; read by every replica) |
 //! | `/trainfleet/sweeps/<sweep_id>`  | [`SweepRecord`] (spec, state, budget spent, the best trial, the gate) |
 //! | `/trainfleet/trials/<sweep_id>/<n>` | [`TrialRecord`] (one trial: values, state, objective, rung reports; n zero-padded) |
