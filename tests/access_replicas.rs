@@ -1,5 +1,5 @@
 //! Access control across replicas and from files: a token revoked through one replica is
-//! refused by every replica's own check; static tokens let workers and health checks call from
+//! refused by every replica's own check, and every replica's refusals reach the one audit trail; static tokens let workers and health checks call from
 //! the start. The single-replica scenario is `tests/access.rs`.
 
 mod support;
@@ -108,6 +108,33 @@ fn a_revoked_token_is_refused_by_every_replica() -> anyhow::Result<()> {
     // printed rather than asserted (shared machines: no timing assertions), and the wait above
     // fails the test past 5 s.
     eprintln!("revoked; refused by each replica after {refused_after:?}");
+
+    // Each replica's refusals are in the one trail, naming the replica: the followers store
+    // what they refuse themselves (the leader records what they forward).
+    let refusers = wait_for(
+        Duration::from_secs(10),
+        "every replica's refusals in the audit trail",
+        || {
+            let out = cli_as(
+                &addrs.join(","),
+                bootstrap,
+                &["audit", "--limit", "1000", "--json"],
+            )
+            .ok()?;
+            let entries: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+            let replicas: std::collections::BTreeSet<String> = entries
+                .iter()
+                .filter(|e| {
+                    e["outcome"] == "UNAUTHENTICATED"
+                        && e["method"] == "trainfleet.v1.ClusterService/GetLeader"
+                        && e["caller"] == "anonymous"
+                })
+                .filter_map(|e| e["replica"].as_str().map(str::to_owned))
+                .collect();
+            (replicas.len() == addrs.len()).then_some(replicas)
+        },
+    )?;
+    assert!(refusers.iter().all(|r| !r.is_empty()), "{refusers:?}");
     drop(replicas);
     Ok(())
 }

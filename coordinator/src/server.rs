@@ -118,7 +118,8 @@ impl Coordinator {
         let access = Arc::new(
             crate::auth::Access::new(&state.config.auth).map_err(|e| startup("auth", &e))?,
         );
-        let roles = match standalone_store {
+        // The replicas' shared store, for what a follower writes unfenced (its audit records).
+        let (roles, shared_store): (_, Option<Arc<dyn KvStore>>) = match standalone_store {
             // One replica: its term starts before anything is served, and a store that cannot
             // be loaded stops the start.
             Some(store) => {
@@ -131,11 +132,12 @@ impl Coordinator {
                 let term = begin_term(&state, store, artifacts, &health, stop, shutdown.clone())
                     .await
                     .map_err(|e| startup("loading state", &e))?;
-                tokio::spawn(async move {
+                let roles = tokio::spawn(async move {
                     term.stop.cancelled().await;
                     term.end().await;
                     Ok(())
-                })
+                });
+                (roles, None)
             }
             None => {
                 let etcd = EtcdStore::connect(EtcdOptions {
@@ -154,18 +156,21 @@ impl Coordinator {
                     Arc::new(etcd.clone()),
                     shutdown.clone(),
                 ));
-                tokio::spawn(replica(
+                let shared: Arc<dyn KvStore> = Arc::new(etcd.clone());
+                let roles = tokio::spawn(replica(
                     state.clone(),
                     etcd,
                     etcd_config.lease_ttl,
                     artifacts,
                     health.clone(),
-                ))
+                ));
+                (roles, Some(shared))
             }
         };
-        let (audit, audit_rx) = crate::auth::audit::AuditLog::new();
+        let (audit, audit_rx) = crate::auth::audit::AuditLog::new(&state.id);
         tokio::spawn(crate::auth::audit::run_writer(
             state.clone(),
+            shared_store,
             audit_rx,
             shutdown.clone(),
         ));

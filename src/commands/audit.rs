@@ -40,6 +40,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                     "target": e.target,
                     "outcome": e.outcome,
                     "message": e.message,
+                    "replica": e.replica,
                 })
             })
             .collect();
@@ -60,13 +61,16 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 e.method.trim_start_matches("trainfleet.v1.").to_owned(),
                 e.target.clone(),
                 e.outcome.clone(),
+                e.replica.clone(),
             ]
         })
         .collect();
     println!(
         "{}",
         table::render(
-            &["AT", "CALLER", "ROLE", "METHOD", "TARGET", "OUTCOME"],
+            &[
+                "AT", "CALLER", "ROLE", "METHOD", "TARGET", "OUTCOME", "REPLICA"
+            ],
             &rows
         )
     );

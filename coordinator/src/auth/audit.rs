@@ -8,17 +8,20 @@
 //! commit of their own), fenced like every write of the term. A batch is one key (a chunk of
 //! records, oldest first), so a busy coordinator writes one key per commit, not one per call,
 //! and trims whole chunks. The writer knows the keys it
-//! keeps (read once per term), so trimming the oldest never reads the trail again. A follower has no term: what it refuses
-//! itself is logged with `tracing` only, and what it forwards is recorded by the leader.
+//! keeps (read once per term, and again every [`RESCAN`] to count the chunks followers add), so
+//! trimming does not read the trail on every batch. A follower has no term: what it refuses
+//! itself it writes straight to the store as its own chunks (unfenced: the trail is append-only
+//! and no state depends on it), and what it forwards is recorded by the leader. Each record
+//! names the replica that decided.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use trainfleet_core::kv::{KeyRange, TxnOp};
+use trainfleet_core::kv::{KeyRange, KvStore, Txn, TxnOp};
 
 use super::Role;
 use crate::records::ROOT;
@@ -28,6 +31,8 @@ use crate::state::State;
 pub const KEEP: usize = 10_000;
 /// Records waiting for the writer; past this, new ones are dropped (and counted in the log).
 const QUEUE: usize = 4096;
+/// How often the leader's writer reads the trail's keys again (followers add chunks).
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One audited call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +54,9 @@ pub struct AuditRecord {
     /// The status message of a failed call.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The replica that decided (its id: host and port); empty in records from before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
 }
 
 /// What a service names as the target of a call, put in the response's extensions.
@@ -81,18 +89,23 @@ fn audit_key(at: SystemTime) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
+    replica: Arc<str>,
 }
 
 impl AuditLog {
     /// A log and the receiving end its writer drains ([`run_writer`]).
-    pub fn new() -> (Self, mpsc::Receiver<AuditRecord>) {
+    pub fn new(replica: &str) -> (Self, mpsc::Receiver<AuditRecord>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { tx }, rx)
+        let replica = Arc::from(replica);
+        (Self { tx, replica }, rx)
     }
 
     /// Queues a record; never waits. A refusal is also logged (a follower stores none); a call
     /// that went through is logged at debug level only: the trail has it.
-    pub fn record(&self, record: AuditRecord) {
+    pub fn record(&self, mut record: AuditRecord) {
+        if record.replica.is_empty() {
+            record.replica = self.replica.to_string();
+        }
         if record.outcome == "OK" {
             tracing::debug!(
                 caller = %record.caller, method = %record.method, target = %record.target,
@@ -111,14 +124,17 @@ impl AuditLog {
 }
 
 /// Hands queued records to the current term's journal until `shutdown`, deleting the oldest
-/// past [`KEEP`] in the same commit. A replica that does not lead drops them (they were logged).
+/// past [`KEEP`] in the same commit. A replica that does not lead writes its batches to
+/// `shared` (the replicas' etcd) directly, or drops them when there is none (they were logged).
 pub async fn run_writer(
     state: Arc<State>,
+    shared: Option<Arc<dyn KvStore>>,
     mut rx: mpsc::Receiver<AuditRecord>,
     shutdown: CancellationToken,
 ) {
-    // The stored chunks' keys and record counts, oldest first, and the term they were read in.
-    let mut kept: Option<(usize, Chunks)> = None;
+    // The stored chunks' keys and record counts, oldest first, the term they were read in and
+    // when.
+    let mut kept: Option<(usize, Instant, Chunks)> = None;
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => return },
@@ -133,17 +149,23 @@ pub async fn run_writer(
         }
         let Ok(term) = state.term() else {
             kept = None;
+            if let Some(store) = &shared {
+                write_unfenced(store.as_ref(), &batch).await;
+            }
             continue;
         };
         let term_id = Arc::as_ptr(&term) as usize;
-        if kept.as_ref().is_none_or(|(id, _)| *id != term_id) {
+        let stale = kept
+            .as_ref()
+            .is_none_or(|(id, read, _)| *id != term_id || read.elapsed() > RESCAN);
+        if stale {
             match term.store.range(KeyRange::prefix(audit_prefix())).await {
                 Ok(all) => {
                     let mut chunks = Chunks::default();
                     for kv in all {
                         chunks.push(kv.key, records_of(&kv.value).len());
                     }
-                    kept = Some((term_id, chunks));
+                    kept = Some((term_id, Instant::now(), chunks));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, records = batch.len(), "cannot read the audit trail; records dropped");
@@ -151,7 +173,7 @@ pub async fn run_writer(
                 }
             }
         }
-        let Some((_, chunks)) = kept.as_mut() else {
+        let Some((_, _, chunks)) = kept.as_mut() else {
             continue;
         };
         let Ok(value) = serde_json::to_vec(&batch) else {
@@ -166,6 +188,17 @@ pub async fn run_writer(
             tracing::warn!(error = %e, records = added, "cannot store audit records");
             kept = None;
         }
+    }
+}
+
+/// A follower's batch, as one chunk written straight to the store.
+async fn write_unfenced(store: &dyn KvStore, batch: &[AuditRecord]) {
+    let Ok(value) = serde_json::to_vec(batch) else {
+        return;
+    };
+    let put = TxnOp::Put(audit_key(batch[0].at), value);
+    if let Err(e) = store.txn(Txn::unconditional(vec![put])).await {
+        tracing::warn!(error = %e, records = batch.len(), "cannot store this follower's audit records");
     }
 }
 
@@ -226,6 +259,8 @@ pub async fn newest(
             break;
         }
     }
+    // Chunks of different replicas overlap in time: order by the records' own times.
+    found.sort_by_key(|r| std::cmp::Reverse(r.at));
     found.truncate(limit);
     Ok(found)
 }
@@ -247,6 +282,7 @@ mod tests {
             target: format!("job j-{i}"),
             outcome: "OK".to_owned(),
             message: String::new(),
+            replica: String::new(),
         }
     }
 
@@ -255,9 +291,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State::for_tests(CoordinatorConfig::default(), dir.path()).await;
         let store = state.term().unwrap().store.clone();
-        let (log, rx) = AuditLog::new();
+        let (log, rx) = AuditLog::new("test");
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(run_writer(state.clone(), rx, stop.clone()));
+        let writer = tokio::spawn(run_writer(state.clone(), None, rx, stop.clone()));
         let total = KEEP + 3000;
         for i in 0..total {
             // The queue is bounded; give the writer time as a burst of calls would.

@@ -95,6 +95,7 @@ where
                             target,
                             outcome,
                             message,
+                            replica: String::new(),
                         });
                     }
                     Ok(response)
@@ -124,6 +125,7 @@ where
                     target: String::new(),
                     outcome: code_name(status.code()),
                     message: status.message().to_owned(),
+                    replica: String::new(),
                 });
                 Box::pin(async move { Ok(status.into_http()) })
             }

@@ -181,6 +181,7 @@ impl AccessService for AccessApi {
                     target: r.target,
                     outcome: r.outcome,
                     message: r.message,
+                    replica: r.replica,
                 })
                 .collect(),
         }))
