@@ -272,7 +272,9 @@ impl Inner {
     }
 
     /// A train result lists every epoch; record (and announce) those the heartbeats did not
-    /// carry, such as a short last epoch that ended between two beats.
+    /// carry: a short last epoch that ended between two beats, or one whose heartbeat a leader
+    /// acknowledged and died before its commit was durable (the worker does not send it again),
+    /// which leaves a gap, not only a missing tail.
     pub(super) fn record_epochs(&mut self, job_id: &str, detail_json: &str) {
         #[derive(serde::Deserialize)]
         struct Epoch {
@@ -288,9 +290,11 @@ impl Inner {
             return;
         };
         let job = self.jobs.get_mut(job_id).expect("exists");
-        let known = job.epochs.last().map_or(0, |(n, _)| *n);
         let mut events = Vec::new();
-        for e in detail.epochs.into_iter().filter(|e| e.epoch > known) {
+        for e in detail.epochs {
+            if job.epochs.iter().any(|(n, _)| *n == e.epoch) {
+                continue;
+            }
             events.push(event(
                 job_id,
                 EventKind::Epoch {
@@ -300,6 +304,7 @@ impl Inner {
             ));
             job.epochs.push((e.epoch, e.values));
         }
+        job.epochs.sort_by_key(|(n, _)| *n);
         for e in events {
             self.emit(e);
         }

@@ -300,3 +300,36 @@ async fn cancel_takes_a_queued_job_at_once_and_refuses_a_finished_one() {
     );
     close(f).await;
 }
+
+#[tokio::test]
+async fn a_train_result_fills_an_epoch_the_heartbeats_lost_and_keeps_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir.path()).await;
+    let spec = trainfleet_core::job::JobSpec::from_yaml(
+        "dataset: {builtin: synth-digits}\nmodel: {arch: simple_cnn}\ntraining: {epochs: 4}\n",
+        "job",
+    )
+    .unwrap();
+    let job = f
+        .submit(Submission::Train(Box::new(spec)), String::new())
+        .await
+        .unwrap();
+    let values = |v: f64| BTreeMap::from([("val_accuracy".to_owned(), v)]);
+    let epochs: Vec<(u32, f64)> = {
+        let mut inner = f.control.lock();
+        // Epoch 2's heartbeat was acknowledged by a leader that died before its commit: the new
+        // leader knows 1, 3 and 4, and the worker does not send 2 again.
+        inner.jobs.get_mut(&job.id).unwrap().epochs =
+            vec![(1, values(0.1)), (3, values(0.3)), (4, values(0.4))];
+        let detail = serde_json::json!({"epochs": (1..=4).map(|n| serde_json::json!(
+            {"epoch": n, "values": {"val_accuracy": f64::from(n) / 10.0}})).collect::<Vec<_>>()});
+        inner.record_epochs(&job.id, &detail.to_string());
+        inner.jobs[&job.id]
+            .epochs
+            .iter()
+            .map(|(n, v)| (*n, v["val_accuracy"]))
+            .collect()
+    };
+    assert_eq!(epochs, [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]);
+    close(f).await;
+}
