@@ -6,6 +6,7 @@
 pub mod access;
 pub mod ha;
 pub mod shapes;
+pub mod sweeps;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

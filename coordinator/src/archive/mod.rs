@@ -215,10 +215,20 @@ impl JobArchive {
 
     /// The archived job `id`, if there is one.
     pub async fn get(&self, id: &str) -> Result<Option<ArchivedJob>> {
+        self.read(JOBS, id).await
+    }
+
+    /// The object `<root><id>.json`, if there is one (an implausible id never reaches the
+    /// store).
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        root: &str,
+        id: &str,
+    ) -> Result<Option<T>> {
         if !plausible(id) {
             return Ok(None);
         }
-        let key = format!("{JOBS}{id}.json");
+        let key = format!("{root}{id}.json");
         if !self.store.exists(&key).await.map_err(archive_error)? {
             return Ok(None);
         }

@@ -70,17 +70,7 @@ impl JobArchive {
 
     /// The archived sweep `id`, if there is one.
     pub async fn get_sweep(&self, id: &str) -> Result<Option<ArchivedSweep>> {
-        if !plausible(id) {
-            return Ok(None);
-        }
-        let key = format!("{SWEEPS}{id}.json");
-        if !self.store.exists(&key).await.map_err(archive_error)? {
-            return Ok(None);
-        }
-        let bytes = self.store.get_bytes(&key).await.map_err(archive_error)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| archive_error(format!("{} is not readable: {e}", self.store.uri(&key))))
+        self.read(SWEEPS, id).await
     }
 
     /// Ids of archived sweeps older than `before` (all when empty), newest first, at most

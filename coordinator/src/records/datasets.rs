@@ -82,6 +82,24 @@ pub struct RetrainBook {
     pub warm_start: Option<WarmStart>,
 }
 
+impl RetrainBook {
+    /// A retrain ended: it is no longer pending (when `is_it` recognises it there), and unless
+    /// it succeeded its `key` is given back, so the version may be retried.
+    pub fn retrain_ended(
+        &mut self,
+        is_it: impl Fn(&PendingRetrain) -> bool,
+        key: &str,
+        succeeded: bool,
+    ) {
+        if self.pending.as_ref().is_some_and(is_it) {
+            self.pending = None;
+        }
+        if !succeeded {
+            self.started_keys.retain(|k| k != key);
+        }
+    }
+}
+
 /// A retrain waiting for a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingRetrain {

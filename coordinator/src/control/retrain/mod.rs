@@ -397,13 +397,9 @@ impl Inner {
         let Some(record) = self.datasets.get_mut(&origin.dataset) else {
             return;
         };
-        let book = &mut record.retrain;
-        if book.pending.as_ref().is_some_and(|p| p.job_id == job_id) {
-            book.pending = None;
-        }
-        if !succeeded {
-            book.started_keys.retain(|k| *k != origin.key);
-        }
+        record
+            .retrain
+            .retrain_ended(|p| p.job_id == job_id, &origin.key, succeeded);
         ops.push(TxnOp::Put(
             records::dataset_key(&record.name),
             records::encode(&*record),

@@ -236,12 +236,7 @@ impl Inner {
                 configs,
             });
         }
-        if book.pending.as_ref().is_some_and(|p| p.sweep_id == id) {
-            book.pending = None;
-        }
-        if !succeeded {
-            book.started_keys.retain(|k| *k != origin.key);
-        }
+        book.retrain_ended(|p| p.sweep_id == id, &origin.key, succeeded);
         ops.push(TxnOp::Put(
             records::dataset_key(&record.name),
             records::encode(&*record),
