@@ -143,6 +143,7 @@ async fn worker(
                     v1::TaskResult::default(),
                 )),
                 permanent: false,
+                poll_next: None,
             })
             .await?;
     }

@@ -5,7 +5,8 @@
 //!
 //! Each configuration gets a fresh release coordinator on loopback (its embedded store, durable
 //! writes) and `--workers` worker loops speaking the real WorkerService, each on its own
-//! connection (mTLS when on). Rounds alternate off, on, off, on... so that drift on a shared
+//! connection (mTLS when on). Like the worker, a loop's CompleteTask carries the poll for its
+//! next task (`--separate-poll`: a PollTask after each report, the protocol before it could). Rounds alternate off, on, off, on... so that drift on a shared
 //! machine hits both alike; the figures are the medians over rounds:
 //!
 //! Four configurations: off; TLS with workers known by certificates; tokens (checked on every
@@ -62,6 +63,10 @@ struct Args {
     /// Rounds per configuration (alternating).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Workers poll with a PollTask after each CompleteTask, as before the report could carry
+    /// the next poll (`poll_next`): to compare the two protocols.
+    #[arg(long)]
+    separate_poll: bool,
 }
 
 const SECRET: &str = "bench-bootstrap-secret-0123456789abcdef";
@@ -155,11 +160,13 @@ fn summary(mut samples: Vec<Duration>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// One worker loop: register, then poll, note the arrival, complete, poll again.
+/// One worker loop: register, then poll, note the arrival, complete; with `combined`, the
+/// completion carries the next poll (as the worker does), else a PollTask follows it.
 async fn worker(
     dial: Dial,
     id: String,
     identity: Option<Identity>,
+    combined: bool,
     received: mpsc::UnboundedSender<(String, Instant)>,
 ) -> anyhow::Result<()> {
     // Known by a certificate, or (tokens without TLS) by the workers' token.
@@ -184,28 +191,32 @@ async fn worker(
         .await?
         .into_inner()
         .session_id;
+    let mut next = None;
     loop {
-        let task = client
-            .poll_task(v1::PollTaskRequest {
-                worker_id: id.clone(),
-                session_id: session.clone(),
-                free_slots: 1,
-                max_wait: Some(prost_types::Duration {
-                    seconds: 5,
-                    nanos: 0,
-                }),
-            })
-            .await?
-            .into_inner()
-            .task;
-        let Some(task) = task else { continue };
+        let task = match next.take() {
+            Some(task) => task,
+            None => {
+                let polled = client
+                    .poll_task(v1::PollTaskRequest {
+                        worker_id: id.clone(),
+                        session_id: session.clone(),
+                        free_slots: 1,
+                        max_wait: Some(POLL_WAIT),
+                    })
+                    .await?
+                    .into_inner()
+                    .task;
+                let Some(task) = polled else { continue };
+                task
+            }
+        };
         if received
             .send((task.job_id.clone(), Instant::now()))
             .is_err()
         {
             return Ok(());
         }
-        client
+        next = client
             .complete_task(v1::CompleteTaskRequest {
                 worker_id: id.clone(),
                 session_id: session.clone(),
@@ -215,10 +226,23 @@ async fn worker(
                     v1::TaskResult::default(),
                 )),
                 permanent: false,
+                // Like the worker: the report carries the poll for the next task.
+                poll_next: combined.then_some(v1::PollNext {
+                    free_slots: 1,
+                    max_wait: Some(POLL_WAIT),
+                }),
             })
-            .await?;
+            .await?
+            .into_inner()
+            .next_task;
     }
 }
+
+/// How long a worker loop's polls wait.
+const POLL_WAIT: prost_types::Duration = prost_types::Duration {
+    seconds: 5,
+    nanos: 0,
+};
 
 async fn submit(client: &mut JobServiceClient<AuthChannel>) -> anyhow::Result<String> {
     let job = client
@@ -346,7 +370,14 @@ async fn round(args: &Args, pki: &Pki, mode: Mode) -> anyhow::Result<Measured> {
         } else {
             None
         };
-        loops.push(tokio::spawn(worker(dial.clone(), id, identity, tx.clone())));
+        let combined = !args.separate_poll;
+        loops.push(tokio::spawn(worker(
+            dial.clone(),
+            id,
+            identity,
+            combined,
+            tx.clone(),
+        )));
     }
     drop(tx);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -447,6 +478,7 @@ async fn main() -> anyhow::Result<()> {
     let mut result = serde_json::json!({
         "workers": args.workers,
         "rounds_each": args.rounds,
+        "poll": if args.separate_poll { "separate PollTask" } else { "carried by CompleteTask" },
     });
     for mode in Mode::ALL {
         let f = figures(mode);

@@ -91,6 +91,7 @@ async fn instant_trainer(addr: String, id: String, artifacts: PathBuf) -> anyhow
                     },
                 )),
                 permanent: false,
+                poll_next: None,
             })
             .await?;
     }

@@ -195,6 +195,95 @@ fn prometheus_scrapes_both_and_sees_what_a_job_did() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The value of one sample (`name{labels}` exactly as exposed) in OpenMetrics text; 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_busy_worker_takes_its_next_task_in_its_report_and_never_runs_more_than_its_slots()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let metrics_port = free_port()?;
+    let metrics_flag = format!("127.0.0.1:{metrics_port}");
+    let coordinator = start_coordinator(
+        dir.path(),
+        "coordinator",
+        "127.0.0.1:0",
+        &["--metrics-listen", &metrics_flag],
+    )?;
+    let addr = coordinator.addr.as_str();
+    // Ten short jobs queued before the worker comes: it is busy from its first poll to the end.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let body = json!({"sleep": {"duration": "0.2s", "name": format!("nap-{i}")}});
+        let job = reflect_call(addr, "trainfleet.v1.JobService/Submit", &body.to_string())?
+            .map_err(|e| anyhow::anyhow!("submit: {e:?}"))?;
+        ids.push(job["job"]["id"].as_str().unwrap_or_default().to_owned());
+    }
+    // Polls that wait the coordinator's longest: once the queue is dry, the last report holds
+    // the poll open and no idle PollTask adds to the count.
+    let _worker = start_worker(dir.path(), "w1", addr, "slots: 2\npoll_wait: 30s\n")?;
+    let mut spans = Vec::new();
+    for id in &ids {
+        let job = wait_for(Duration::from_secs(60), "the jobs to end", || {
+            let job = reflect_call(
+                addr,
+                "trainfleet.v1.JobService/Get",
+                &json!({ "id": id }).to_string(),
+            )
+            .ok()?
+            .ok()?;
+            (job["state"] == "JOB_STATE_SUCCEEDED").then_some(job)
+        })?;
+        let at = |field: &str| {
+            humantime::parse_rfc3339(job[field].as_str().unwrap_or_default())
+                .with_context(|| format!("{id}: {field} in {job}"))
+        };
+        spans.push((at("startedAt")?, at("finishedAt")?));
+    }
+    // Never more than its two slots at once, as the coordinator saw the leases.
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        assert!(
+            running <= 2,
+            "{running} jobs running at {start:?}: {spans:?}"
+        );
+    }
+    // Every report was recorded, and every next task came with one: a PollTask for each of
+    // the first two slots (one more if a task ended while the second was still open). The
+    // last two reports are still open, waiting for work, so they are not counted yet.
+    let text = ureq::get(format!("http://{metrics_flag}/metrics"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    let calls = |method: &str| {
+        sample(
+            &text,
+            &format!(
+                "trainfleet_grpc_requests_total{{method=\"trainfleet.v1.WorkerService/{method}\",code=\"OK\"}}"
+            ),
+        )
+    };
+    assert!(
+        (8.0..=10.0).contains(&calls("CompleteTask")),
+        "CompleteTask {}: {text}",
+        calls("CompleteTask")
+    );
+    assert!(
+        (1.0..=3.0).contains(&calls("PollTask")),
+        "PollTask {}: {text}",
+        calls("PollTask")
+    );
+    Ok(())
+}
+
 #[test]
 fn the_alert_rules_pass_promtool_and_fire_when_they_should() -> anyhow::Result<()> {
     let files = repo_root().join("k8s/charts/trainfleet/files");

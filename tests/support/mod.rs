@@ -402,11 +402,14 @@ pub fn start_worker(
             dir.canonicalize()?.display().to_string()
         )
     };
+    let poll_wait = if extra_config.contains("poll_wait:") {
+        ""
+    } else {
+        "poll_wait: 2s\n"
+    };
     std::fs::write(
         &config,
-        format!(
-            "reconnect_initial: 100ms\nreconnect_max: 1s\npoll_wait: 2s\n{roots}{extra_config}"
-        ),
+        format!("reconnect_initial: 100ms\nreconnect_max: 1s\n{poll_wait}{roots}{extra_config}"),
     )?;
     Proc::start(
         name,

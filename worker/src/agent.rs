@@ -6,7 +6,7 @@
 //! coordinator, a declared-lost worker and a network blip all heal by the same path.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,11 @@ use trainfleet_core::data_roots::DataRoots;
 use crate::backoff::Backoff;
 use crate::data::DataSettings;
 use crate::error::{Error, Result};
-use crate::tasks::{self, Context, Finished, Running};
+use crate::tasks::{self, Context, Running};
+
+mod completion;
+
+use completion::finished_name;
 
 /// Extra time a long-poll may take beyond the wait it asked for before the worker gives up on it.
 const POLL_GRACE: Duration = Duration::from_secs(10);
@@ -67,7 +71,14 @@ struct Link {
 #[derive(Debug)]
 struct Shared {
     running: Mutex<HashMap<String, Arc<Running>>>,
+    /// Fires when a task's end has been reported (its slot is free again).
     slot_freed: Notify,
+    /// Free slots promised to open polls: the poll loop's PollTask and reports carrying
+    /// `poll_next` (see `completion`). A poll asks only for slots no other poll was promised,
+    /// so the coordinator never leases more tasks than the worker has slots.
+    reserved: Mutex<u32>,
+    /// Set when the worker stops: nothing new is started.
+    stopping: AtomicBool,
     link: watch::Sender<Option<Link>>,
     context: Mutex<Option<Arc<Context>>>,
 }
@@ -130,6 +141,8 @@ impl Agent {
             shared: Arc::new(Shared {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
+                reserved: Mutex::new(0),
+                stopping: AtomicBool::new(false),
                 link: watch::Sender::new(None),
                 context: Mutex::new(None),
             }),
@@ -216,6 +229,7 @@ impl Agent {
         }
         // Stop whatever runs, within a batch, without reporting: the coordinator requeues it
         // after the lease and another worker resumes it from its last checkpoint.
+        self.shared.stopping.store(true, Ordering::Relaxed);
         for task in self.shared.running() {
             if task.ended.load(Ordering::Relaxed) {
                 continue;
@@ -328,11 +342,12 @@ impl Agent {
             let freed = self.shared.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let free_slots = self.free_slots();
-            if free_slots == 0 {
+            // Reports asking for work with their own slots; their ends wake this loop.
+            let Some(reservation) = self.reserve(u32::MAX) else {
                 freed.await;
                 continue;
-            }
+            };
+            let free_slots = reservation.slots;
             let request = v1::PollTaskRequest {
                 worker_id: self.worker_id.clone(),
                 session_id: session_id.to_owned(),
@@ -345,15 +360,21 @@ impl Agent {
                 .map_err(|s| Error::Rpc("PollTask", s))?
                 .into_inner();
             if let Some(task) = response.task {
-                self.start(task);
+                self.take(task);
             }
         }
     }
 
+    /// Slots not taken by a task still running (one that ended and is being reported has
+    /// given its slot back).
     fn free_slots(&self) -> u32 {
-        self.config
-            .slots
-            .saturating_sub(self.shared.lock_running().len() as u32)
+        let busy = self
+            .shared
+            .lock_running()
+            .values()
+            .filter(|r| !r.ended.load(Ordering::Relaxed))
+            .count();
+        self.config.slots.saturating_sub(busy as u32)
     }
 
     /// Opens the artifact store the coordinator named (once per distinct URL).
@@ -426,65 +447,6 @@ impl Agent {
         });
     }
 
-    /// Reports how a task ended, through whichever session is current, until the coordinator
-    /// answers (or refuses: a stale attempt's report is dropped).
-    async fn report(&self, running: &Running, finished: Finished) {
-        use v1::complete_task_request::Outcome;
-        if running.abandoned.load(Ordering::Relaxed) {
-            tracing::info!(task_id = %running.task_id, "abandoned task stopped; not reporting");
-            return;
-        }
-        let (outcome, permanent) = match &finished {
-            Finished::Success(result) => (Outcome::Success(result.clone()), false),
-            Finished::Failure { reason, permanent } => {
-                (Outcome::Failure(reason.clone()), *permanent)
-            }
-            Finished::Cancelled => (Outcome::Cancelled(true), false),
-            Finished::Paused(paused) => (Outcome::Paused(paused.clone()), false),
-        };
-        tracing::info!(task_id = %running.task_id, attempt = running.attempt, outcome = ?finished_name(&finished), "task finished");
-        let mut link = self.shared.link.subscribe();
-        let started = tokio::time::Instant::now();
-        loop {
-            let current = match link.wait_for(Option::is_some).await {
-                Ok(current) => current.clone(),
-                Err(_) => return,
-            };
-            let Link {
-                mut client,
-                session_id,
-            } = current.expect("waited for it");
-            let request = v1::CompleteTaskRequest {
-                worker_id: self.worker_id.clone(),
-                session_id,
-                task_id: running.task_id.clone(),
-                attempt: running.attempt,
-                outcome: Some(outcome.clone()),
-                permanent,
-            };
-            match client
-                .complete_task(with_timeout(request, COMPLETE_TIMEOUT))
-                .await
-            {
-                Ok(_) => return,
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
-                    ) || (s.code() == tonic::Code::NotFound
-                        && started.elapsed() > REPORT_PATIENCE) =>
-                {
-                    tracing::warn!(task_id = %running.task_id, error = %s.message(), "report refused; dropping it");
-                    return;
-                }
-                Err(s) => {
-                    tracing::warn!(task_id = %running.task_id, error = %s.message(), "report failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-
     fn register_request(&self) -> v1::RegisterRequest {
         v1::RegisterRequest {
             worker_id: self.worker_id.clone(),
@@ -514,15 +476,6 @@ fn leader_of(err: &Error) -> Option<String> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         _ => None,
-    }
-}
-
-fn finished_name(f: &Finished) -> &'static str {
-    match f {
-        Finished::Success(_) => "succeeded",
-        Finished::Failure { .. } => "failed",
-        Finished::Cancelled => "cancelled",
-        Finished::Paused(_) => "paused",
     }
 }
 

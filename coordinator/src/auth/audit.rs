@@ -2,8 +2,10 @@
 //! (who, role, method, target, outcome, time), newest [`KEEP`] kept (and at most one batch
 //! more).
 //!
-//! The access layer hands each record to [`AuditLog::record`] (never blocking a call: a full
-//! queue drops the record and says so in the log); one writer task per replica hands them in
+//! The access layer hands each record to [`AuditLog::record`] before the call's answer leaves:
+//! a full queue (the store slower than the calls) makes the call wait for room rather than
+//! lose its record, so an audited call is never answered unrecorded while the writer runs. One
+//! writer task per replica hands them in
 //! batches to the current term's journal, so they ride in the group commits of the state (no
 //! commit of their own), fenced like every write of the term. A batch is one key (a chunk of
 //! records, oldest first), so a busy coordinator writes one key per commit, not one per call,
@@ -29,7 +31,7 @@ use crate::state::State;
 
 /// Audit records kept in the store; older ones are deleted as new ones arrive.
 pub const KEEP: usize = 10_000;
-/// Records waiting for the writer; past this, new ones are dropped (and counted in the log).
+/// Records waiting for the writer; past this, calls wait for room.
 const QUEUE: usize = 4096;
 /// How often the leader's writer reads the trail's keys again (followers add chunks).
 const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -37,7 +39,7 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
 /// One audited call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// When the call ended.
+    /// When the call arrived.
     pub at: SystemTime,
     /// The caller's token name (`anonymous` when it had none or an invalid one).
     pub caller: String,
@@ -100,9 +102,9 @@ impl AuditLog {
         (Self { tx, replica }, rx)
     }
 
-    /// Queues a record; never waits. A refusal is also logged (a follower stores none); a call
-    /// that went through is logged at debug level only: the trail has it.
-    pub fn record(&self, mut record: AuditRecord) {
+    /// Queues a record, waiting for room when the queue is full. A refusal is also logged; a
+    /// call that went through is logged at debug level only: the trail has it.
+    pub async fn record(&self, mut record: AuditRecord) {
         if record.replica.is_empty() {
             record.replica = self.replica.to_string();
         }
@@ -117,9 +119,30 @@ impl AuditLog {
                 outcome = %record.outcome, message = %record.message, "audit"
             );
         }
-        if self.tx.try_send(record).is_err() {
-            tracing::warn!("the audit queue is full; a record was not stored");
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                warn_full();
+                // Closed only when the writer stopped, on shutdown.
+                let _ = self.tx.send(record).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+/// Says, at most once a second, that calls wait for the audit writer.
+fn warn_full() {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if LAST.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+        tracing::warn!(
+            queued = QUEUE,
+            "the audit queue is full: audited calls wait for the trail's writer (a slow store)"
+        );
     }
 }
 
@@ -295,12 +318,9 @@ mod tests {
         let stop = CancellationToken::new();
         let writer = tokio::spawn(run_writer(state.clone(), None, rx, stop.clone()));
         let total = KEEP + 3000;
+        // A burst three times the queue: the calls wait for room, and no record is lost.
         for i in 0..total {
-            // The queue is bounded; give the writer time as a burst of calls would.
-            while log.tx.capacity() == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            log.record(record(i));
+            log.record(record(i)).await;
         }
         let mut kept = Vec::new();
         for _ in 0..500 {

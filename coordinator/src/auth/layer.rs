@@ -72,6 +72,9 @@ where
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let audit = self.audit.clone();
         let started = std::time::Instant::now();
+        // An audit record is dated when the call arrived: a CompleteTask that goes on to
+        // long-poll for the next task did its work then, not when its answer left.
+        let received = std::time::SystemTime::now();
         match check(&self.access, &request) {
             Ok(caller) => {
                 let audited = self.access.enabled() && rules::audited(&method);
@@ -87,16 +90,18 @@ where
                             .get::<AuditTarget>()
                             .map(|t| t.0.clone())
                             .unwrap_or_default();
-                        audit.record(AuditRecord {
-                            at: std::time::SystemTime::now(),
-                            caller: caller.name,
-                            role: Some(caller.role),
-                            method,
-                            target,
-                            outcome,
-                            message,
-                            replica: String::new(),
-                        });
+                        audit
+                            .record(AuditRecord {
+                                at: received,
+                                caller: caller.name,
+                                role: Some(caller.role),
+                                method,
+                                target,
+                                outcome,
+                                message,
+                                replica: String::new(),
+                            })
+                            .await;
                     }
                     Ok(response)
                 })
@@ -115,8 +120,8 @@ where
                     .get_or_create(&crate::metrics::ReasonLabel { reason })
                     .inc();
                 metrics.call(label(&method), &code_name(status.code()), started.elapsed());
-                audit.record(AuditRecord {
-                    at: std::time::SystemTime::now(),
+                let record = AuditRecord {
+                    at: received,
                     caller: who
                         .as_ref()
                         .map_or_else(|| "anonymous".to_owned(), |c| c.name.clone()),
@@ -126,8 +131,11 @@ where
                     outcome: code_name(status.code()),
                     message: status.message().to_owned(),
                     replica: String::new(),
-                });
-                Box::pin(async move { Ok(status.into_http()) })
+                };
+                Box::pin(async move {
+                    audit.record(record).await;
+                    Ok(status.into_http())
+                })
             }
         }
     }

@@ -140,6 +140,23 @@ pub fn poll_wait(max_wait: Option<prost_types::Duration>, cap: Duration) -> Core
     Ok(if wait.is_zero() { cap } else { wait.min(cap) })
 }
 
+/// The free slots and wait of a CompleteTask's `poll_next`; its wait is capped like PollTask's.
+pub fn poll_next(next: v1::PollNext, cap: Duration) -> CoreResult<(u32, Duration)> {
+    if next.free_slots == 0 {
+        return Err(CoreError::invalid_field(
+            "poll_next.free_slots",
+            "must be at least 1 (leave poll_next unset to report without polling)",
+        ));
+    }
+    let wait = poll_wait(next.max_wait, cap).map_err(|_| {
+        CoreError::invalid_field(
+            "poll_next.max_wait",
+            "must be a non-negative duration (e.g. \"20s\")",
+        )
+    })?;
+    Ok((next.free_slots, wait))
+}
+
 /// A registry snapshot as the wire `WorkerInfo`.
 pub fn worker_info(w: WorkerSnapshot) -> v1::WorkerInfo {
     let r = w.registration;
