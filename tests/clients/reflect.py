@@ -21,6 +21,7 @@ Output is JSON for `call`: the response of a unary method, a list of the message
 stream. The response's initial metadata goes to stderr as one line, `metadata: {JSON}`. An RPC
 error prints {"code": ..., "message": ...} and exits 3.
 """
+import gc
 import json
 import os
 import sys
@@ -148,6 +149,11 @@ def open_channel(addr, options):
 
 
 def main(argv):
+    # One short command: reference counting frees what it makes. Cyclic collection could run a
+    # refused reflection stream's `_Rendezvous.__del__` while this thread holds that call's
+    # lock, and grpcio then waits for itself for ever (seen once: a test hung in
+    # `gc_collect_main -> _Rendezvous.__del__ -> Condition.__enter__`, grpcio 1.85.1).
+    gc.disable()
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2

@@ -317,6 +317,12 @@ impl Agent {
                 let Some(task) = running.iter().find(|r| r.task_id == directive.task_id) else {
                     continue;
                 };
+                // An ended task is listed until its report is answered (which, carrying the
+                // next poll, may wait for work), and the coordinator that recorded the report
+                // no longer counts it as this worker's: nothing is left to stop.
+                if task.ended.load(Ordering::Relaxed) {
+                    continue;
+                }
                 match v1::DirectiveKind::try_from(directive.kind) {
                     Ok(v1::DirectiveKind::Cancel) => {
                         tracing::info!(task_id = %task.task_id, reason = %directive.reason, "cancelling");
