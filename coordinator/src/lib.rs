@@ -46,6 +46,7 @@ pub mod archive;
 pub mod auth;
 pub mod control;
 pub mod convert;
+pub mod deadline;
 pub mod dispatch;
 pub mod election;
 pub mod error;

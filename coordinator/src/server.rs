@@ -26,6 +26,7 @@ use trainfleet_core::kv::etcd::{EtcdOptions, EtcdStore};
 
 use crate::auth::layer::AuthLayer;
 use crate::control::{Control, run_archiver, run_reaper, run_ticker};
+use crate::deadline::DeadlineLayer;
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::forward::ForwardLayer;
@@ -229,6 +230,9 @@ impl Coordinator {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             // Outermost: a stranger is refused by whichever replica it reached.
             .layer(AuthLayer::new(access.clone(), audit))
+            // Inside the access check, so that a call stopped at its limit is audited and
+            // counted as DEADLINE_EXCEEDED; outside forwarding, which it bounds too.
+            .layer(DeadlineLayer::new(state.config.max_poll_wait))
             .layer(ForwardLayer::new(state.clone(), forward_wait, forward_tls))
             .add_service(health_service)
             .add_service(reflection_v1)

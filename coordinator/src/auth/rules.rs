@@ -146,8 +146,23 @@ pub fn is_served(method: &str) -> bool {
         .contains(method)
 }
 
-/// Every method the coordinator serves, from the descriptor sets reflection serves.
+/// Every method the coordinator serves (`/service/method`), from the descriptor sets reflection
+/// serves.
 pub fn served_methods() -> Vec<String> {
+    served().into_iter().map(|m| m.path).collect()
+}
+
+/// A served method.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// `/service/method`.
+    pub path: String,
+    /// Whether it streams requests or responses.
+    pub streaming: bool,
+}
+
+/// Every method the coordinator serves, from the descriptor sets reflection serves.
+pub fn served() -> Vec<Served> {
     use prost::Message;
     use prost_types::FileDescriptorSet;
     let mut methods = Vec::new();
@@ -163,7 +178,10 @@ pub fn served_methods() -> Vec<String> {
             for service in file.service {
                 let name = format!("{package}.{}", service.name());
                 for method in service.method {
-                    methods.push(format!("/{name}/{}", method.name()));
+                    methods.push(Served {
+                        path: format!("/{name}/{}", method.name()),
+                        streaming: method.client_streaming() || method.server_streaming(),
+                    });
                 }
             }
         }
