@@ -9,7 +9,7 @@
 //! client's own deadline passes: what it committed stays committed, what it had not is not.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,7 +70,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path();
         let limit = crate::limits::call_timeout(path, is_streaming(path), self.max_poll_wait);
-        let method = path.trim_start_matches('/').to_owned();
+        // Shares the request's bytes: named only if the call runs out of time.
+        let uri = request.uri().clone();
         Box::pin(async move {
             let call = inner.call(request);
             let Some(limit) = limit else {
@@ -79,6 +80,7 @@ where
             match tokio::time::timeout(limit, call).await {
                 Ok(answer) => answer.map_err(Into::into),
                 Err(_) => {
+                    let method = uri.path().trim_start_matches('/');
                     tracing::warn!(%method, limit = ?limit, "call stopped at the server's time limit");
                     Ok(Status::deadline_exceeded(format!(
                         "{method} took longer than this server's limit of {}",
@@ -94,16 +96,14 @@ where
 /// Whether `/service/method` streams requests or responses (from the served descriptor sets;
 /// an unknown path is not, and is refused by the access layer anyway).
 fn is_streaming(path: &str) -> bool {
-    static STREAMING: OnceLock<Arc<HashSet<String>>> = OnceLock::new();
+    static STREAMING: OnceLock<HashSet<String>> = OnceLock::new();
     STREAMING
         .get_or_init(|| {
-            Arc::new(
-                crate::auth::rules::served()
-                    .into_iter()
-                    .filter(|m| m.streaming)
-                    .map(|m| m.path)
-                    .collect(),
-            )
+            crate::auth::rules::served()
+                .into_iter()
+                .filter(|m| m.streaming)
+                .map(|m| m.path)
+                .collect()
         })
         .contains(path)
 }
